@@ -1,0 +1,24 @@
+"""Error types the project raises for problems a user can fix.
+
+The CLI catches :class:`TrackerInputError` and prints its one-line message with a
+non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+
+class TrackerInputError(ValueError):
+    """Bad input a user can fix: a missing file, a malformed row, an impossible box."""
+
+
+class SequenceError(TrackerInputError):
+    """A sequence source (folder, video, glob, camera) cannot be read as asked.
+
+    The message names the file and, where it applies, the line.
+    """
+
+
+class ModelError(TrackerInputError):
+    """A model folder is missing, incomplete or does not match its manifest."""
+
+
+class ArtifactError(TrackerInputError):
+    """A compiled artifact set is missing, stale or built for something else."""
