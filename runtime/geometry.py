@@ -61,6 +61,7 @@ def iou(a, b) -> np.ndarray:
     union = area_a + area_b - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    out = np.clip(out, 0.0, 1.0)  # (x + w) - x is not always w in floating point
     nan = np.isnan(a).any(axis=-1) | np.isnan(b).any(axis=-1)
     return np.where(nan, np.nan, out)
 

@@ -1,0 +1,74 @@
+"""MXNet (oneDNN on CPU, cuDNN on GPU) reference feature backend."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import FeatureBackend
+
+
+def mx_context(device: str):
+    import mxnet as mx
+
+    from ..errors import TrackerInputError
+
+    if device == "cpu":
+        return mx.cpu()
+    if device.startswith("cuda") or device.startswith("gpu"):
+        idx = int(device.split(":")[1]) if ":" in device else 0
+        if mx.context.num_gpus() <= idx:
+            raise TrackerInputError(f"device {device!r} asked for, but MXNet sees {mx.context.num_gpus()} GPU(s); use --device cpu")
+        return mx.gpu(idx)
+    raise TrackerInputError(f"unknown device {device!r}; use cpu or cuda[:N]")
+
+
+class MXNetBackend(FeatureBackend):
+    """One bound executor per bucket, created and warmed up at construction.
+
+    ``rebind_every_shape=True`` is the unbucketed baseline the benchmarks compare against:
+    it binds a fresh executor for every new patch shape, as the original prototype did.
+    """
+
+    name = "mxnet"
+
+    def __init__(self, model, device: str = "cpu", warmup: bool = True):
+        import mxnet as mx
+
+        from train_mx import network
+
+        super().__init__(model, device)
+        self.ctx = mx_context(device)
+        self.symbol, _ = network.extractor(model.extractor)
+        self._params = {k: mx.nd.array(v, ctx=self.ctx) for k, v in model.extractor_params().items()}
+        self.binds = 0
+        self._executors = {}
+        for b in range(len(self.policy.shapes)):
+            ex = self._bind(self.policy.shapes[b])
+            if warmup:
+                ex.forward(is_train=False)
+                ex.outputs[0].wait_to_read()
+            self._executors[b] = ex
+
+    def _bind(self, hw):
+        import mxnet as mx
+
+        args = dict(self._params)
+        args["data"] = mx.nd.zeros((1, 3) + tuple(hw), ctx=self.ctx)
+        self.binds += 1
+        return self.symbol.bind(self.ctx, args=args, grad_req="null")
+
+    def extract(self, bucket: int, patch: np.ndarray) -> np.ndarray:
+        self._check(bucket, patch)
+        ex = self._executors[bucket]
+        ex.arg_dict["data"][:] = patch
+        ex.forward(is_train=False)
+        return ex.outputs[0].asnumpy()
+
+    def extract_any(self, patch: np.ndarray) -> np.ndarray:
+        """Extract for an arbitrary shape, binding a new executor per new shape (baseline)."""
+        key = tuple(patch.shape[2:])
+        ex = self._executors.get(key)
+        if ex is None:
+            ex = self._executors[key] = self._bind(key)
+        ex.arg_dict["data"][:] = patch
+        ex.forward(is_train=False)
+        return ex.outputs[0].asnumpy()

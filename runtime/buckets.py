@@ -1,0 +1,190 @@
+"""The bucket policy: the only code that decides patch shapes.
+
+Every frame the tracker crops one patch around the previous target and runs the conv
+extractor on it. The patch must come from a small fixed set of shapes ("buckets") so that
+each shape has one pre-built MXNet executor / ONNX session / compiled TVM module and no
+frame ever re-binds, autotunes or compiles. Training (``train_mx``) and the runtime both
+import this module, so the shapes the model was trained on are the shapes it runs on.
+
+Geometry of a patch: ``patch = (image - offset) * scale``; the patch is ``shape = (H, W)``
+pixels. The search region (target plus context) is centred in the patch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# (H, W) pairs, multiples of 32 so that the stride-8 feature map is whole and friendly to
+# compiled kernels. Square ones for square-ish regions, 5:3 and 3:2 for elongated ones.
+DEFAULT_SHAPES = (
+    (192, 192),
+    (224, 224),
+    (256, 256),
+    (160, 256),
+    (256, 160),
+    (192, 288),
+    (288, 192),
+    (288, 288),
+)
+MAX_BUCKETS = 8
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """Where a patch sits in the image: ``patch_xy = (image_xy - offset) * scale``."""
+
+    bucket: int
+    shape: tuple  # (H, W)
+    scale: float
+    offset: tuple  # (ox, oy) in image pixels
+
+    def to_patch(self, boxes) -> np.ndarray:
+        """Image ``(x, y, w, h)`` boxes -> patch pixel boxes."""
+        b = np.array(boxes, dtype=np.float64)
+        out = b * self.scale
+        out[..., 0] = (b[..., 0] - self.offset[0]) * self.scale
+        out[..., 1] = (b[..., 1] - self.offset[1]) * self.scale
+        return out
+
+    def to_image(self, boxes) -> np.ndarray:
+        """Patch pixel ``(x, y, w, h)`` boxes -> image boxes (inverse of :meth:`to_patch`)."""
+        b = np.array(boxes, dtype=np.float64)
+        out = b / self.scale
+        out[..., 0] = b[..., 0] / self.scale + self.offset[0]
+        out[..., 1] = b[..., 1] / self.scale + self.offset[1]
+        return out
+
+    def affine(self) -> np.ndarray:
+        """2x3 matrix mapping image pixel coordinates to patch coordinates (for warpAffine).
+
+        Pixel centres follow OpenCV: pixel i covers [i, i+1) and has its centre at i + 0.5,
+        so the continuous map x' = (x - ox) * s becomes (i' + .5) = (i + .5 - ox) * s.
+        """
+        s = self.scale
+        ox, oy = self.offset
+        return np.array(
+            [[s, 0.0, (0.5 - ox) * s - 0.5], [0.0, s, (0.5 - oy) * s - 0.5]], dtype=np.float64
+        )
+
+
+@dataclass(frozen=True)
+class BucketPolicy:
+    """A fixed set of patch shapes and the rule that maps a target onto one of them.
+
+    ``target_size``: the target's geometric-mean side in patch pixels (the patch is scaled
+    so that the target always looks about this big, as in RT-MDNet's 107 px crop).
+    ``context``: the search region extends ``context * mean(w, h)`` beyond the target on
+    each side; it must cover the candidate translations (0.6 * mean(w, h) * widening).
+    ``max_upscale``: tiny targets are enlarged at most this much (more context instead).
+    """
+
+    shapes: tuple = DEFAULT_SHAPES
+    target_size: float = 64.0
+    context: float = 1.0
+    max_upscale: float = 6.0
+    stride: int = field(default=8)
+
+    def __post_init__(self):
+        shapes = tuple((int(h), int(w)) for h, w in self.shapes)
+        if not 1 <= len(shapes) <= MAX_BUCKETS:
+            raise ValueError(f"a bucket set holds 1 to {MAX_BUCKETS} shapes, got {len(shapes)}")
+        if len(set(shapes)) != len(shapes):
+            raise ValueError(f"duplicate bucket shapes in {shapes}")
+        for h, w in shapes:
+            if h <= 0 or w <= 0 or h % self.stride or w % self.stride:
+                raise ValueError(f"bucket shape {(h, w)} must be positive multiples of {self.stride}")
+        object.__setattr__(self, "shapes", shapes)
+
+    # -- the pure functions -------------------------------------------------------------
+    def search_region(self, box, widen: float = 1.0) -> np.ndarray:
+        """The image region (x, y, w, h) the patch must cover for a target ``box``."""
+        x, y, w, h = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+        m = self.context * widen * (w + h) / 2.0
+        return np.array([x - m, y - m, w + 2 * m, h + 2 * m])
+
+    def select(self, box, region=None) -> PatchGeometry:
+        """Map (target box, search region) to (bucket, scale, offset).
+
+        The scale puts the target at ``target_size``; the bucket is the smallest shape that
+        holds the whole region at that scale. When none does, the scale shrinks until the
+        region fits the shape that needs the least shrinking.
+        """
+        box = np.asarray(box, dtype=np.float64).reshape(4)
+        if not (np.all(np.isfinite(box)) and box[2] > 0 and box[3] > 0):
+            raise ValueError(f"target box must be finite with positive size, got {box.tolist()}")
+        if region is None:
+            region = self.search_region(box)
+        region = np.asarray(region, dtype=np.float64).reshape(4)
+        s0 = min(self.target_size / np.sqrt(box[2] * box[3]), self.max_upscale)
+        rw, rh = region[2] * s0, region[3] * s0
+        best, best_key = None, None
+        for i, (h, w) in enumerate(self.shapes):
+            fit = min(w / rw, h / rh)  # >= 1: region fits at s0
+            key = (0, h * w) if fit >= 1.0 else (1, -fit, h * w)
+            if best_key is None or key < best_key:
+                best, best_key = i, key
+        h, w = self.shapes[best]
+        s = s0 * min(1.0, min(w / rw, h / rh))
+        cx = region[0] + region[2] / 2.0
+        cy = region[1] + region[3] / 2.0
+        offset = (cx - (w / 2.0) / s, cy - (h / 2.0) / s)
+        return PatchGeometry(bucket=best, shape=(h, w), scale=float(s), offset=(float(offset[0]), float(offset[1])))
+
+    def for_shape(self, box, bucket: int, region=None) -> PatchGeometry:
+        """Fit ``region`` into a given bucket (used to put several frames into one batch)."""
+        box = np.asarray(box, dtype=np.float64).reshape(4)
+        if region is None:
+            region = self.search_region(box)
+        region = np.asarray(region, dtype=np.float64).reshape(4)
+        h, w = self.shapes[bucket]
+        s0 = min(self.target_size / np.sqrt(box[2] * box[3]), self.max_upscale)
+        s = s0 * min(1.0, w / (region[2] * s0), h / (region[3] * s0))
+        cx = region[0] + region[2] / 2.0
+        cy = region[1] + region[3] / 2.0
+        return PatchGeometry(bucket=bucket, shape=(h, w), scale=float(s),
+                             offset=(float(cx - (w / 2.0) / s), float(cy - (h / 2.0) / s)))
+
+    def feature_shape(self, bucket: int) -> tuple:
+        h, w = self.shapes[bucket]
+        return (h // self.stride, w // self.stride)
+
+    def to_dict(self) -> dict:
+        return {
+            "shapes": [list(s) for s in self.shapes],
+            "target_size": self.target_size,
+            "context": self.context,
+            "max_upscale": self.max_upscale,
+            "stride": self.stride,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BucketPolicy":
+        return cls(
+            shapes=tuple(tuple(s) for s in d["shapes"]),
+            target_size=float(d["target_size"]),
+            context=float(d["context"]),
+            max_upscale=float(d.get("max_upscale", 6.0)),
+            stride=int(d.get("stride", 8)),
+        )
+
+
+def crop_patch(image: np.ndarray, geom: PatchGeometry, fill=(0, 0, 0)) -> np.ndarray:
+    """Crop and resize the patch described by ``geom`` out of a BGR uint8 image.
+
+    One ``cv2.warpAffine`` does crop, scale and border fill together (bilinear; area
+    averaging would cost more and the extractor is trained on this same resampling).
+    """
+    import cv2
+
+    h, w = geom.shape
+    if geom.scale < 0.5:
+        # Bilinear sampling aliases when shrinking more than 2x: area-average first.
+        r = 2.0 * geom.scale
+        image = cv2.resize(image, None, fx=r, fy=r, interpolation=cv2.INTER_AREA)
+        geom = PatchGeometry(geom.bucket, geom.shape, geom.scale / r,
+                             (geom.offset[0] * r, geom.offset[1] * r))
+    return cv2.warpAffine(
+        image, geom.affine(), (w, h), flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(float(v) for v in fill),
+    )

@@ -1,0 +1,210 @@
+"""The online head: RoIAlign + fc4 -> fc5 -> fc6 in MXNet, fine-tuned while tracking.
+
+Every graph is bound exactly once, for the fixed batch sizes it is used with:
+
+* one *embed* executor per bucket: (feature map, ``chunk`` RoIs) -> pooled conv features
+  (for bounding-box regression) and the cached input of the trainable layers;
+* *score* (``chunk`` rows), *mine* (``mine_from`` rows) and *train* (``batch_pos +
+  batch_neg`` rows) executors over the trainable layers, sharing one set of weights.
+
+Layers before the first online-trained one are frozen, so what they output for a stored
+sample is cached once (``embed``) and never recomputed. With the default
+``online_layers=("fc5", "fc6")`` that cache is fc4's 512-d output and an update iteration
+costs a few ms; ``("fc4", "fc5", "fc6")`` is MDNet's original choice (cache = pooled
+conv features, each iteration several times dearer).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FC_LAYERS = ("fc4", "fc5", "fc6")
+LR_MULT = {"fc4_weight": 1.0, "fc4_bias": 2.0, "fc5_weight": 1.0, "fc5_bias": 2.0,
+           "fc6_weight": 10.0, "fc6_bias": 20.0}
+
+
+def _top_symbol(first: str, dropout: float):
+    """Trainable layers from ``first`` to fc6; the input 'x' is what the layer before gives."""
+    import mxnet as mx
+
+    x = mx.sym.Variable("x")
+    for layer in FC_LAYERS[FC_LAYERS.index(first):]:
+        if layer != "fc4" and dropout:
+            x = mx.sym.Dropout(x, p=dropout, name=f"drop_{layer}")
+        n = 2 if layer == "fc6" else 512
+        x = mx.sym.FullyConnected(x, num_hidden=n, name=layer)
+        if layer != "fc6":
+            x = mx.sym.Activation(x, act_type="relu", name=f"{layer}_relu")
+    return x
+
+
+def _embed_symbol(first: str):
+    """(feat, rois) -> [pooled conv features, input of layer ``first``]."""
+    import mxnet as mx
+
+    from train_mx import network
+
+    pooled = mx.sym.flatten(network.roi_pool(mx.sym.Variable("feat"), mx.sym.Variable("rois")), name="pooled")
+    x = pooled
+    for layer in FC_LAYERS[: FC_LAYERS.index(first)]:
+        x = mx.sym.FullyConnected(x, num_hidden=512, name=layer)
+        x = mx.sym.Activation(x, act_type="relu", name=f"{layer}_relu")
+    return mx.sym.Group([pooled, x]) if x is not pooled else mx.sym.Group([pooled])
+
+
+class OnlineHead:
+    """Scores candidate boxes and learns target vs background online (MDNet's fc layers)."""
+
+    def __init__(self, model, ctx, params, rng: np.random.Generator):
+        import mxnet as mx
+
+        self.p = params
+        self.ctx = ctx
+        self.rng = rng
+        self.binds = 0
+        self.online_layers = tuple(params.online_layers)
+        if self.online_layers not in (("fc4", "fc5", "fc6"), ("fc5", "fc6"), ("fc6",)):
+            raise ValueError(f"online_layers must be a suffix of {FC_LAYERS}, got {self.online_layers}")
+        first = self.online_layers[0]
+        self.pooled_dim = model.channels * 9
+        self.embed_dim = self.pooled_dim if first == "fc4" else 512
+
+        head = model.head_params()
+        mx.random.seed(int(rng.integers(2 ** 31)), ctx=ctx)
+        # Frozen layers keep the offline weights; fc6 starts fresh for every sequence.
+        self._frozen = {k: mx.nd.array(v, ctx=ctx) for k, v in head.items()
+                        if k.split("_")[0] in FC_LAYERS[: FC_LAYERS.index(first)]}
+        self._init_weights = {}
+        for layer in self.online_layers:
+            if layer == "fc6":
+                w = rng.normal(0, 0.01, (2, 512)).astype(np.float32)
+                b = np.zeros(2, np.float32)
+            else:
+                w, b = head[f"{layer}_weight"], head[f"{layer}_bias"]
+            self._init_weights[f"{layer}_weight"] = w
+            self._init_weights[f"{layer}_bias"] = b
+
+        # Embed executors (one per bucket), created on first use of a bucket and kept.
+        self._embed_sym = _embed_symbol(first)
+        self._embed = {}
+        self.chunk = int(params.n_candidates)
+
+        top = _top_symbol(first, params.dropout)
+        label = mx.sym.Variable("label")
+        train_sym = mx.sym.SoftmaxOutput(top, label=label, normalization="batch", name="softmax")
+        n_train = params.batch_pos + params.batch_neg
+        self.weights = {k: mx.nd.array(v, ctx=ctx) for k, v in self._init_weights.items()}
+        self.grads = {k: mx.nd.zeros(v.shape, ctx=ctx) for k, v in self.weights.items()}
+        self._x_train = mx.nd.zeros((n_train, self.embed_dim), ctx=ctx)
+        self._label = mx.nd.zeros((n_train,), ctx=ctx)
+        self._train = train_sym.bind(ctx, args=dict(self.weights, x=self._x_train, label=self._label),
+                                     args_grad=dict(self.grads), grad_req={**{k: "write" for k in self.weights},
+                                                                           "x": "null", "label": "null"})
+        self._score = top.bind(ctx, args=dict(self.weights, x=mx.nd.zeros((self.chunk, self.embed_dim), ctx=ctx)),
+                               grad_req="null")
+        self._mine = top.bind(ctx, args=dict(self.weights, x=mx.nd.zeros((params.mine_from, self.embed_dim), ctx=ctx)),
+                              grad_req="null")
+        self.binds += 3
+        names = sorted(self.weights)
+        self._names = names
+        self._make_optimizer(params.lr_init)
+
+    def _make_optimizer(self, lr):
+        import mxnet as mx
+
+        opt = mx.optimizer.SGD(learning_rate=lr, momentum=self.p.momentum, wd=self.p.weight_decay,
+                               clip_gradient=self.p.grad_clip, param_idx2name=dict(enumerate(self._names)))
+        opt.set_lr_mult({k: v for k, v in LR_MULT.items() if k in self.weights})
+        opt.set_wd_mult({k: (0.0 if k.endswith("_bias") else 1.0) for k in self.weights})
+        self.optimizer = opt
+        self._updater = mx.optimizer.get_updater(opt)
+
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.set_learning_rate(lr)
+
+    # -- features -----------------------------------------------------------------------
+    def _embed_exec(self, feat_shape):
+        import mxnet as mx
+
+        key = tuple(feat_shape)
+        ex = self._embed.get(key)
+        if ex is None:
+            args = dict(self._frozen)
+            args["feat"] = mx.nd.zeros(key, ctx=self.ctx)
+            args["rois"] = mx.nd.zeros((self.chunk, 5), ctx=self.ctx)
+            ex = self._embed_sym.bind(self.ctx, args=args, grad_req="null")
+            self._embed[key] = ex
+            self.binds += 1
+        return ex
+
+    def prepare(self, feat_shapes) -> None:
+        """Bind the embed executors for every bucket's feature shape up front."""
+        for s in feat_shapes:
+            self._embed_exec(s)
+
+    def embed(self, feat: np.ndarray, boxes_patch: np.ndarray):
+        """Pooled conv features (N, C*9) and trainable-layer inputs (N, D) of patch boxes."""
+        ex = self._embed_exec(feat.shape)
+        ex.arg_dict["feat"][:] = feat
+        n = len(boxes_patch)
+        pooled = np.empty((n, self.pooled_dim), np.float32)
+        emb = pooled if self.embed_dim == self.pooled_dim else np.empty((n, self.embed_dim), np.float32)
+        rois = np.full((self.chunk, 5), -1.0, np.float32)  # batch index -1: ignored by RoIAlign
+        for s in range(0, n, self.chunk):
+            b = boxes_patch[s:s + self.chunk]
+            rois[:] = -1.0
+            rois[: len(b), 0] = 0.0
+            rois[: len(b), 1] = b[:, 0]
+            rois[: len(b), 2] = b[:, 1]
+            rois[: len(b), 3] = b[:, 0] + b[:, 2]
+            rois[: len(b), 4] = b[:, 1] + b[:, 3]
+            ex.arg_dict["rois"][:] = rois
+            ex.forward(is_train=False)
+            pooled[s:s + len(b)] = ex.outputs[0].asnumpy()[: len(b)]
+            if emb is not pooled:
+                emb[s:s + len(b)] = ex.outputs[1].asnumpy()[: len(b)]
+        return pooled, emb
+
+    # -- scoring ------------------------------------------------------------------------
+    def _run(self, ex, x):
+        n = ex.arg_dict["x"].shape[0]
+        out = np.empty((len(x), 2), np.float32)
+        buf = np.zeros((n, x.shape[1]), np.float32)
+        for s in range(0, len(x), n):
+            b = x[s:s + n]
+            buf[: len(b)] = b
+            if len(b) < n:
+                buf[len(b):] = 0
+            ex.arg_dict["x"][:] = buf
+            ex.forward(is_train=False)
+            out[s:s + len(b)] = ex.outputs[0].asnumpy()[: len(b)]
+        return out
+
+    def score(self, emb: np.ndarray) -> np.ndarray:
+        """Target score of each row: fc6 positive minus negative logit (> 0: target)."""
+        out = self._run(self._score, emb)
+        return out[:, 1] - out[:, 0]
+
+    # -- training -----------------------------------------------------------------------
+    def hard_negatives(self, neg: np.ndarray, k: int) -> np.ndarray:
+        """Indices of the ``k`` highest-scoring rows of ``neg`` (hard minibatch mining)."""
+        s = self._run(self._mine, neg) if len(neg) == self.p.mine_from else self.score(neg)
+        return np.argsort(-(s[:, 1] - s[:, 0]) if s.ndim == 2 else -s, kind="stable")[:k]
+
+    def train_step(self, pos: np.ndarray, neg: np.ndarray) -> float:
+        """One SGD step on ``batch_pos`` positives and ``batch_neg`` hard negatives mined
+        from ``mine_from`` candidates; returns the minibatch loss."""
+        p = self.p
+        pi = self.rng.choice(len(pos), p.batch_pos, replace=len(pos) < p.batch_pos)
+        ni = self.rng.choice(len(neg), p.mine_from, replace=len(neg) < p.mine_from)
+        cand = neg[ni]
+        hard = cand[self.hard_negatives(cand, p.batch_neg)]
+        x = np.concatenate([pos[pi], hard], axis=0)
+        y = np.concatenate([np.ones(p.batch_pos), np.zeros(p.batch_neg)]).astype(np.float32)
+        self._x_train[:] = x
+        self._label[:] = y
+        self._train.forward(is_train=True)
+        self._train.backward()
+        for i, name in enumerate(self._names):
+            self._updater(i, self.grads[name], self.weights[name])
+        prob = self._train.outputs[0].asnumpy()
+        return float(-np.mean(np.log(np.clip(prob[np.arange(len(y)), y.astype(int)], 1e-12, None))))

@@ -1,0 +1,111 @@
+"""Model folders: weights, config and a manifest of sha256 hashes.
+
+A model folder holds ``config.json`` (extractor, bucket policy, normalisation),
+``weights.params`` (MXNet's binary NDArray format: plain tensors, nothing executable,
+no pickle) and ``manifest.json`` (sha256 of each file). Loading checks every hash, so a
+truncated download or a swapped file is refused before anything runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .buckets import BucketPolicy
+from .errors import ModelError
+
+CONFIG = "config.json"
+WEIGHTS = "weights.params"
+MANIFEST = "manifest.json"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Model:
+    path: Path
+    config: dict
+    params: dict  # name -> numpy float32 array
+    model_hash: str
+
+    @property
+    def extractor(self) -> str:
+        return self.config["extractor"]
+
+    @property
+    def policy(self) -> BucketPolicy:
+        return BucketPolicy.from_dict(self.config["buckets"])
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Per-channel value subtracted from BGR patches (in BGR order)."""
+        return np.asarray(self.config["mean_bgr"], dtype=np.float32)
+
+    @property
+    def channels(self) -> int:
+        return int(self.config["feature_channels"])
+
+    def extractor_params(self) -> dict:
+        return {k: v for k, v in self.params.items() if not k.startswith("fc")}
+
+    def head_params(self) -> dict:
+        return {k: v for k, v in self.params.items() if k.startswith("fc")}
+
+
+def save_model(path, config: dict, params: dict) -> Path:
+    """Write a model folder (weights, config, manifest) and return its path."""
+    import mxnet as mx
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    mx.nd.save(str(path / WEIGHTS), {k: mx.nd.array(np.asarray(v, dtype=np.float32)) for k, v in params.items()})
+    (path / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    files = {name: sha256_file(path / name) for name in (CONFIG, WEIGHTS)}
+    manifest = {"format": 1, "files": files, "model_hash": _model_hash(files)}
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _model_hash(files: dict) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def load_model(path=None) -> Model:
+    """Load and verify a model folder; raises :class:`ModelError` with what to do."""
+    import mxnet as mx
+
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    if not path.is_dir():
+        raise ModelError(f"model folder not found: {path} (pass --model DIR, e.g. models/default)")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise ModelError(f"{mpath} is missing: the model folder is incomplete; restore it or retrain")
+    try:
+        manifest = json.loads(mpath.read_text())
+        files = dict(manifest["files"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{mpath} is not a valid manifest ({e}); restore the model folder") from None
+    for name in (CONFIG, WEIGHTS):
+        f = path / name
+        if name not in files:
+            raise ModelError(f"{mpath} does not list {name}; restore the model folder")
+        if not f.is_file():
+            raise ModelError(f"{f} is missing; restore the model folder (git checkout or re-download)")
+        if sha256_file(f) != files[name]:
+            raise ModelError(f"{f} does not match its sha256 in {MANIFEST} (corrupt or modified); restore it")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+        params = {k: v.asnumpy() for k, v in mx.nd.load(str(path / WEIGHTS)).items()}
+    except Exception as e:  # a hashed file that still fails to parse was written wrongly
+        raise ModelError(f"{path}: cannot read the model ({e}); retrain or restore it") from None
+    return Model(path=path, config=config, params=params, model_hash=_model_hash(files))

@@ -1,0 +1,88 @@
+"""Box sampling around a target (MDNet's SampleGenerator), shared by training and tracking.
+
+All functions take a ``numpy.random.Generator`` so that a seed fixes every sample, and
+return ``(n, 4)`` float64 boxes ``(x, y, w, h)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .geometry import iou
+
+
+def _centered(box):
+    x, y, w, h = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+    return np.array([x + w / 2.0, y + h / 2.0, w, h])
+
+
+def _to_xywh(c):
+    out = c.copy()
+    out[:, 0] -= c[:, 2] / 2.0
+    out[:, 1] -= c[:, 3] / 2.0
+    return out
+
+
+def gaussian(rng, box, n, trans=0.6, scale=1.05, aspect=None):
+    """MDNet candidates: centre shift ``trans * mean(w, h) * clip(0.5 N(0,1), -1, 1)``,
+    size times ``scale ** clip(0.5 N(0,1), -1, 1)`` (and optionally aspect jitter)."""
+    c = np.tile(_centered(box), (n, 1))
+    m = c[:, 2:].mean(axis=1, keepdims=True)
+    c[:, :2] += trans * m * np.clip(0.5 * rng.standard_normal((n, 2)), -1, 1)
+    c[:, 2:] *= scale ** np.clip(0.5 * rng.standard_normal((n, 1)), -1, 1)
+    if aspect is not None:
+        a = aspect ** np.clip(0.5 * rng.standard_normal(n), -1, 1)
+        c[:, 2] *= a ** 0.5
+        c[:, 3] /= a ** 0.5
+    return _to_xywh(c)
+
+
+def uniform(rng, box, n, trans=1.0, scale=1.6):
+    """Centre shift uniform in ``+-trans * mean(w, h)``, size times ``scale ** U(-1, 1)``."""
+    c = np.tile(_centered(box), (n, 1))
+    m = c[:, 2:].mean(axis=1, keepdims=True)
+    c[:, :2] += trans * m * (rng.random((n, 2)) * 2 - 1)
+    c[:, 2:] *= scale ** (rng.random((n, 1)) * 2 - 1)
+    return _to_xywh(c)
+
+
+def whole(rng, box, n, bounds, scale=1.6):
+    """Boxes of about the target's size anywhere in ``bounds`` (x, y, w, h)."""
+    c = np.tile(_centered(box), (n, 1))
+    c[:, 2:] *= scale ** (rng.random((n, 1)) * 2 - 1)
+    bx, by, bw, bh = (float(v) for v in bounds)
+    c[:, 0] = bx + rng.random(n) * bw
+    c[:, 1] = by + rng.random(n) * bh
+    return _to_xywh(c)
+
+
+def clip_into(boxes, bounds, min_size=4.0):
+    """Keep sizes in [min_size, bounds] and centres inside ``bounds``."""
+    b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    bx, by, bw, bh = (float(v) for v in bounds)
+    w = np.clip(b[:, 2], min_size, max(min_size, bw))
+    h = np.clip(b[:, 3], min_size, max(min_size, bh))
+    cx = np.clip(b[:, 0] + b[:, 2] / 2.0, bx, bx + bw)
+    cy = np.clip(b[:, 1] + b[:, 3] / 2.0, by, by + bh)
+    return np.stack([cx - w / 2.0, cy - h / 2.0, w, h], axis=1)
+
+
+def sample_by_iou(rng, kind, box, n, iou_min=0.0, iou_max=1.0, bounds=None, max_rounds=20, **kw):
+    """Draw ``n`` boxes of ``kind`` ('gaussian', 'uniform', 'whole') whose IoU with ``box``
+    lies in ``[iou_min, iou_max]`` (rejection sampling; may return fewer after
+    ``max_rounds`` if the range is nearly impossible, e.g. a target filling the bounds)."""
+    gen = {"gaussian": gaussian, "uniform": uniform, "whole": whole}[kind]
+    if kind == "whole":
+        kw["bounds"] = bounds
+    got, total = [], 0
+    for _ in range(max_rounds):
+        s = gen(rng, box, max(2 * n, 16), **kw)
+        if bounds is not None:
+            s = clip_into(s, bounds)
+        o = iou(s, np.asarray(box, dtype=np.float64)[None, :])
+        s = s[(o >= iou_min) & (o <= iou_max)]
+        got.append(s)
+        total += len(s)
+        if total >= n:
+            break
+    s = np.concatenate(got, axis=0)[:n] if got else np.zeros((0, 4))
+    return s

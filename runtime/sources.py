@@ -1,0 +1,599 @@
+"""Sequence sources: OTB / VOT folders, video files, image globs and cameras behind one interface.
+
+Every source yields :class:`Frame` objects in order, one at a time (sequences can be long,
+so nothing is decoded ahead), with the image already normalised by
+:func:`runtime.imageops.to_bgr8`. Every problem a user can fix (missing folder, malformed
+ground-truth row, corrupt frame, camera that does not open) raises
+:class:`runtime.errors.SequenceError` naming the file and, where it applies, the line.
+
+Ground truth is an ``(N, 4)`` float64 array of ``x, y, w, h`` rows aligned with the frames;
+a NaN row means the target is absent in that frame (DESIGN.md section 4).
+"""
+from __future__ import annotations
+
+import glob as _glob
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from runtime.errors import SequenceError, TrackerInputError
+from runtime.imageops import to_bgr8
+
+__all__ = [
+    "Frame",
+    "SequenceSource",
+    "FileSequenceSource",
+    "OTBSequence",
+    "VOTSequence",
+    "VideoSource",
+    "ImageGlobSource",
+    "CameraSource",
+    "open_sequence_folder",
+    "parse_box",
+    "read_image",
+    "load_groundtruth",
+    "natural_key",
+    "IMAGE_EXTENSIONS",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+_BAD_FRAME_MODES = ("raise", "skip")
+
+
+@dataclass
+class Frame:
+    """One frame of a sequence.
+
+    ``image`` is HxWx3 uint8 BGR, or None only when the frame could not be read and the
+    source runs with ``on_bad_frame="skip"`` (then ``error`` says why). ``gt`` is the
+    ``(4,)`` float64 ``x, y, w, h`` box (all NaN = target absent) or None when the source
+    has no ground truth.
+    """
+
+    index: int
+    image: np.ndarray | None
+    gt: np.ndarray | None = None
+    path: str | None = None
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def natural_key(name: str):
+    """Sort key that orders ``img2.jpg`` before ``img10.jpg`` (digit runs compare as numbers)."""
+    parts = re.split(r"(\d+)", str(name))
+    # re.split with one capture group alternates text, digits, text, ...: the positions
+    # line up between names, so ints are only ever compared with ints.
+    return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)], str(name)
+
+
+def _is_truncated_jpeg(data: np.ndarray) -> bool:
+    """True when a JPEG stream has no end-of-image marker after its last scan.
+
+    libjpeg decodes a truncated file anyway (the missing part comes out grey) and only
+    prints a warning, so ``imdecode`` alone cannot tell. 0xFFD9 / 0xFFDA cannot occur inside
+    entropy-coded data (0xFF is byte-stuffed), and an embedded EXIF thumbnail's markers come
+    before the main image's last scan, so comparing the last positions is reliable.
+    """
+    raw = data.tobytes()
+    if not raw.startswith(b"\xff\xd8"):
+        return False
+    return raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda")
+
+
+def read_image(path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 BGR (grey, RGBA and 16-bit files are converted).
+
+    Raises :class:`SequenceError` naming the file when it is missing, unreadable, corrupt
+    or truncated. The bytes are read with numpy and decoded with ``cv2.imdecode`` (same
+    decoder as ``cv2.imread(path, IMREAD_UNCHANGED)``), which also works for non-ASCII
+    paths on Windows and lets a truncated JPEG be told apart from a complete one.
+    """
+    path = str(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise SequenceError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    if data.size == 0:
+        raise SequenceError(f"cannot decode image {path}: the file is empty")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise SequenceError(f"cannot decode image {path}: {exc}") from exc
+    if image is None:
+        raise SequenceError(f"cannot decode image {path}: corrupt or not an image file")
+    if _is_truncated_jpeg(data):
+        raise SequenceError(f"cannot decode image {path}: truncated JPEG (no end-of-image marker)")
+    try:
+        return to_bgr8(image)
+    except TrackerInputError as exc:
+        raise SequenceError(f"cannot use image {path}: {exc}") from exc
+
+
+def _box_from_user(box) -> np.ndarray | None:
+    """Validate a user-given init box (string or 4 numbers); None stays None."""
+    if box is None:
+        return None
+    if isinstance(box, str):
+        return parse_box(box)
+    try:
+        b = np.asarray(box, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise TrackerInputError(f"init box must be 4 numbers x,y,w,h, got {box!r}") from exc
+    return _check_box(b, repr(box))
+
+
+def _check_box(b: np.ndarray, shown: str) -> np.ndarray:
+    if b.shape != (4,):
+        raise TrackerInputError(f"init box must be 4 numbers x,y,w,h, got {shown}")
+    if not np.all(np.isfinite(b)):
+        raise TrackerInputError(f"init box must be finite numbers x,y,w,h, got {shown}")
+    if b[2] <= 0 or b[3] <= 0:
+        raise TrackerInputError(f"init box needs a positive width and height, got {shown}")
+    return b.astype(np.float64)
+
+
+def parse_box(text) -> np.ndarray:
+    """Parse a user-given box such as ``"10,20,30,40"`` or ``"10 20 30 40"`` into ``(4,)`` float64.
+
+    Raises :class:`TrackerInputError` unless it is exactly four finite numbers with a
+    positive width and height.
+    """
+    if not isinstance(text, str):
+        raise TrackerInputError(f'init box must be a string "x,y,w,h", got {text!r}')
+    tokens = [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    if len(tokens) != 4:
+        raise TrackerInputError(
+            f'init box must be 4 numbers "x,y,w,h" (comma or space separated), got {text!r}'
+        )
+    try:
+        values = np.array([float(t) for t in tokens], dtype=np.float64)
+    except ValueError as exc:
+        raise TrackerInputError(f'init box must be 4 numbers "x,y,w,h", got {text!r}') from exc
+    return _check_box(values, repr(text))
+
+
+def load_groundtruth(path, allow_polygon: bool = False) -> np.ndarray:
+    """Parse a ground-truth file into an ``(N, 4)`` float64 ``x, y, w, h`` array.
+
+    Values may be separated by commas, tabs or spaces (mixed allowed). A row with any NaN
+    (any spelling: ``NaN``, ``nan``) is stored as all-NaN: target absent. Blank trailing
+    lines are ignored. With ``allow_polygon`` (VOT), 8-value rows ``x1,y1,...,x4,y4`` become
+    their axis-aligned bounding box, and VOT's absent markers (a single ``0`` special code
+    or an all-zero row) become NaN rows. Anything else raises :class:`SequenceError` with
+    ``<file>:<line>`` in the message.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SequenceError(f"{path}: not a text file ({exc.reason})") from exc
+    except OSError as exc:
+        raise SequenceError(f"cannot read ground truth {path}: {exc.strerror or exc}") from exc
+    expected = "4 values x,y,w,h or 8 values x1,y1,...,x4,y4" if allow_polygon else "4 values x,y,w,h"
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    rows = []
+    for lineno, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line:
+            raise SequenceError(
+                f"{path}:{lineno}: expected {expected}, got a blank line before the end of the file"
+            )
+        if allow_polygon and line.lower().startswith("m"):
+            raise SequenceError(
+                f"{path}:{lineno}: expected {expected}, got a VOT segmentation mask row "
+                "(masks are not supported; use the bounding-box ground truth)"
+            )
+        tokens = re.split(r"\s*,\s*|\s+", line.rstrip(",").strip())
+        try:
+            values = [float(t) for t in tokens]
+        except ValueError:
+            bad = next(t for t in tokens if not _is_float(t))
+            raise SequenceError(
+                f"{path}:{lineno}: expected {expected}, got non-numeric value {bad!r} in {line!r}"
+            ) from None
+        arr = np.array(values, dtype=np.float64)
+        if np.isinf(arr).any():
+            raise SequenceError(f"{path}:{lineno}: expected {expected}, got an infinite value in {line!r}")
+        if allow_polygon and len(values) == 1 and values[0] == 0:
+            rows.append(np.full(4, np.nan))  # VOT special code: no region in this frame
+            continue
+        if len(values) == 4:
+            box = arr
+        elif allow_polygon and len(values) == 8:
+            xs, ys = arr[0::2], arr[1::2]
+            box = np.array([xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()])
+        else:
+            raise SequenceError(f"{path}:{lineno}: expected {expected}, got {len(values)}: {line!r}")
+        if np.isnan(arr).any() or (allow_polygon and not np.any(arr)):
+            box = np.full(4, np.nan)
+        rows.append(box)
+    if not rows:
+        return np.zeros((0, 4), dtype=np.float64)
+    return np.vstack(rows).astype(np.float64)
+
+
+def _is_float(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, natural-sorted; hidden files (``._x.jpg``) skipped."""
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    ]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _frame_ranges(start: int, stop: int) -> str:
+    return f"frame {start}" if stop - start == 1 else f"frames {start}-{stop - 1}"
+
+
+def _first_valid(boxes: np.ndarray | None) -> np.ndarray | None:
+    if boxes is None:
+        return None
+    for row in boxes:
+        if np.all(np.isfinite(row)) and row[2] > 0 and row[3] > 0:
+            return row.copy()
+    return None
+
+
+# --------------------------------------------------------------------------- base classes
+
+
+class SequenceSource:
+    """Base of every sequence source.
+
+    Subclasses implement :meth:`_frames`. ``on_bad_frame`` says what a frame that cannot be
+    decoded does: ``"raise"`` raises :class:`SequenceError` naming the file, ``"skip"``
+    yields ``Frame(image=None, error=...)`` and goes on, so frame indices stay aligned with
+    the ground truth. ``warnings`` collects human-readable notes (length mismatches,
+    skipped frames, a video that ended early) for the CLI to print.
+    """
+
+    def __init__(self, name: str, init_box=None, on_bad_frame: str = "raise"):
+        if on_bad_frame not in _BAD_FRAME_MODES:
+            raise TrackerInputError(
+                f"on_bad_frame must be one of {', '.join(_BAD_FRAME_MODES)}, got {on_bad_frame!r}"
+            )
+        self.name = name
+        self.on_bad_frame = on_bad_frame
+        self.warnings: list[str] = []
+        self._user_box = _box_from_user(init_box)
+        self._closed = False
+
+    # -- interface
+    @property
+    def groundtruth(self) -> np.ndarray | None:
+        """``(N, 4)`` float64 boxes aligned with the frames, or None when none are known."""
+        return None
+
+    @property
+    def init_box(self) -> np.ndarray | None:
+        """The box to start tracking from: the user's box if given, else the first usable
+        ground-truth row (finite, w and h > 0); None if neither exists."""
+        if self._user_box is not None:
+            return self._user_box.copy()
+        return _first_valid(self.groundtruth)
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self._closed:
+            raise SequenceError(f"sequence {self.name} is closed")
+        return self._frames()
+
+    def _frames(self) -> Iterator[Frame]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise TypeError(f"{type(self).__name__} {self.name!r} has no known length")
+
+    def close(self) -> None:
+        """Release any open file or device. Safe to call twice."""
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    # -- shared helpers
+    def _gt_row(self, index: int) -> np.ndarray | None:
+        gt = self.groundtruth
+        if gt is None:
+            return None
+        return gt[index].copy() if index < len(gt) else np.full(4, np.nan)
+
+    def _bad_frame(self, index: int, path: str | None, exc: SequenceError) -> Frame:
+        if self.on_bad_frame == "raise":
+            raise exc
+        msg = str(exc)
+        self.warnings.append(f"skipped frame {index}: {msg}")
+        return Frame(index=index, image=None, gt=self._gt_row(index), path=path, error=msg)
+
+
+class FileSequenceSource(SequenceSource):
+    """A sequence of image files, known up front: ``len()`` and ``frame_paths`` cost no decoding,
+    and :meth:`read_frame` gives random access."""
+
+    def __init__(self, name: str, frame_paths: Sequence, groundtruth: np.ndarray | None = None,
+                 init_box=None, on_bad_frame: str = "raise"):
+        super().__init__(name, init_box=init_box, on_bad_frame=on_bad_frame)
+        self.frame_paths: list[str] = [str(p) for p in frame_paths]
+        self._gt = groundtruth
+
+    @property
+    def groundtruth(self) -> np.ndarray | None:
+        return None if self._gt is None else self._gt.copy()
+
+    def __len__(self) -> int:
+        return len(self.frame_paths)
+
+    def read_frame(self, index: int) -> Frame:
+        """Decode frame ``index`` (negative counts from the end), honouring ``on_bad_frame``."""
+        n = len(self.frame_paths)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"frame {index} out of range for {n} frames")
+        path = self.frame_paths[index]
+        try:
+            image = read_image(path)
+        except SequenceError as exc:
+            return self._bad_frame(index, path, exc)
+        gt = None if self._gt is None else self._gt[index].copy()
+        return Frame(index=index, image=image, gt=gt, path=path)
+
+    __getitem__ = read_frame
+
+    def _frames(self) -> Iterator[Frame]:
+        for i in range(len(self.frame_paths)):
+            yield self.read_frame(i)
+
+    def _align_groundtruth(self, gt: np.ndarray, gt_path: Path) -> np.ndarray:
+        """Pad with NaN rows / drop extra rows so ``gt`` has one row per frame, with a warning."""
+        n, rows = len(self.frame_paths), len(gt)
+        if rows < n:
+            self.warnings.append(
+                f"{gt_path.name} has {rows} rows for {n} frames; "
+                f"{_frame_ranges(rows, n)} have no ground truth"
+            )
+            gt = np.vstack([gt, np.full((n - rows, 4), np.nan)])
+        elif rows > n:
+            self.warnings.append(
+                f"{gt_path.name} has {rows} rows for {n} frames; "
+                f"the last {rows - n} rows are ignored"
+            )
+            gt = gt[:n]
+        return gt
+
+
+def _require_folder(folder) -> Path:
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise SequenceError(
+            f"sequence folder {folder} does not exist; pass a folder that holds the frames "
+            "(OTB: img/ and groundtruth_rect.txt, VOT: color/ and groundtruth.txt)"
+        )
+    if not folder.is_dir():
+        raise SequenceError(f"{folder} is not a folder; pass a sequence folder (or use a video / glob source)")
+    return folder
+
+
+# --------------------------------------------------------------------------- folders
+
+
+class OTBSequence(FileSequenceSource):
+    """An OTB-style folder: ``img/*.jpg|jpeg|png|bmp`` (natural-sorted) and
+    ``groundtruth_rect.txt`` (falling back to ``groundtruth.txt``; neither = no ground truth)."""
+
+    GT_NAMES = ("groundtruth_rect.txt", "groundtruth.txt")
+
+    def __init__(self, folder, init_box=None, on_bad_frame: str = "raise", name: str | None = None):
+        folder = _require_folder(folder)
+        img = folder / "img"
+        if not img.is_dir():
+            raise SequenceError(
+                f"{folder} has no img/ folder; an OTB sequence keeps its frames as img/0001.jpg, "
+                "img/0002.jpg, ... next to groundtruth_rect.txt"
+            )
+        paths = _list_images(img)
+        if not paths:
+            raise SequenceError(
+                f"{img} holds no images ({', '.join(IMAGE_EXTENSIONS)}); put the frames there"
+            )
+        super().__init__(name or folder.name, paths, None, init_box=init_box, on_bad_frame=on_bad_frame)
+        self.folder = folder
+        self.groundtruth_path: Path | None = next(
+            (folder / n for n in self.GT_NAMES if (folder / n).is_file()), None
+        )
+        if self.groundtruth_path is None:
+            self.warnings.append(f"{folder} has no groundtruth_rect.txt; the sequence has no ground truth")
+        else:
+            gt = load_groundtruth(self.groundtruth_path)
+            self._gt = self._align_groundtruth(gt, self.groundtruth_path)
+
+
+class VOTSequence(FileSequenceSource):
+    """A VOT-style folder: frames in ``color/`` (or directly in the folder) and
+    ``groundtruth.txt`` with 4-value ``x,y,w,h`` or 8-value polygon rows (converted to the
+    axis-aligned min/max box)."""
+
+    def __init__(self, folder, init_box=None, on_bad_frame: str = "raise", name: str | None = None):
+        folder = _require_folder(folder)
+        img = folder / "color" if (folder / "color").is_dir() else folder
+        paths = _list_images(img)
+        if not paths:
+            raise SequenceError(
+                f"{img} holds no images ({', '.join(IMAGE_EXTENSIONS)}); a VOT sequence keeps its "
+                "frames in color/ or directly in the sequence folder"
+            )
+        super().__init__(name or folder.name, paths, None, init_box=init_box, on_bad_frame=on_bad_frame)
+        self.folder = folder
+        gt_path = folder / "groundtruth.txt"
+        self.groundtruth_path: Path | None = gt_path if gt_path.is_file() else None
+        if self.groundtruth_path is None:
+            self.warnings.append(f"{folder} has no groundtruth.txt; the sequence has no ground truth")
+        else:
+            gt = load_groundtruth(gt_path, allow_polygon=True)
+            self._gt = self._align_groundtruth(gt, gt_path)
+
+
+def open_sequence_folder(folder, init_box=None, on_bad_frame: str = "raise") -> FileSequenceSource:
+    """Open ``folder`` with the right reader: OTB when it has ``img/`` or
+    ``groundtruth_rect.txt``, VOT when it has ``groundtruth.txt`` or ``color/``."""
+    folder = _require_folder(folder)
+    if (folder / "img").is_dir() or (folder / "groundtruth_rect.txt").is_file():
+        return OTBSequence(folder, init_box=init_box, on_bad_frame=on_bad_frame)
+    if (folder / "groundtruth.txt").is_file() or (folder / "color").is_dir():
+        return VOTSequence(folder, init_box=init_box, on_bad_frame=on_bad_frame)
+    raise SequenceError(
+        f"{folder} is neither an OTB sequence (img/ + groundtruth_rect.txt) nor a VOT sequence "
+        "(color/ + groundtruth.txt); for a plain folder of images use an image glob such as "
+        f"'{folder / '*.jpg'}'"
+    )
+
+
+# --------------------------------------------------------------------------- globs
+
+
+class ImageGlobSource(FileSequenceSource):
+    """Images matching a glob pattern (``~`` expanded, ``**`` allowed), natural-sorted."""
+
+    def __init__(self, pattern: str, init_box=None, on_bad_frame: str = "raise", name: str | None = None):
+        pattern = os.path.expanduser(str(pattern))
+        matches = [p for p in _glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+        if not matches:
+            raise SequenceError(f"no files match {pattern!r}; check the folder and the pattern")
+        matches.sort(key=natural_key)
+        super().__init__(name or pattern, matches, None, init_box=init_box, on_bad_frame=on_bad_frame)
+        self.pattern = pattern
+
+
+# --------------------------------------------------------------------------- captures
+
+
+class _CaptureSource(SequenceSource):
+    def _capture_frame(self, raw, index: int, where: str) -> Frame:
+        try:
+            image = to_bgr8(raw)
+        except TrackerInputError as exc:
+            return self._bad_frame(index, None, SequenceError(f"{where}: frame {index}: {exc}"))
+        return Frame(index=index, image=image, gt=None, path=None)
+
+
+class VideoSource(_CaptureSource):
+    """Any video file ``cv2.VideoCapture`` opens. The length comes from
+    ``CAP_PROP_FRAME_COUNT`` where it is positive. Decoders cannot skip a broken frame, so a
+    read failure before that count ends the sequence and records a warning."""
+
+    def __init__(self, path, init_box=None, on_bad_frame: str = "raise", name: str | None = None):
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise SequenceError(f"video file {path} does not exist")
+        super().__init__(name or path.stem, init_box=init_box, on_bad_frame=on_bad_frame)
+        self.path = str(path)
+        cap = self._open()
+        try:
+            count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            ok, first = cap.read()
+        finally:
+            cap.release()
+        if not ok or first is None:
+            raise SequenceError(f"{path}: empty video (no frame could be decoded)")
+        self._count = int(count) if count and count > 0 and math.isfinite(count) else None
+        self.frame_size = (int(first.shape[1]), int(first.shape[0]))
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(self.path)
+        if not cap.isOpened():
+            cap.release()
+            raise SequenceError(
+                f"cannot open video {self.path}: not a video OpenCV can decode (try converting to .mp4 / .avi)"
+            )
+        return cap
+
+    def __len__(self) -> int:
+        if self._count is None:
+            raise TypeError(f"video {self.path} does not report its frame count")
+        return self._count
+
+    def _frames(self) -> Iterator[Frame]:
+        cap = self._open()
+        try:
+            index = 0
+            while self._count is None or index < self._count:
+                ok, raw = cap.read()
+                if not ok or raw is None:
+                    if self._count is not None:
+                        self.warnings.append(
+                            f"{self.path}: could not decode frame {index} of {self._count}; "
+                            f"the sequence ends after {index} frames"
+                        )
+                    return
+                yield self._capture_frame(raw, index, self.path)
+                index += 1
+        finally:
+            cap.release()
+
+
+class CameraSource(_CaptureSource):
+    """A live camera (int index, or a string of digits) or a stream URL (rtsp://, http://).
+
+    Has no length (``len()`` raises TypeError); iteration ends only when the device stops
+    delivering frames (recorded in ``warnings``) or the caller stops.
+    """
+
+    def __init__(self, index_or_url, init_box=None, on_bad_frame: str = "raise",
+                 name: str | None = None, open_timeout_s: float = 10.0):
+        target = index_or_url
+        if isinstance(target, str) and target.strip().isdigit():
+            target = int(target.strip())
+        if not isinstance(target, (int, str)) or isinstance(target, bool):
+            raise SequenceError(f"camera must be an index or a stream URL, got {index_or_url!r}")
+        super().__init__(name or f"camera:{target}", init_box=init_box, on_bad_frame=on_bad_frame)
+        self.target = target
+        if isinstance(target, int):
+            cap = cv2.VideoCapture(target)
+        else:
+            cap = cv2.VideoCapture(
+                target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000)]
+            )
+        if not cap.isOpened():
+            cap.release()
+            kind = f"camera index {target}" if isinstance(target, int) else f"stream {target}"
+            raise SequenceError(f"cannot open {kind}; check that the device exists / the URL is reachable")
+        self._cap = cap
+
+    def _frames(self) -> Iterator[Frame]:
+        index = 0
+        while not self._closed:
+            ok, raw = self._cap.read()
+            if not ok or raw is None:
+                self.warnings.append(f"{self.name}: stopped delivering frames after {index} frames")
+                return
+            yield self._capture_frame(raw, index, self.name)
+            index += 1
+
+    def close(self) -> None:
+        if not self._closed:
+            self._cap.release()
+        super().close()

@@ -1,0 +1,118 @@
+"""MXNet symbols of the tracker network: conv extractor, RoIAlign, fc4 -> fc5 -> fc6.
+
+The graph is split where deployment splits it: the extractor (data -> feature map, stride
+8) is what gets exported to ONNX / TVM; RoIAlign and the fc head stay in MXNet, where the
+head is fine-tuned online. Training joins the pieces into one graph with one fc6 branch per
+training sequence (multi-domain learning).
+"""
+from __future__ import annotations
+
+import mxnet as mx
+
+EXTRACTORS = ("vggm", "squeezenet")
+STRIDE = 8
+POOLED = (3, 3)
+FC_DIM = 512
+
+
+def _conv(x, name, channels, kernel, stride=1, pad=0, dilate=1, lr_mult=None):
+    w = mx.sym.Variable(f"{name}_weight", **({"lr_mult": lr_mult} if lr_mult is not None else {}))
+    b = mx.sym.Variable(f"{name}_bias", **({"lr_mult": 2 * lr_mult} if lr_mult is not None else {}))
+    x = mx.sym.Convolution(x, weight=w, bias=b, num_filter=channels, kernel=(kernel, kernel),
+                           stride=(stride, stride), pad=(pad, pad), dilate=(dilate, dilate), name=name)
+    return mx.sym.Activation(x, act_type="relu", name=f"{name}_relu")
+
+
+def _vggm(data):
+    """RT-MDNet's VGG-M conv1-3: no pool after conv2, conv3 dilated by 3, stride 8.
+
+    Padding is 'same' so that an H x W patch gives an H/8 x W/8 map for every bucket.
+    """
+    x = _conv(data, "conv1", 96, 7, stride=2, pad=3)
+    x = mx.sym.LRN(x, nsize=5, alpha=1e-4, beta=0.75, knorm=2, name="norm1")
+    x = mx.sym.Pooling(x, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="max", name="pool1")
+    x = _conv(x, "conv2", 256, 5, stride=2, pad=2)
+    x = mx.sym.LRN(x, nsize=5, alpha=1e-4, beta=0.75, knorm=2, name="norm2")
+    x = _conv(x, "conv3", 512, 3, stride=1, pad=3, dilate=3)
+    return x, 512
+
+
+def _fire(x, name, squeeze, expand):
+    s = _conv(x, f"{name}_squeeze1x1", squeeze, 1)
+    e1 = _conv(s, f"{name}_expand1x1", expand, 1)
+    e3 = _conv(s, f"{name}_expand3x3", expand, 3, pad=1)
+    return mx.sym.concat(e1, e3, dim=1, name=f"{name}_concat")
+
+
+def _squeezenet(data):
+    """SqueezeNet v1.1 up to fire5 (stride 8, 256 channels), ImageNet-initialisable."""
+    x = _conv(data, "conv1", 64, 3, stride=2, pad=1)
+    x = mx.sym.Pooling(x, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="max", name="pool1")
+    x = _fire(x, "fire2", 16, 64)
+    x = _fire(x, "fire3", 16, 64)
+    x = mx.sym.Pooling(x, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="max", name="pool3")
+    x = _fire(x, "fire4", 32, 128)
+    x = _fire(x, "fire5", 32, 128)
+    return x, 256
+
+
+def extractor(name: str, data=None):
+    """(feature symbol, channels) for extractor ``name``; input 'data' is (N, 3, H, W)."""
+    if data is None:
+        data = mx.sym.Variable("data")
+    if name == "vggm":
+        return _vggm(data)
+    if name == "squeezenet":
+        return _squeezenet(data)
+    raise ValueError(f"unknown extractor {name!r}; choose one of {EXTRACTORS}")
+
+
+def roi_pool(feat, rois):
+    """RoIAlign 3x3 at 1/8 scale; rois are (K, 5) rows (batch index, x1, y1, x2, y2) in patch px."""
+    return mx.sym.contrib.ROIAlign(feat, rois, pooled_size=POOLED, spatial_scale=1.0 / STRIDE,
+                                   sample_ratio=2, aligned=True, name="roi_align")
+
+
+def fc_head(pooled, n_out: int = 2, dropout: float = 0.5, fc6_lr_mult: float = 10.0):
+    """fc4 -> fc5 -> fc6 on pooled RoI features (K, C, 3, 3) or (K, C*9).
+
+    fc6 carries ``lr_mult`` 10 (biases 20), the MDNet per-layer learning rates; the
+    optimizer picks these up from the symbol's attributes.
+    """
+    x = mx.sym.flatten(pooled, name="flat")
+    x = mx.sym.FullyConnected(x, num_hidden=FC_DIM, name="fc4")
+    x = mx.sym.Activation(x, act_type="relu", name="fc4_relu")
+    if dropout:
+        x = mx.sym.Dropout(x, p=dropout, name="drop4")
+    x = mx.sym.FullyConnected(x, num_hidden=FC_DIM, name="fc5")
+    x = mx.sym.Activation(x, act_type="relu", name="fc5_relu")
+    if dropout:
+        x = mx.sym.Dropout(x, p=dropout, name="drop5")
+    w6 = mx.sym.Variable("fc6_weight", lr_mult=fc6_lr_mult)
+    b6 = mx.sym.Variable("fc6_bias", lr_mult=2 * fc6_lr_mult)
+    return mx.sym.FullyConnected(x, weight=w6, bias=b6, num_hidden=n_out, name="fc6")
+
+
+def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5):
+    """Whole multi-domain training graph.
+
+    Inputs: data (P, 3, H, W), rois (K, 5), domain_mask (K, n_domains) one-hot per RoI,
+    label (K,) in {0, 1}. fc6 has one 2-way branch per domain; the mask picks the RoI's
+    branch so that only its own domain's fc6 receives gradient.
+    """
+    feat, _ = extractor(extractor_name)
+    pooled = roi_pool(feat, mx.sym.Variable("rois"))
+    scores = fc_head(pooled, n_out=2 * n_domains, dropout=dropout)
+    scores = mx.sym.reshape(scores, shape=(-1, n_domains, 2))
+    mask = mx.sym.expand_dims(mx.sym.Variable("domain_mask"), axis=2)
+    scores = mx.sym.sum(mx.sym.broadcast_mul(scores, mask), axis=1, name="domain_scores")
+    return mx.sym.SoftmaxOutput(scores, label=mx.sym.Variable("label"), name="softmax")
+
+
+def head_param_names() -> list:
+    return ["fc4_weight", "fc4_bias", "fc5_weight", "fc5_bias", "fc6_weight", "fc6_bias"]
+
+
+def extractor_param_names(extractor_name: str) -> list:
+    feat, _ = extractor(extractor_name)
+    return [n for n in feat.list_arguments() if n != "data"]
