@@ -52,6 +52,10 @@ class Model:
         return np.asarray(self.config["mean_bgr"], dtype=np.float32)
 
     @property
+    def feature_scale(self) -> float:
+        return float(self.config.get("feature_scale", 1.0))
+
+    @property
     def channels(self) -> int:
         return int(self.config["feature_channels"])
 

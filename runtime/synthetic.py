@@ -82,12 +82,16 @@ def _occluder_texture(rng: np.random.Generator, width: int, height: int) -> np.n
 class _Path:
     """Smooth 1-D trajectory: a sum of sinusoids (periods in frames) around a centre."""
 
-    def __init__(self, rng: np.random.Generator, centre: float, amplitude: float, periods):
+    def __init__(self, rng: np.random.Generator, centre: float, amplitude: float, periods,
+                 zero_phase: bool = False):
         self.centre = centre
         weights = rng.uniform(0.5, 1.0, size=len(periods))
         self.amps = amplitude * weights / weights.sum()
         self.periods = np.asarray(periods, dtype=np.float64)
-        self.phases = rng.uniform(0, 2 * math.pi, size=len(periods))
+        if zero_phase:  # starts at the centre, heading up or down at random
+            self.phases = np.where(rng.random(len(periods)) < 0.5, 0.0, math.pi)
+        else:
+            self.phases = rng.uniform(0, 2 * math.pi, size=len(periods))
 
     def __call__(self, t: np.ndarray) -> np.ndarray:
         t = np.asarray(t, dtype=np.float64)[..., None]
@@ -115,6 +119,8 @@ def _boxes_on_path(rng, n, frame_w, frame_h, size, scale, margin=2.0):
 def _paste(frame: np.ndarray, tex: np.ndarray, box) -> None:
     """Draw ``tex`` scaled onto the continuous box ``(x, y, w, h)`` with exact edge coverage."""
     x, y, w, h = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return  # an absent object (NaN box) is not drawn
     fh, fw = frame.shape[:2]
     x0, y0 = max(int(math.floor(x)), 0), max(int(math.floor(y)), 0)
     x1, y1 = min(int(math.ceil(x + w)), fw), min(int(math.ceil(y + h)), fh)
@@ -168,7 +174,10 @@ class SyntheticSequence(SequenceSource):
         self.options = dict(scale_change=bool(scale_change), occlusion=bool(occlusion),
                             illumination=bool(illumination), distractors=int(distractors),
                             target_size=(tw, th))
-        rng = np.random.default_rng(seed)
+        # One independent stream per component, so switching one effect off (or adding a
+        # distractor) leaves every other pixel of the sequence unchanged.
+        streams = np.random.SeedSequence(int(seed)).spawn(5)
+        rng = np.random.default_rng(streams[0])
         t = np.arange(n_frames, dtype=np.float64)
 
         # background: larger than the frame, panned slowly with sub-pixel steps
@@ -191,13 +200,15 @@ class SyntheticSequence(SequenceSource):
 
         # distractors: similar size, their own textures and paths
         self._distractors = []
-        for _ in range(int(distractors)):
+        for child in streams[1].spawn(int(distractors)):
+            rng = np.random.default_rng(child)
             dsize = (tw * rng.uniform(0.8, 1.2), th * rng.uniform(0.8, 1.2))
             dtex = _object_texture(rng, int(round(2 * dsize[0])), int(round(2 * dsize[1])))
             dscale = np.exp(0.15 * np.sin(2 * math.pi * t / rng.uniform(150, 400) + rng.uniform(0, 6.3)))
             self._distractors.append((dtex, _boxes_on_path(rng, n_frames, width, height, dsize, dscale)))
 
         # occlusion: a vertical bar (40% of the target width) sweeps across the target
+        rng = np.random.default_rng(streams[2])
         self._occluder_tex = _occluder_texture(rng, 16, 64)
         self._occ_boxes = np.full((n_frames, 4), np.nan)
         self.occlusion = np.zeros(n_frames)
@@ -223,11 +234,11 @@ class SyntheticSequence(SequenceSource):
 
         # illumination: smooth global gain and offset
         if illumination:
-            g = _Path(rng, 1.0, 0.3, rng.uniform([60, 250], [110, 400]))
-            o = _Path(rng, 0.0, 20.0, rng.uniform([80, 300], [140, 500]))
+            rng = np.random.default_rng(streams[3])
+            # zero phase: frame 0 is unlit (gain 1, offset 0); gain stays in [0.7, 1.3]
+            g = _Path(rng, 1.0, 0.3, rng.uniform([120, 300], [200, 500]), zero_phase=True)
+            o = _Path(rng, 0.0, 20.0, rng.uniform([150, 350], [250, 600]), zero_phase=True)
             self._gain, self._offset = g(t), o(t)
-            self._offset -= self._offset[0]
-            self._gain /= self._gain[0]  # frame 0 looks like the texture as generated
         else:
             self._gain, self._offset = np.ones(n_frames), np.zeros(n_frames)
 

@@ -56,15 +56,23 @@ def _squeezenet(data):
     return x, 256
 
 
-def extractor(name: str, data=None):
-    """(feature symbol, channels) for extractor ``name``; input 'data' is (N, 3, H, W)."""
+def extractor(name: str, data=None, feature_scale: float = 1.0):
+    """(feature symbol, channels) for extractor ``name``; input 'data' is (N, 3, H, W).
+
+    ``feature_scale`` multiplies the output so that ImageNet-scale activations (tens to
+    hundreds) enter the fc head at about unit scale; it is part of the exported graph.
+    """
     if data is None:
         data = mx.sym.Variable("data")
     if name == "vggm":
-        return _vggm(data)
-    if name == "squeezenet":
-        return _squeezenet(data)
-    raise ValueError(f"unknown extractor {name!r}; choose one of {EXTRACTORS}")
+        feat, c = _vggm(data)
+    elif name == "squeezenet":
+        feat, c = _squeezenet(data)
+    else:
+        raise ValueError(f"unknown extractor {name!r}; choose one of {EXTRACTORS}")
+    if feature_scale != 1.0:
+        feat = mx.sym._internal._mul_scalar(feat, scalar=float(feature_scale), name="feature_scale")
+    return feat, c
 
 
 def roi_pool(feat, rois):
@@ -93,20 +101,23 @@ def fc_head(pooled, n_out: int = 2, dropout: float = 0.5, fc6_lr_mult: float = 1
     return mx.sym.FullyConnected(x, weight=w6, bias=b6, num_hidden=n_out, name="fc6")
 
 
-def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5):
+def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5, feature_scale: float = 1.0):
     """Whole multi-domain training graph.
 
-    Inputs: data (P, 3, H, W), rois (K, 5), domain_mask (K, n_domains) one-hot per RoI,
-    label (K,) in {0, 1}. fc6 has one 2-way branch per domain; the mask picks the RoI's
-    branch so that only its own domain's fc6 receives gradient.
+    Inputs carry the patch axis first so that data-parallel slicing hands every device
+    its own patches with their RoIs: data (P, 3, H, W), rois (P, R, 5) whose batch
+    index is local to the device (0 with one patch per device), domain_mask (P, R, D)
+    one-hot, label (P, R) in {0, 1}. fc6 has one 2-way branch per domain; the mask picks
+    each RoI's branch so that only its own domain's fc6 receives gradient.
     """
-    feat, _ = extractor(extractor_name)
-    pooled = roi_pool(feat, mx.sym.Variable("rois"))
+    feat, _ = extractor(extractor_name, feature_scale=feature_scale)
+    pooled = roi_pool(feat, mx.sym.reshape(mx.sym.Variable("rois"), shape=(-1, 5)))
     scores = fc_head(pooled, n_out=2 * n_domains, dropout=dropout)
     scores = mx.sym.reshape(scores, shape=(-1, n_domains, 2))
-    mask = mx.sym.expand_dims(mx.sym.Variable("domain_mask"), axis=2)
+    mask = mx.sym.reshape(mx.sym.Variable("domain_mask"), shape=(-1, n_domains, 1))
     scores = mx.sym.sum(mx.sym.broadcast_mul(scores, mask), axis=1, name="domain_scores")
-    return mx.sym.SoftmaxOutput(scores, label=mx.sym.Variable("label"), name="softmax")
+    label = mx.sym.reshape(mx.sym.Variable("label"), shape=(-1,))
+    return mx.sym.SoftmaxOutput(scores, label=label, normalization="batch", name="softmax")
 
 
 def head_param_names() -> list:
@@ -114,5 +125,5 @@ def head_param_names() -> list:
 
 
 def extractor_param_names(extractor_name: str) -> list:
-    feat, _ = extractor(extractor_name)
+    feat, _ = _vggm(mx.sym.Variable("data")) if extractor_name == "vggm" else _squeezenet(mx.sym.Variable("data"))
     return [n for n in feat.list_arguments() if n != "data"]

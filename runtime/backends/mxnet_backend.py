@@ -37,7 +37,7 @@ class MXNetBackend(FeatureBackend):
 
         super().__init__(model, device)
         self.ctx = mx_context(device)
-        self.symbol, _ = network.extractor(model.extractor)
+        self.symbol, _ = network.extractor(model.extractor, feature_scale=model.feature_scale)
         self._params = {k: mx.nd.array(v, ctx=self.ctx) for k, v in model.extractor_params().items()}
         self.binds = 0
         self._executors = {}

@@ -1,0 +1,73 @@
+"""Every number of the online algorithm in one object (pytracking keeps parameters apart
+from tracker code the same way). Defaults follow MDNet / RT-MDNet where this CPU allows;
+the comments say where and why they differ."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class TrackerParams:
+    # candidates (MDNet): Gaussian around the last box
+    n_candidates: int = 256
+    trans: float = 0.6
+    scale: float = 1.05
+    # search widening on failure: translation factor x1.1 per failed frame, at most 1.5
+    widen_rate: float = 1.1
+    trans_max: float = 1.5
+    # target = mean of the top-k candidates, after dropping outliers among them
+    top_k: int = 5
+    outlier_center: float = 0.5  # drop a box whose centre is farther than this * mean(w, h) from the median
+    outlier_scale: float = 1.3   # ... or whose area differs from the median's by more than this factor
+    success_threshold: float = 0.0
+    # first frame: samples and training
+    n_pos_init: int = 500
+    n_neg_init: int = 5000
+    pos_iou_init: float = 0.7
+    neg_iou_init: float = 0.5
+    iters_init: int = 50
+    lr_init: float = 5e-4
+    # online updates
+    n_pos_update: int = 50
+    n_neg_update: int = 200
+    pos_iou_update: float = 0.7
+    neg_iou_update: float = 0.3
+    long_interval: int = 10     # long-term update every N frames
+    long_frames: int = 100      # positives of the last N frames
+    short_frames: int = 20      # negatives (and short-term positives) of the last N frames
+    iters_update: int = 15
+    lr_update: float = 1e-3
+    # How many update iterations run per frame: an update is spread over the following
+    # frames so that no single frame stalls (0 = run the whole update at once, as MDNet).
+    update_iters_per_frame: int = 2
+    # minibatch and hard minibatch mining
+    batch_pos: int = 32
+    batch_neg: int = 96
+    mine_from: int = 1024
+    # optimiser (per-layer lr multipliers live in runtime.head.LR_MULT: fc6 x10)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    grad_clip: float = 10.0
+    dropout: float = 0.5
+    # Layers fine-tuned online. MDNet trains fc4-fc6; training fc5-fc6 lets fc4's output be
+    # cached per sample, which makes each update iteration several times cheaper on a CPU.
+    online_layers: tuple = ("fc5", "fc6")
+    # bounding-box regression (ridge, on pooled conv features of the first frame)
+    bbreg: bool = True
+    n_bbreg: int = 1000
+    bbreg_iou: float = 0.6
+    bbreg_alpha: float = 1000.0
+    # boxes never shrink below this many pixels
+    min_size: float = 4.0
+
+    def replace(self, **kw) -> "TrackerParams":
+        known = {f.name for f in fields(self)}
+        bad = sorted(set(kw) - known)
+        if bad:
+            raise ValueError(f"unknown tracker parameter(s): {', '.join(bad)}")
+        d = asdict(self)
+        d.update(kw)
+        return TrackerParams(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

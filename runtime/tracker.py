@@ -1,0 +1,251 @@
+"""The MDNet online tracker with a got10k-style ``init`` / ``update`` interface.
+
+Per frame: one patch around the previous target, cropped into its bucket; features once;
+RoIAlign of all candidates; fc scores; top-k fusion without outliers; box regression;
+sample collection and long/short-term updates spread over the following frames.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import sampling
+from .bbreg import BBoxRegressor
+from .buckets import crop_patch
+from .errors import TrackerInputError
+from .geometry import iou, keep_center_inside
+from .imageops import to_bgr8
+from .model import Model, load_model
+from .params import TrackerParams
+
+STAGES = ("crop", "features", "head", "bbreg", "update")
+
+
+@dataclass
+class TrackResult:
+    box: np.ndarray  # (x, y, w, h) float image pixels
+    score: float     # target score of the fused top-k (> 0: target found)
+    ok: bool         # success flag
+    ms: float = 0.0  # wall time of this call
+    stages: dict = field(default_factory=dict)  # ms per stage; "other" is Python overhead
+    bucket: int = -1
+
+
+def fuse_top_k(boxes: np.ndarray, scores: np.ndarray, k: int, max_center: float, max_scale: float):
+    """Indices of the top-``k`` boxes by score after dropping outliers.
+
+    A box is an outlier when its centre is farther than ``max_center * mean(w, h)`` of the
+    median box from the median centre, or its area differs from the median's by more than
+    ``max_scale`` times. The best-scoring box is always kept.
+    """
+    top = np.argsort(-scores, kind="stable")[:k]
+    b = boxes[top]
+    c = b[:, :2] + b[:, 2:] / 2
+    med_c = np.median(c, axis=0)
+    med_wh = np.median(b[:, 2:], axis=0)
+    dist = np.linalg.norm(c - med_c, axis=1) / max(med_wh.mean(), 1e-6)
+    area = b[:, 2] * b[:, 3]
+    med_a = max(float(np.median(area)), 1e-6)
+    ratio = np.maximum(area / med_a, med_a / np.maximum(area, 1e-6))
+    keep = (dist <= max_center) & (ratio <= max_scale)
+    keep[0] = True
+    return top[keep]
+
+
+class Tracker:
+    """``Tracker(model, backend, device, seed).init(image, box)`` then ``update(image)``.
+
+    Images are BGR uint8 arrays as OpenCV gives them (grayscale, BGRA and 16-bit are
+    converted). ``artifacts`` points the compiled backends at a prebuilt artifact set.
+    """
+
+    def __init__(self, model="models/default", backend: str = "mxnet", device: str = "cpu", seed: int = 0,
+                 params: TrackerParams | None = None, artifacts=None, **params_kw):
+        from .backends import make_backend
+        from .backends.mxnet_backend import mx_context
+
+        self.model: Model = model if isinstance(model, Model) else load_model(model)
+        self.params = (params or TrackerParams()).replace(**params_kw) if params_kw else (params or TrackerParams())
+        self.policy = self.model.policy
+        kw = {"artifacts": artifacts} if artifacts is not None and backend != "mxnet" else {}
+        self.backend = make_backend(backend, self.model, device=device, **kw)
+        self.ctx = mx_context(device) if backend == "mxnet" else mx_context("cpu")
+        self.seed = int(seed)
+        self.head = None
+        self.frame = -1
+        self._mean = self.model.mean.reshape(1, 1, 3)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _features(self, image, geom, stages):
+        t = time.perf_counter()
+        patch = crop_patch(image, geom, fill=self.model.mean)
+        x = (patch.astype(np.float32) - self._mean).transpose(2, 0, 1)[None]
+        t1 = time.perf_counter()
+        feat = self.backend.extract(geom.bucket, np.ascontiguousarray(x))
+        stages["crop"] = stages.get("crop", 0.0) + (t1 - t) * 1e3
+        stages["features"] = stages.get("features", 0.0) + (time.perf_counter() - t1) * 1e3
+        return feat
+
+    def _sample_bounds(self, geom, size):
+        """Samples must lie where the patch has image content: patch rect cut by the image."""
+        h, w = geom.shape
+        x0, y0, pw, ph = geom.to_image([0.0, 0.0, w, h])
+        x1, y1 = max(x0, 0.0), max(y0, 0.0)
+        x2, y2 = min(x0 + pw, size[0]), min(y0 + ph, size[1])
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            return np.array([x0, y0, pw, ph])
+        return np.array([x1, y1, x2 - x1, y2 - y1])
+
+    def _check_box(self, box, size):
+        b = np.asarray(box, dtype=np.float64).reshape(-1)
+        if b.shape != (4,) or not np.all(np.isfinite(b)):
+            raise TrackerInputError(f"initial box must be 4 finite numbers x,y,w,h, got {np.asarray(box).tolist()}")
+        if b[2] <= 0 or b[3] <= 0:
+            raise TrackerInputError(f"initial box {b.tolist()} has no area: width and height must be positive")
+        x1, y1 = max(b[0], 0.0), max(b[1], 0.0)
+        x2, y2 = min(b[0] + b[2], size[0]), min(b[1] + b[3], size[1])
+        if x2 - x1 <= 0 or y2 - y1 <= 0:
+            raise TrackerInputError(f"initial box {b.tolist()} lies outside the {size[0]}x{size[1]} image")
+        # Part outside the image: keep the visible part (what the first frame can show).
+        return np.array([x1, y1, x2 - x1, y2 - y1])
+
+    # -- the interface ------------------------------------------------------------------
+    def init(self, image, box) -> TrackResult:
+        from .head import OnlineHead
+
+        t0 = time.perf_counter()
+        p = self.params
+        image = to_bgr8(image)
+        size = (image.shape[1], image.shape[0])
+        box = self._check_box(box, size)
+        self.rng = np.random.default_rng(self.seed)
+        self.head = OnlineHead(self.model, self.ctx, p, self.rng)
+        self.head.prepare([(1, self.model.channels) + self.policy.feature_shape(b) for b in range(len(self.policy.shapes))])
+        self.frame = 0
+        self.box = box.copy()
+        self.trans_f = p.trans
+        self.pos_mem = deque(maxlen=p.long_frames)
+        self.neg_mem = deque(maxlen=p.short_frames)
+        self.pending = None
+        self.updates = {"long": 0, "short": 0}
+        stages = {}
+
+        geom = self.policy.select(box)
+        feat = self._features(image, geom, stages)
+        t = time.perf_counter()
+        bounds = self._sample_bounds(geom, size)
+        rng = self.rng
+        pos = sampling.sample_by_iou(rng, "gaussian", box, p.n_pos_init, p.pos_iou_init, 1.0, bounds,
+                                     trans=0.1, scale=1.3)
+        half = p.n_neg_init // 2
+        neg = np.concatenate([
+            sampling.sample_by_iou(rng, "uniform", box, half, 0.0, p.neg_iou_init, bounds, trans=1.0, scale=1.6),
+            sampling.sample_by_iou(rng, "whole", box, p.n_neg_init - half, 0.0, p.neg_iou_init, bounds, scale=1.6),
+        ])
+        _, pos_e = self.head.embed(feat, geom.to_patch(pos))
+        _, neg_e = self.head.embed(feat, geom.to_patch(neg))
+        stages["head"] = (time.perf_counter() - t) * 1e3
+
+        t = time.perf_counter()
+        self.bbreg = None
+        if p.bbreg:
+            bb = sampling.sample_by_iou(rng, "uniform", box, p.n_bbreg, p.bbreg_iou, 1.0, bounds, trans=0.3, scale=1.6)
+            if len(bb) >= 10:
+                bb_pooled, _ = self.head.embed(feat, geom.to_patch(bb))
+                self.bbreg = BBoxRegressor(p.bbreg_alpha).fit(bb_pooled, bb, box)
+        stages["bbreg"] = (time.perf_counter() - t) * 1e3
+
+        t = time.perf_counter()
+        self.head.set_lr(p.lr_init)
+        for _ in range(p.iters_init):
+            self.head.train_step(pos_e, neg_e)
+        self.pos_mem.append(pos_e[rng.permutation(len(pos_e))[: p.n_pos_update]])
+        self.neg_mem.append(neg_e[rng.permutation(len(neg_e))[: p.n_neg_update]])
+        stages["update"] = (time.perf_counter() - t) * 1e3
+        return self._result(box, float("inf"), True, t0, stages, geom.bucket)
+
+    def update(self, image) -> TrackResult:
+        if self.head is None:
+            raise RuntimeError("call init(image, box) before update(image)")
+        t0 = time.perf_counter()
+        p = self.params
+        image = to_bgr8(image)
+        size = (image.shape[1], image.shape[0])
+        self.frame += 1
+        stages = {}
+        rng = self.rng
+
+        region = self.policy.search_region(self.box, widen=self.trans_f / p.trans)
+        geom = self.policy.select(self.box, region)
+        feat = self._features(image, geom, stages)
+
+        t = time.perf_counter()
+        img_rect = np.array([0.0, 0.0, size[0], size[1]])
+        cand = sampling.clip_into(sampling.gaussian(rng, self.box, p.n_candidates, self.trans_f, p.scale),
+                                  img_rect, p.min_size)
+        pooled, emb = self.head.embed(feat, geom.to_patch(cand))
+        scores = self.head.score(emb)
+        keep = fuse_top_k(cand, scores, p.top_k, p.outlier_center, p.outlier_scale)
+        score = float(scores[keep].mean())
+        ok = score > p.success_threshold
+        fused = cand[keep].mean(axis=0)
+        stages["head"] = (time.perf_counter() - t) * 1e3
+
+        t = time.perf_counter()
+        result = fused
+        if ok and self.bbreg is not None:
+            result = self.bbreg.predict(pooled[keep], cand[keep]).mean(axis=0)
+        result = keep_center_inside(result, size, p.min_size)
+        self.box = keep_center_inside(fused, size, p.min_size)
+        self.trans_f = p.trans if ok else min(self.trans_f * p.widen_rate, p.trans_max)
+        stages["bbreg"] = (time.perf_counter() - t) * 1e3
+
+        t = time.perf_counter()
+        if ok:
+            bounds = self._sample_bounds(geom, size)
+            pos = sampling.sample_by_iou(rng, "gaussian", self.box, p.n_pos_update, p.pos_iou_update, 1.0,
+                                         bounds, trans=0.1, scale=1.3)
+            neg = sampling.sample_by_iou(rng, "uniform", self.box, p.n_neg_update, 0.0, p.neg_iou_update,
+                                         bounds, trans=1.5, scale=1.2)
+            if len(pos) and len(neg):
+                _, e = self.head.embed(feat, geom.to_patch(np.concatenate([pos, neg])))
+                self.pos_mem.append(e[: len(pos)])
+                self.neg_mem.append(e[len(pos):])  # deque(maxlen=short_frames): older negatives drop out
+        if not ok:
+            self._start_update("short")
+        elif self.frame % p.long_interval == 0:
+            self._start_update("long")
+        self._run_update()
+        stages["update"] = (time.perf_counter() - t) * 1e3
+        return self._result(result, score, ok, t0, stages, geom.bucket)
+
+    # -- online updates -------------------------------------------------------------------
+    def _start_update(self, kind: str) -> None:
+        p = self.params
+        frames = p.short_frames if kind == "short" else p.long_frames
+        pos = list(self.pos_mem)[-frames:]
+        if not pos or not self.neg_mem:
+            return
+        self.updates[kind] += 1
+        self.pending = [np.concatenate(pos), np.concatenate(list(self.neg_mem)), p.iters_update]
+
+    def _run_update(self) -> None:
+        if self.pending is None:
+            return
+        pos, neg, left = self.pending
+        n = left if self.params.update_iters_per_frame <= 0 else min(left, self.params.update_iters_per_frame)
+        self.head.set_lr(self.params.lr_update)
+        for _ in range(n):
+            self.head.train_step(pos, neg)
+        self.pending = None if left - n <= 0 else [pos, neg, left - n]
+
+    def _result(self, box, score, ok, t0, stages, bucket) -> TrackResult:
+        ms = (time.perf_counter() - t0) * 1e3
+        for s in STAGES:
+            stages.setdefault(s, 0.0)
+        stages["other"] = max(0.0, ms - sum(stages[s] for s in STAGES))
+        return TrackResult(box=np.asarray(box, dtype=np.float64), score=score, ok=bool(ok), ms=ms,
+                           stages=stages, bucket=bucket)

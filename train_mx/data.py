@@ -1,0 +1,151 @@
+"""Multi-domain training data: sequences (domains), clean ground truth, and minibatches of
+one patch per frame with positive and negative RoIs drawn as MDNet does."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime import sampling
+from runtime.buckets import BucketPolicy, crop_patch
+from runtime.sources import OTBSequence, open_sequence_folder, read_image
+
+
+def clean_groundtruth(gt: np.ndarray, image_size, window: int = 5, max_ratio: float = 2.0) -> np.ndarray:
+    """Boolean mask of ground-truth rows fit for training.
+
+    Rejects absent rows (NaN), empty or non-finite boxes, boxes mostly outside the image,
+    and outliers: a box whose area differs more than ``max_ratio`` times from the median
+    of its neighbours (+-``window`` frames), or whose centre jumps more than the median
+    box size from both neighbours (annotation glitches).
+    """
+    gt = np.asarray(gt, dtype=np.float64)
+    n = len(gt)
+    ok = np.all(np.isfinite(gt), axis=1)
+    ok &= (gt[:, 2] >= 2) & (gt[:, 3] >= 2)
+    w, h = float(image_size[0]), float(image_size[1])
+    with np.errstate(invalid="ignore"):
+        ix = np.clip(np.minimum(gt[:, 0] + gt[:, 2], w) - np.maximum(gt[:, 0], 0), 0, None)
+        iy = np.clip(np.minimum(gt[:, 1] + gt[:, 3], h) - np.maximum(gt[:, 1], 0), 0, None)
+        visible = ix * iy / np.maximum(gt[:, 2] * gt[:, 3], 1e-9)
+    ok &= np.nan_to_num(visible) >= 0.5
+    area = gt[:, 2] * gt[:, 3]
+    centre = gt[:, :2] + gt[:, 2:] / 2
+    for i in np.flatnonzero(ok):
+        nb = [j for j in range(max(0, i - window), min(n, i + window + 1)) if j != i and ok[j]]
+        if len(nb) < 2:
+            continue
+        med = np.median(area[nb])
+        if not (1 / max_ratio <= area[i] / med <= max_ratio):
+            ok[i] = False
+            continue
+        size = np.sqrt(med)
+        prev = [j for j in nb if j < i]
+        nxt = [j for j in nb if j > i]
+        if prev and nxt:
+            d1 = np.linalg.norm(centre[i] - centre[prev[-1]])
+            d2 = np.linalg.norm(centre[i] - centre[nxt[0]])
+            if d1 > size and d2 > size and np.linalg.norm(centre[prev[-1]] - centre[nxt[0]]) < size:
+                ok[i] = False
+    return ok
+
+
+@dataclass
+class Domain:
+    name: str
+    frames: list  # paths of the usable frames
+    boxes: np.ndarray  # (n, 4)
+
+
+def load_domains(folders, min_frames: int = 10) -> list:
+    """One domain per sequence folder, keeping only frames with clean ground truth."""
+    domains = []
+    for folder in folders:
+        seq = open_sequence_folder(folder)
+        if seq.groundtruth is None:
+            continue
+        paths = list(seq.frame_paths)
+        n = min(len(paths), len(seq.groundtruth))
+        first = read_image(paths[0])
+        mask = clean_groundtruth(seq.groundtruth[:n], (first.shape[1], first.shape[0]))
+        idx = np.flatnonzero(mask)
+        if len(idx) >= min_frames:
+            domains.append(Domain(Path(folder).name, [paths[i] for i in idx], seq.groundtruth[idx]))
+    return domains
+
+
+@dataclass
+class Batch:
+    bucket: int
+    data: np.ndarray   # (P, 3, H, W) float32, normalised
+    pos: np.ndarray    # (P, n_pos, 4) patch-pixel boxes (x, y, w, h)
+    neg: np.ndarray    # (P, n_neg, 4)
+    domain: int
+
+
+class BatchSampler:
+    """Draws minibatches: P frames of one domain, one patch each, all in one bucket."""
+
+    def __init__(self, domains, policy: BucketPolicy, mean_bgr, n_pos=32, n_neg=1024, patches=1,
+                 seed=0, prev_jitter=0.3):
+        self.domains = domains
+        self.policy = policy
+        self.mean = np.asarray(mean_bgr, np.float32).reshape(1, 1, 3)
+        self.n_pos, self.n_neg, self.patches = n_pos, n_neg, patches
+        self.rng = np.random.default_rng(seed)
+        self.prev_jitter = prev_jitter
+        self._order = []
+
+    def next_domain(self) -> int:
+        """Cycle through domains in a fresh random order each round (MDNet)."""
+        if not self._order:
+            self._order = list(self.rng.permutation(len(self.domains)))
+        return int(self._order.pop())
+
+    def sample(self, domain: int | None = None) -> Batch:
+        d = self.next_domain() if domain is None else domain
+        dom = self.domains[d]
+        rng = self.rng
+        frames = rng.choice(len(dom.frames), self.patches, replace=len(dom.frames) < self.patches)
+        bucket = None
+        data, pos_all, neg_all = [], [], []
+        for k in frames:
+            image = read_image(dom.frames[k])
+            gt = dom.boxes[k]
+            # The tracker crops around its previous estimate, not the truth: jitter it.
+            prev = sampling.gaussian(rng, gt, 1, trans=self.prev_jitter, scale=1.1)[0]
+            region = self.policy.search_region(prev)
+            geom = self.policy.select(prev, region) if bucket is None else self.policy.for_shape(prev, bucket, region)
+            bucket = geom.bucket
+            h, w = geom.shape
+            x0, y0, pw, ph = geom.to_image([0.0, 0.0, w, h])
+            bounds = np.array([max(x0, 0), max(y0, 0), min(x0 + pw, image.shape[1]) - max(x0, 0),
+                               min(y0 + ph, image.shape[0]) - max(y0, 0)])
+            pos = sampling.sample_by_iou(rng, "gaussian", gt, self.n_pos, 0.7, 1.0, bounds, trans=0.1, scale=1.3)
+            half = self.n_neg // 2
+            neg = np.concatenate([
+                sampling.sample_by_iou(rng, "uniform", gt, half, 0.0, 0.5, bounds, trans=1.0, scale=1.6),
+                sampling.sample_by_iou(rng, "whole", gt, self.n_neg - half, 0.0, 0.5, bounds, scale=1.6),
+            ])
+            pos = _fill(rng, pos, self.n_pos, gt)
+            neg = _fill(rng, neg, self.n_neg, None)
+            patch = crop_patch(image, geom, fill=self.mean.reshape(3))
+            if rng.random() < 0.5:  # colour jitter keeps the head from keying on exact tones
+                patch = cv2.convertScaleAbs(patch, alpha=float(rng.uniform(0.8, 1.2)), beta=float(rng.uniform(-20, 20)))
+            data.append((patch.astype(np.float32) - self.mean).transpose(2, 0, 1))
+            pos_all.append(geom.to_patch(pos))
+            neg_all.append(geom.to_patch(neg))
+        return Batch(bucket, np.stack(data), np.stack(pos_all), np.stack(neg_all), d)
+
+
+def _fill(rng, boxes, n, fallback):
+    """Pad a short sample set to exactly ``n`` by repetition (fixed shapes, no re-bind)."""
+    if len(boxes) == 0:
+        if fallback is None:
+            raise ValueError("no samples could be drawn")
+        boxes = np.asarray(fallback, np.float64).reshape(1, 4)
+    if len(boxes) < n:
+        boxes = boxes[rng.integers(0, len(boxes), n)]
+    return boxes[:n]

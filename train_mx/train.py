@@ -1,0 +1,302 @@
+"""Offline multi-domain training: ``python -m train_mx.train``.
+
+Each iteration takes frames of one sequence (domain), one patch per frame and device,
+scores ``--mine-from`` negatives (mining pass) and trains on 32 positives + the 96
+hardest negatives. Shapes go through a ``BucketingModule`` keyed by (H, W, RoIs): every
+key binds once, so after warm-up nothing re-binds (``binds`` in the log counts them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Autotune once per bucket: executors are never re-bound, so cuDNN tunes each shape once.
+os.environ.setdefault("MXNET_CUDNN_AUTOTUNE_DEFAULT", "1")
+
+import mxnet as mx  # noqa: E402
+
+from runtime.buckets import BucketPolicy  # noqa: E402
+from runtime.model import load_model, save_model  # noqa: E402
+
+from . import network  # noqa: E402
+from .data import BatchSampler, load_domains  # noqa: E402
+from .weights import default_squeezenet_path, load_squeezenet_h5, load_vggm_mat  # noqa: E402
+
+MEAN = {"squeezenet": [104.0, 117.0, 123.0], "vggm": [128.0, 128.0, 128.0]}
+FEATURE_SCALE = {"squeezenet": 1.0 / 32, "vggm": 1.0 / 32}
+FREEZE = {"squeezenet": ["conv1", "fire2", "fire3"], "vggm": []}
+
+
+def parse_ctx(text: str) -> list:
+    out = []
+    for part in text.split(","):
+        kind, _, idx = part.strip().partition(":")
+        i = int(idx or 0)
+        if kind == "cpu":
+            out.append(mx.cpu(i))
+        elif kind in ("gpu", "cuda"):
+            out.append(mx.gpu(i))
+        else:
+            raise SystemExit(f"error: bad context {part!r}; use cpu:0,cpu:1 or gpu:0,...")
+    return out
+
+
+class Trainer:
+    """The bucketing module, optimizer and hard minibatch mining loop."""
+
+    def __init__(self, extractor, n_domains, policy, contexts, lr=1e-4, fc_lr_mult=10.0, wd=5e-4,
+                 momentum=0.9, clip=10.0, freeze=(), kvstore="local", batch_pos=32, batch_neg=96,
+                 mine_from=1024, seed=0):
+        self.extractor = extractor
+        self.n_domains = n_domains
+        self.policy = policy
+        self.contexts = contexts
+        self.P = len(contexts)
+        self.batch_pos, self.batch_neg, self.mine_from = batch_pos, batch_neg, mine_from
+        self.feature_scale = FEATURE_SCALE[extractor]
+        self.binds = 0
+        self.bound_keys = []
+        sym = network.training_symbol(extractor, n_domains, feature_scale=self.feature_scale)
+        self.arg_names = sym.list_arguments()
+        params = [n for n in self.arg_names if n not in ("data", "rois", "domain_mask", "label")]
+        self.fixed = [n for n in params if any(n.startswith(f + "_") or n == f for f in freeze)]
+
+        def sym_gen(key):
+            return sym, ("data", "rois", "domain_mask"), ("label",)
+
+        biggest = max(range(len(policy.shapes)), key=lambda b: policy.shapes[b][0] * policy.shapes[b][1])
+        self.default_key = self._key(biggest, mine_from)
+        mx.random.seed(seed)
+        self.mod = mx.mod.BucketingModule(sym_gen, default_bucket_key=self.default_key, context=contexts,
+                                          fixed_param_names=self.fixed)
+        self.mod.bind(data_shapes=self._data_shapes(self.default_key), label_shapes=self._label_shapes(self.default_key),
+                      for_training=True)
+        self._count_bind(self.default_key)
+        self.mod.init_params(initializer=mx.init.Mixed(["fc6_weight", ".*"], [mx.init.Normal(0.01), mx.init.Xavier(magnitude=2.0)]))
+        self.lr_mult = {n: (fc_lr_mult * (2.0 if n.endswith("bias") else 1.0) if n.startswith("fc") else
+                            (2.0 if n.endswith("bias") else 1.0)) for n in params}
+        opt = mx.optimizer.SGD(learning_rate=lr, momentum=momentum, wd=wd, clip_gradient=clip,
+                               rescale_grad=1.0 / self.P, param_idx2name=dict(enumerate(params)))
+        opt.set_lr_mult(self.lr_mult)
+        opt.set_wd_mult({n: (0.0 if n.endswith("bias") else 1.0) for n in params})
+        self.kvstore = mx.kv.create(kvstore) if kvstore.startswith("dist") else kvstore
+        self.mod.init_optimizer(kvstore=self.kvstore, optimizer=opt)
+        self.optimizer = opt
+
+    def _key(self, bucket, n_rois):
+        h, w = self.policy.shapes[bucket]
+        return (h, w, n_rois)
+
+    def _data_shapes(self, key):
+        h, w, r = key
+        return [mx.io.DataDesc("data", (self.P, 3, h, w)), mx.io.DataDesc("rois", (self.P, r, 5)),
+                mx.io.DataDesc("domain_mask", (self.P, r, self.n_domains))]
+
+    def _label_shapes(self, key):
+        return [mx.io.DataDesc("label", (self.P, key[2]))]
+
+    def _count_bind(self, key):
+        if key not in self.bound_keys:
+            self.bound_keys.append(key)
+            self.binds += 1
+
+    def set_params(self, params: dict) -> None:
+        arg, aux = self.mod.get_params()
+        for k, v in params.items():
+            if k in arg:
+                if arg[k].shape != v.shape:
+                    raise ValueError(f"{k}: shape {v.shape} does not match the network's {arg[k].shape}")
+                arg[k] = mx.nd.array(v)
+        self.mod.set_params(arg, aux)
+
+    def _batch(self, data, rois_xywh, labels, domain):
+        p, r = rois_xywh.shape[:2]
+        rois = np.zeros((p, r, 5), np.float32)
+        rois[..., 1:3] = rois_xywh[..., :2]
+        rois[..., 3:5] = rois_xywh[..., :2] + rois_xywh[..., 2:]
+        mask = np.zeros((p, r, self.n_domains), np.float32)
+        mask[..., domain] = 1.0
+        return mx.io.DataBatch(data=[mx.nd.array(data), mx.nd.array(rois), mx.nd.array(mask)],
+                               label=[mx.nd.array(labels)], bucket_key=(data.shape[2], data.shape[3], r),
+                               provide_data=self._data_shapes((data.shape[2], data.shape[3], r)),
+                               provide_label=self._label_shapes((data.shape[2], data.shape[3], r)))
+
+    def step(self, batch) -> dict:
+        """Mining pass over ``mine_from`` negatives, then one SGD step on 32 + 96."""
+        P = self.P
+        mine = self._batch(batch.data, batch.neg, np.zeros((P, batch.neg.shape[1]), np.float32), batch.domain)
+        self._count_bind(mine.bucket_key)
+        self.mod.forward(mine, is_train=False)
+        prob = self.mod.get_outputs()[0].asnumpy().reshape(P, -1, 2)[..., 1]
+        hard = np.argsort(-prob, axis=1, kind="stable")[:, : self.batch_neg]
+        neg = np.take_along_axis(batch.neg, hard[..., None], axis=1)
+        rois = np.concatenate([batch.pos[:, : self.batch_pos], neg], axis=1)
+        labels = np.concatenate([np.ones((P, self.batch_pos)), np.zeros((P, self.batch_neg))], axis=1).astype(np.float32)
+        train = self._batch(batch.data, rois, labels, batch.domain)
+        self._count_bind(train.bucket_key)
+        self.mod.forward_backward(train)
+        self.mod.update()
+        out = self.mod.get_outputs()[0].asnumpy().reshape(P, -1, 2)
+        y = labels.astype(int)
+        pr = np.take_along_axis(out, y[..., None], axis=2)[..., 0]
+        loss = float(-np.mean(np.log(np.clip(pr, 1e-12, None))))
+        acc = float(np.mean((out[..., 1] > 0.5) == (y == 1)))
+        return {"loss": loss, "acc": acc, "hard_neg_prob": float(np.take_along_axis(prob, hard, 1).mean())}
+
+    def evaluate(self, batch):
+        """Softmax outputs (P, R, 2) and labels for positives and a random (not mined)
+        negative subset of ``batch``: the held-out measure."""
+        P = self.P
+        rois = np.concatenate([batch.pos[:, : self.batch_pos], batch.neg[:, : self.batch_neg]], axis=1)
+        labels = np.concatenate([np.ones((P, self.batch_pos)), np.zeros((P, self.batch_neg))], axis=1).astype(np.float32)
+        b = self._batch(batch.data, rois, labels, batch.domain)
+        self._count_bind(b.bucket_key)
+        self.mod.forward(b, is_train=False)
+        return self.mod.get_outputs()[0].asnumpy().reshape(P, -1, 2), labels
+
+    def params(self) -> dict:
+        arg, _ = self.mod.get_params()
+        return {k: v.asnumpy() for k, v in arg.items()}
+
+
+def heldout_loss(trainer, sampler, n_batches: int) -> float:
+    """Mean loss on held-out sequences, each scored with the branch that fits it best."""
+    losses = []
+    for i in range(n_batches):
+        batch = sampler.sample(i % len(sampler.domains))
+        best = None
+        for d in range(trainer.n_domains):
+            batch.domain = d
+            out, labels = trainer.evaluate(batch)
+            pr = np.take_along_axis(out, labels.astype(int)[..., None], axis=2)[..., 0]
+            loss = float(-np.mean(np.log(np.clip(pr, 1e-12, None))))
+            best = loss if best is None else min(best, loss)
+        losses.append(best)
+    return float(np.mean(losses))
+
+
+def model_config(extractor, policy, args=None) -> dict:
+    return {
+        "extractor": extractor,
+        "feature_channels": 512 if extractor == "vggm" else 256,
+        "feature_scale": FEATURE_SCALE[extractor],
+        "mean_bgr": MEAN[extractor],
+        "buckets": policy.to_dict(),
+        "training": args or {},
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train_mx.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--sequences", nargs="+", default=None,
+                    help="sequence folders (OTB/VOT layout); default: ../shared/data/sequences/*")
+    ap.add_argument("--holdout", default="", help="comma-separated sequence names kept out of training")
+    ap.add_argument("--extractor", choices=network.EXTRACTORS, default="squeezenet")
+    ap.add_argument("--pretrained", default=None,
+                    help="squeezenet .h5 or imagenet-vgg-m.mat; default: ../shared/weights/squeezenet_v1.1_notop.h5 for squeezenet, none for vggm")
+    ap.add_argument("--iterations", type=int, default=2000)
+    ap.add_argument("--epoch-size", type=int, default=100, help="iterations per logged epoch / checkpoint")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--fc-lr-mult", type=float, default=10.0)
+    ap.add_argument("--freeze", default=None, help="comma-separated layer prefixes not trained (default per extractor)")
+    ap.add_argument("--mine-from", type=int, default=1024)
+    ap.add_argument("--ctx", default="cpu:0", help="cpu:0,cpu:1 or gpu:0,gpu:1 (data parallel)")
+    ap.add_argument("--kvstore", default="local", help="local, device or dist_sync (with train_mx.launch)")
+    ap.add_argument("--out", default="runs/train", help="checkpoint folder")
+    ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--heldout-batches", type=int, default=20)
+    ap.add_argument("--save-model", default=None, help="write the final model folder here")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+
+    from tqdm import tqdm
+
+    seqs = args.sequences or sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "sequences").iterdir()
+                                    if p.is_dir())
+    holdout = {h for h in args.holdout.split(",") if h}
+    policy = BucketPolicy()
+    domains = load_domains([s for s in seqs if Path(s).name not in holdout])
+    held = load_domains([s for s in seqs if Path(s).name in holdout]) if holdout else []
+    if not domains:
+        print("error: no training sequences with usable ground truth", file=sys.stderr)
+        return 2
+    contexts = parse_ctx(args.ctx)
+    freeze = FREEZE[args.extractor] if args.freeze is None else [f for f in args.freeze.split(",") if f]
+    trainer = Trainer(args.extractor, len(domains), policy, contexts, lr=args.lr, fc_lr_mult=args.fc_lr_mult,
+                      freeze=freeze, kvstore=args.kvstore, mine_from=args.mine_from, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank = trainer.kvstore.rank if not isinstance(trainer.kvstore, str) else 0
+    start = 0
+    log = []
+    ckpt = out / "checkpoint"
+    if args.resume and (ckpt / "manifest.json").is_file():
+        m = load_model(ckpt)
+        trainer.set_params(m.params)
+        state = json.loads((out / "state.json").read_text())
+        start, log = state["iteration"], state["log"]
+        print(f"resumed from {ckpt} at iteration {start}")
+    else:
+        pre = args.pretrained
+        if pre is None and args.extractor == "squeezenet":
+            pre = str(default_squeezenet_path())
+        if pre:
+            w = load_squeezenet_h5(pre) if args.extractor == "squeezenet" else load_vggm_mat(pre)
+            trainer.set_params(w)
+            print(f"initialised {len(w)} extractor tensors from {pre}")
+    sampler = BatchSampler(domains, policy, MEAN[args.extractor], n_neg=args.mine_from, patches=len(contexts),
+                           seed=args.seed * 1000 + 7919 * rank + start)
+    held_sampler = BatchSampler(held, policy, MEAN[args.extractor], n_neg=args.mine_from, patches=len(contexts),
+                                seed=12345) if held else None
+    config = model_config(args.extractor, policy, {k: v for k, v in vars(args).items()})
+    t_start = time.time()
+    it = start
+    bar = tqdm(total=args.iterations, initial=start, disable=args.quiet or not sys.stderr.isatty(), unit="it")
+    while it < args.iterations:
+        t0 = time.time()
+        stats = []
+        n = min(args.epoch_size, args.iterations - it)
+        for _ in range(n):
+            stats.append(trainer.step(sampler.sample()))
+            it += 1
+            bar.update(1)
+        entry = {"iteration": it, "loss": float(np.mean([s["loss"] for s in stats])),
+                 "acc": float(np.mean([s["acc"] for s in stats])), "seconds": time.time() - t0,
+                 "binds": trainer.binds}
+        if held_sampler is not None and (it % (args.epoch_size * 5) == 0 or it >= args.iterations):
+            entry["heldout_loss"] = heldout_loss(trainer, held_sampler, args.heldout_batches)
+        log.append(entry)
+        msg = (f"epoch {len(log):3d} iter {it:6d} loss {entry['loss']:.4f} acc {entry['acc']:.3f} "
+               f"time {entry['seconds']:.1f}s binds {trainer.binds}")
+        if "heldout_loss" in entry:
+            msg += f" heldout {entry['heldout_loss']:.4f}"
+        bar.write(msg) if not bar.disable else print(msg, flush=True)
+        if rank == 0:
+            save_model(ckpt, config, trainer.params())
+            (out / "state.json").write_text(json.dumps({"iteration": it, "log": log}, indent=1))
+    bar.close()
+    total = time.time() - t_start
+    if rank == 0:
+        params = trainer.params()
+        # fc6 branches belong to the training sequences; the tracker starts a fresh fc6.
+        params = {k: v for k, v in params.items() if not k.startswith("fc6")}
+        config["training"]["seconds"] = total
+        config["training"]["domains"] = [d.name for d in domains]
+        config["training"]["heldout"] = sorted(holdout)
+        if args.save_model:
+            save_model(args.save_model, config, params)
+            print(f"model written to {args.save_model}")
+        (out / "final_params.json").write_text(json.dumps({"binds": trainer.binds, "keys": [list(k) for k in trainer.bound_keys]}))
+    print(f"trained {it - start} iterations in {total / 60:.1f} min; binds {trainer.binds}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
