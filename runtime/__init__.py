@@ -1,0 +1,24 @@
+"""The tracker runtime: sequence sources, geometry, bucket policy, feature backends, the
+online head and the ``runtime.track`` entry point.
+
+``Tracker`` is imported lazily so that ``import runtime`` stays cheap (MXNet loads only
+when a tracker is built).
+"""
+import os as _os
+
+# MXNet logs one line per bound oneDNN graph; a tracker binds many. Keep the console clean.
+_os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+
+__all__ = ["Tracker", "TrackResult", "TrackerParams"]
+
+
+def __getattr__(name):
+    if name in ("Tracker", "TrackResult"):
+        from . import tracker
+
+        return getattr(tracker, name)
+    if name == "TrackerParams":
+        from .params import TrackerParams
+
+        return TrackerParams
+    raise AttributeError(name)

@@ -1,0 +1,70 @@
+"""Conv extractor -> ONNX, one file per bucket shape, through MXNet's own exporter.
+
+Each exported graph is checked with ``onnx.checker`` and its ONNX Runtime output compared
+with MXNet's on the same patch before anything downstream uses it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .onnx_compat import install as _install_compat
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+def export_bucket(model, bucket: int, path) -> Path:
+    """Write the extractor for ``bucket``'s (1, 3, H, W) input to ``path`` (.onnx)."""
+    _install_compat()
+    import mxnet as mx
+    import onnx
+
+    from train_mx import network
+
+    h, w = model.policy.shapes[bucket]
+    sym, _ = network.extractor(model.extractor, feature_scale=model.feature_scale)
+    params = {k: mx.nd.array(v) for k, v in model.extractor_params().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mx.onnx.export_model(sym, params, [(1, 3, h, w)], [np.float32], str(path), verbose=False, dynamic=False)
+    m = onnx.load(str(path))
+    # MXNet lists every weight as a graph input too; keep only the patch as an input so
+    # that runtimes treat weights as constants (folding, no per-call binding).
+    inits = {i.name for i in m.graph.initializer}
+    keep = [i for i in m.graph.input if i.name not in inits]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def onnx_session(path, device: str = "cpu"):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+
+
+def check_parity(model, bucket: int, path, mx_backend, seed: int = 0, rtol: float = 1e-4) -> float:
+    """Max abs difference between ONNX Runtime and MXNet, relative to the feature scale.
+
+    Raises :class:`ParityError` above ``rtol``. The patch is uniform in [-128, 128], the
+    range of a mean-subtracted image.
+    """
+    h, w = model.policy.shapes[bucket]
+    x = np.random.default_rng(seed).uniform(-128, 128, (1, 3, h, w)).astype(np.float32)
+    sess = onnx_session(path)
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    ref = mx_backend.extract(bucket, x)
+    rel = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
+    if rel > rtol:
+        raise ParityError(f"{path}: ONNX Runtime differs from MXNet by {rel:.2e} of the feature scale (limit {rtol:.0e})")
+    return rel

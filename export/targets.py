@@ -1,0 +1,56 @@
+"""Compile targets: the one place that turns a target name into TVM target dicts.
+
+Names: ``llvm`` (this CPU; ``llvm:MCPU`` picks another x86 CPU), ``cuda:sm_XX`` (host code
+for x86-64), ``aarch64`` (a 64-bit Arm board's CPU) and ``cuda:sm_XX@aarch64`` (a
+Jetson's GPU with Arm host code). Cross targets need Debian's ``g++-aarch64-linux-gnu``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CROSS_CC = {"aarch64": "aarch64-linux-gnu-g++"}
+AARCH64_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+JETSON_ARCHS = ("sm_72", "sm_87")
+DATACENTER_ARCHS = ("sm_80", "sm_90")
+
+
+@dataclass(frozen=True)
+class CompileTarget:
+    name: str       # canonical name, also the artifact folder and tuning-database folder
+    target: dict    # TVM target dict (with "host" where it differs from the default)
+    device: str     # "cpu" or "cuda": where the artifact runs
+    cross: str | None = None  # "aarch64" when compiled for another machine
+
+    def tvm_target(self):
+        import tvm
+
+        return tvm.target.Target(self.target)
+
+
+def parse(name: str, mcpu: str | None = None) -> CompileTarget:
+    """``llvm``, ``llvm:znver3``, ``aarch64``, ``cuda:sm_87``, ``cuda:sm_87@aarch64``."""
+    name = name.strip()
+    if name == "llvm" or name.startswith("llvm:"):
+        cpu = name.split(":", 1)[1] if ":" in name else (mcpu or "native")
+        canon = "llvm" if cpu == "native" else f"llvm-{cpu}"
+        return CompileTarget(canon, {"kind": "llvm", "mcpu": cpu}, "cpu")
+    if name in ("aarch64", "llvm-aarch64"):
+        return CompileTarget("aarch64", dict(AARCH64_HOST), "cpu", cross="aarch64")
+    if name.startswith("cuda"):
+        spec, _, host = name.partition("@")
+        arch = spec.split(":", 1)[1] if ":" in spec else "sm_80"
+        if not arch.startswith("sm_") or not arch[3:].isdigit():
+            raise ValueError(f"bad CUDA architecture {arch!r}; use e.g. cuda:sm_87")
+        t = {"kind": "cuda", "arch": arch}
+        if host == "aarch64":
+            t["host"] = dict(AARCH64_HOST)
+            return CompileTarget(f"cuda-{arch}-aarch64", t, "cuda", cross="aarch64")
+        if host:
+            raise ValueError(f"unknown host {host!r} in {name!r}; only @aarch64 is supported")
+        t["host"] = {"kind": "llvm"}
+        return CompileTarget(f"cuda-{arch}", t, "cuda")
+    raise ValueError(f"unknown target {name!r}; use llvm, llvm:MCPU, aarch64, cuda:sm_XX or cuda:sm_XX@aarch64")
+
+
+def parse_list(text: str, mcpu: str | None = None) -> list:
+    return [parse(t, mcpu) for t in text.split(",") if t.strip()]

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny model folder and the ../shared folder."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _extractor_params(rng: np.random.Generator) -> dict:
+    """ImageNet SqueezeNet weights when ../shared has them, else seeded He-normal convs."""
+    from train_mx import network
+    from train_mx.weights import default_squeezenet_path, load_squeezenet_h5
+
+    path = default_squeezenet_path()
+    if path.is_file():
+        try:
+            return load_squeezenet_h5(path)
+        except ImportError:  # no h5py: fall back to random weights
+            pass
+    feat, _ = network.extractor("squeezenet")
+    arg_shapes, _, _ = feat.infer_shape(data=(1, 3, 224, 224))
+    shapes = dict(zip(feat.list_arguments(), arg_shapes))
+    out = {}
+    for name in network.extractor_param_names("squeezenet"):
+        shape = shapes[name]
+        if name.endswith("_weight"):
+            fan_in = int(np.prod(shape[1:]))
+            out[name] = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape).astype(np.float32)
+        else:
+            out[name] = np.zeros(shape, np.float32)
+    return out
+
+
+def _xavier(rng: np.random.Generator, n_out: int, n_in: int) -> np.ndarray:
+    limit = np.sqrt(6.0 / (n_in + n_out))
+    return rng.uniform(-limit, limit, (n_out, n_in)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small SqueezeNet model folder (config, weights, manifest) written by save_model."""
+    from runtime.buckets import BucketPolicy
+    from runtime.model import save_model
+
+    rng = np.random.default_rng(0)
+    config = {
+        "extractor": "squeezenet",
+        "feature_channels": 256,
+        "feature_scale": 1 / 32,
+        "mean_bgr": [104, 117, 123],
+        "buckets": BucketPolicy().to_dict(),
+    }
+    params = _extractor_params(rng)
+    params["fc4_weight"] = _xavier(rng, 512, 256 * 9)
+    params["fc4_bias"] = np.zeros(512, np.float32)
+    params["fc5_weight"] = _xavier(rng, 512, 512)
+    params["fc5_bias"] = np.zeros(512, np.float32)
+    return save_model(tmp_path_factory.mktemp("tiny_model") / "model", config, params)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The ../shared folder next to the project (data and weights), or skip."""
+    path = Path(__file__).resolve().parents[2] / "shared"
+    if not path.is_dir():
+        pytest.skip(f"{path} is not present")
+    return path
