@@ -154,7 +154,8 @@ def plan(args, train_args) -> tuple:
 
 
 def remote_command(node: Node, remote_dir: str) -> str:
-    env = dict(node.env, PYTHONPATH=remote_dir)
+    env = dict(node.env)
+    env["PYTHONPATH"] = ":".join([remote_dir] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     return f"cd {shlex.quote(remote_dir)} && env {assigns} {shlex.join(node.argv)}"
 
@@ -239,6 +240,7 @@ class Job:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         deadline = time.monotonic() + a.timeout if a.timeout else None
         rc = 0
+        gone_since = None
         try:
             for n in self.nodes:
                 self.start(n)
@@ -257,11 +259,16 @@ class Job:
                 if all(n.proc.poll() == 0 for n in workers):
                     break
                 gone = [n for n in services if n.proc.poll() is not None]
-                if gone:
+                # The scheduler and servers exit as soon as every worker has said goodbye,
+                # which can be a moment before the worker processes themselves are gone.
+                if gone and (gone[0].proc.returncode != 0 or gone_since is not None
+                             and time.monotonic() - gone_since > a.grace):
                     n = gone[0]
                     self.say(f"{n.tag} exited (status {n.proc.returncode}) while workers still run: stopping the job")
                     rc = 1
                     break
+                if gone and gone_since is None:
+                    gone_since = time.monotonic()
                 if deadline is not None and time.monotonic() > deadline:
                     self.say(f"timeout after {a.timeout:g} s: stopping the job")
                     rc = 124

@@ -1,0 +1,44 @@
+"""``python -m export --model models/default --targets llvm,cuda:sm_87,aarch64 [--out DIR]``
+
+Exports the conv extractor of every bucket to ONNX (checked against MXNet), then compiles
+one TVM library per (bucket, target), each set with a manifest.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from runtime.errors import TrackerInputError
+
+from .targets import JETSON_ARCHS, DATACENTER_ARCHS
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0].strip("`"),
+                                 epilog=f"CUDA architectures: Jetson {', '.join(JETSON_ARCHS)}; "
+                                        f"datacenter {', '.join(DATACENTER_ARCHS)}. "
+                                        "Cross targets (aarch64, cuda:sm_XX@aarch64) need g++-aarch64-linux-gnu.")
+    ap.add_argument("--model", default="models/default", help="model folder (default models/default)")
+    ap.add_argument("--targets", default="llvm",
+                    help="comma-separated: llvm, llvm:MCPU, aarch64, cuda:sm_XX, cuda:sm_XX@aarch64 (default llvm)")
+    ap.add_argument("--out", default=None, help="output folder (default: the runtime's artifact cache)")
+    args = ap.parse_args(argv)
+    from runtime.model import load_model
+
+    from . import targets
+    from .build import build
+
+    try:
+        model = load_model(args.model)
+        names = targets.parse_list(args.targets)
+    except (TrackerInputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    done = build(model, names, args.out)
+    for name, folder in done.items():
+        print(f"{name}: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Compiled artifact sets: where they live, what their manifest says, and the checks made
+before any of their native code is loaded.
+
+An artifact set is a folder with ``manifest.json`` and one file per bucket (``.onnx`` for
+ONNX Runtime, ``.so`` for TVM). The manifest ties it to one model (hash), one bucket set,
+one target and the TVM / ONNX versions that built it; every file carries its sha256.
+Artifacts are native code: load only sets you built or trust.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import ArtifactError
+from .model import sha256_file
+
+MANIFEST = "manifest.json"
+
+
+def cache_root() -> Path:
+    """``$MDTRACK_CACHE`` or ``~/.cache/mdtrack``: where first-use builds go."""
+    return Path(os.environ.get("MDTRACK_CACHE", Path.home() / ".cache" / "mdtrack"))
+
+
+def default_dir(model, kind: str, target: str) -> Path:
+    return cache_root() / "artifacts" / model.model_hash[:16] / (kind if kind == "onnx" else target)
+
+
+def bucket_file(bucket: int, shape, ext: str) -> str:
+    return f"bucket{bucket}_{shape[0]}x{shape[1]}.{ext}"
+
+
+def rebuild_command(model, target: str, out) -> str:
+    t = "onnx" if target == "onnx" else target
+    return f"python -m export --model {model.path} --targets {t} --out {out}"
+
+
+def write_manifest(folder, model, kind: str, target: str, target_dict, files: dict, extra=None) -> Path:
+    folder = Path(folder)
+    manifest = {
+        "format": 1,
+        "kind": kind,  # "onnx" or "tvm"
+        "model_hash": model.model_hash,
+        "extractor": model.extractor,
+        "buckets": [list(s) for s in model.policy.shapes],
+        "target": target,
+        "target_dict": target_dict,
+        "versions": _versions(kind),
+        "files": {name: sha256_file(folder / name) for name in files},
+    }
+    manifest.update(extra or {})
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return folder / MANIFEST
+
+
+def _versions(kind: str) -> dict:
+    out = {}
+    try:
+        import onnx
+
+        out["onnx"] = onnx.__version__
+    except ImportError:
+        pass
+    if kind == "tvm":
+        import tvm
+
+        out["tvm"] = tvm.__version__
+    return out
+
+
+def verify(folder, model, kind: str, target: str) -> dict:
+    """Check a set against the model, bucket set, target, installed TVM and file hashes.
+
+    Returns the manifest; raises :class:`ArtifactError` naming the mismatch and the
+    command that rebuilds the set.
+    """
+    folder = Path(folder)
+    fix = f"rebuild with: {rebuild_command(model, target, folder)}"
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise ArtifactError(f"no {MANIFEST} in {folder}; {fix}")
+    try:
+        m = json.loads(mpath.read_text())
+    except ValueError as e:
+        raise ArtifactError(f"{mpath} is not valid JSON ({e}); {fix}") from None
+    if m.get("kind") != kind:
+        raise ArtifactError(f"{folder} holds {m.get('kind')} artifacts, not {kind}; {fix}")
+    if m.get("model_hash") != model.model_hash:
+        raise ArtifactError(f"{folder} was built for another model ({str(m.get('model_hash'))[:12]}, "
+                            f"this is {model.model_hash[:12]}); {fix}")
+    if m.get("buckets") != [list(s) for s in model.policy.shapes]:
+        raise ArtifactError(f"{folder} was built for another bucket set {m.get('buckets')}; {fix}")
+    if m.get("target") != target:
+        raise ArtifactError(f"{folder} was built for target {m.get('target')}, not {target}; {fix}")
+    if kind == "tvm":
+        import tvm
+
+        built = m.get("versions", {}).get("tvm")
+        if built != tvm.__version__:
+            raise ArtifactError(f"{folder} was built with TVM {built}, installed is {tvm.__version__}; {fix}")
+    for name, digest in m.get("files", {}).items():
+        f = folder / name
+        if not f.is_file():
+            raise ArtifactError(f"{f} is missing; {fix}")
+        if sha256_file(f) != digest:
+            raise ArtifactError(f"{f} does not match its sha256 in the manifest (corrupt or modified); {fix}")
+    for b, shape in enumerate(model.policy.shapes):
+        name = bucket_file(b, shape, "onnx" if kind == "onnx" else "so")
+        if name not in m.get("files", {}):
+            raise ArtifactError(f"{folder} has no artifact for bucket {b} {tuple(shape)}; {fix}")
+    return m

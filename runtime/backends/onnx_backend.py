@@ -1,0 +1,57 @@
+"""ONNX Runtime feature backend (CPU; CUDA provider where onnxruntime-gpu is installed)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifacts
+from ..errors import ArtifactError, TrackerInputError
+from .base import FeatureBackend
+
+
+def ensure_onnx(model, folder=None) -> Path:
+    """The model's verified ONNX set: ``folder`` if given, else the cache, built on first use."""
+    if folder is not None:
+        artifacts.verify(folder, model, "onnx", "onnx")
+        return Path(folder)
+    folder = artifacts.default_dir(model, "onnx", "onnx")
+    try:
+        artifacts.verify(folder, model, "onnx", "onnx")
+    except ArtifactError:
+        print(f"exporting ONNX artifacts for {len(model.policy.shapes)} buckets into {folder} (first use)...",
+              file=sys.stderr, flush=True)
+        from export.build import build_onnx
+
+        build_onnx(model, folder, log=lambda m: print("  " + m, file=sys.stderr, flush=True))
+        artifacts.verify(folder, model, "onnx", "onnx")
+    return folder
+
+
+class OnnxRuntimeBackend(FeatureBackend):
+    name = "onnxruntime"
+
+    def __init__(self, model, device: str = "cpu", artifacts=None):
+        super().__init__(model, device)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise TrackerInputError("the onnxruntime backend needs onnxruntime: pip install -e '.[export]'") from None
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise TrackerInputError("--device cuda with onnxruntime needs onnxruntime-gpu (pip install onnxruntime-gpu)")
+        from export.onnx_export import onnx_session
+
+        self.folder = ensure_onnx(model, artifacts)
+        from ..artifacts import bucket_file
+
+        self.sessions = []
+        for b, shape in enumerate(self.policy.shapes):
+            s = onnx_session(self.folder / bucket_file(b, shape, "onnx"), device)
+            s.run(None, {s.get_inputs()[0].name: np.zeros((1, 3) + tuple(shape), np.float32)})  # warm-up
+            self.sessions.append((s, s.get_inputs()[0].name))
+
+    def extract(self, bucket: int, patch: np.ndarray) -> np.ndarray:
+        self._check(bucket, patch)
+        s, name = self.sessions[bucket]
+        return s.run(None, {name: patch})[0]

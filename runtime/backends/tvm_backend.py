@@ -1,0 +1,87 @@
+"""TVM feature backend: one compiled library per bucket, loaded and warmed at start-up."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifacts
+from ..errors import ArtifactError, TrackerInputError
+from .base import FeatureBackend
+
+
+def ensure_tvm(model, target_name: str, folder=None) -> Path:
+    """A verified TVM set: ``folder`` if given; else the cache, where a missing or stale
+    host-CPU (llvm) set is built on first use. Other targets must be built with export."""
+    if folder is not None:
+        artifacts.verify(folder, model, "tvm", target_name)
+        return Path(folder)
+    folder = artifacts.default_dir(model, "tvm", target_name)
+    try:
+        artifacts.verify(folder, model, "tvm", target_name)
+    except ArtifactError:
+        if target_name != "llvm":
+            raise
+        print(f"compiling TVM llvm artifacts for {len(model.policy.shapes)} buckets into {folder} (first use)...",
+              file=sys.stderr, flush=True)
+        from export.build import build_tvm
+        from export.targets import parse
+
+        from .onnx_backend import ensure_onnx
+
+        log = lambda m: print("  " + m, file=sys.stderr, flush=True)  # noqa: E731
+        build_tvm(model, parse("llvm"), ensure_onnx(model), folder, log=log)
+        artifacts.verify(folder, model, "tvm", target_name)
+    return folder
+
+
+def _manifest_target(folder):
+    import json
+
+    try:
+        return json.loads((Path(folder) / artifacts.MANIFEST).read_text()).get("target")
+    except (OSError, ValueError):
+        return None  # verify() reports the missing or broken manifest
+
+
+class TVMBackend(FeatureBackend):
+    name = "tvm"
+
+    def __init__(self, model, device: str = "cpu", artifacts=None, target: str | None = None):
+        super().__init__(model, device)
+        try:
+            import tvm
+            from tvm import relax
+        except ImportError:
+            raise TrackerInputError("the tvm backend needs apache-tvm: pip install -e '.[export]'") from None
+        if target is None and artifacts is not None:
+            target = _manifest_target(artifacts)
+        if target is None:
+            if device != "cpu":
+                raise TrackerInputError("--device cuda with tvm needs --artifacts DIR built by "
+                                        "`python -m export --targets cuda:sm_XX`")
+            target = "llvm"
+        self.folder = ensure_tvm(model, target, artifacts)
+        self.target = target
+        self.dev = tvm.cpu() if device == "cpu" else tvm.cuda(int(device.split(":")[1]) if ":" in device else 0)
+        want = "cpu" if device == "cpu" else "cuda"
+        built_for = "cuda" if target.startswith("cuda") else "cpu"
+        if want != built_for:
+            raise ArtifactError(f"{self.folder} holds {built_for} artifacts ({target}) but --device is {device}")
+        from ..artifacts import bucket_file
+
+        self._tvm = tvm
+        self.vms = []
+        for b, shape in enumerate(self.policy.shapes):
+            lib = tvm.runtime.load_module(str(self.folder / bucket_file(b, shape, "so")))
+            vm = relax.VirtualMachine(lib, self.dev)
+            x = tvm.runtime.tensor(np.zeros((1, 3) + tuple(shape), np.float32), self.dev)
+            vm["main"](x).numpy()  # warm-up
+            self.vms.append((vm["main"], x))
+
+    def extract(self, bucket: int, patch: np.ndarray) -> np.ndarray:
+        self._check(bucket, patch)
+        fn, x = self.vms[bucket]
+        x.copyfrom(patch)
+        return fn(x).numpy()

@@ -1,0 +1,394 @@
+"""The tracker's parts: candidate sampling, top-k fusion, sample windows, update triggers,
+hard-negative mining, box regression, executor reuse and input checks."""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+from runtime import sampling
+from runtime.bbreg import BBoxRegressor
+from runtime.errors import TrackerInputError
+from runtime.geometry import center_error, iou
+from runtime.params import TrackerParams
+from runtime.synthetic import make_sequence
+from runtime.tracker import Tracker, fuse_top_k
+
+# Cheap first-frame training for tests that only need a tracker that runs.
+CHEAP = dict(n_pos_init=100, n_neg_init=600, iters_init=5, n_bbreg=200)
+
+
+def _centres(b):
+    b = np.asarray(b, dtype=np.float64)
+    return b[..., :2] + b[..., 2:] / 2
+
+
+def _owner(a):
+    """The array that owns ``a``'s memory (a view keeps its base alive)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    from runtime.model import load_model
+
+    return load_model(tiny_model)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_gaussian_candidate_statistics():
+    rng = np.random.default_rng(0)
+    box = np.array([50.0, 60.0, 40.0, 20.0])
+    n, trans, scale = 20000, 0.6, 1.05
+    s = sampling.gaussian(rng, box, n, trans=trans, scale=scale)
+    assert s.shape == (n, 4)
+    m = box[2:].mean()
+    bound = trans * m
+    shift = _centres(s) - _centres(box)
+    # reference spread of clip(0.5 N(0,1), -1, 1) by its own simulation (about 0.48)
+    ref = np.clip(0.5 * np.random.default_rng(123).standard_normal(2_000_000), -1, 1).std()
+    assert 0.45 < ref < 0.5
+    for axis in (0, 1):
+        d = shift[:, axis]
+        assert abs(d.mean()) < 0.02 * bound
+        assert np.abs(d).max() <= bound + 1e-9
+        assert np.abs(d).max() > 0.95 * bound  # the clip is reached
+        assert d.std() == pytest.approx(bound * ref, rel=0.03)
+    f = s[:, 2] / box[2]
+    assert f.min() >= 1 / scale - 1e-12 and f.max() <= scale + 1e-12
+    np.testing.assert_allclose(s[:, 3] / box[3], f)  # aspect kept
+    assert abs(np.log(f).mean()) < 0.01 * np.log(scale) + 3 * np.log(scale) * ref / np.sqrt(n)
+
+
+def test_uniform_and_whole_stay_in_range():
+    rng = np.random.default_rng(1)
+    box = np.array([100.0, 80.0, 30.0, 50.0])
+    m = box[2:].mean()
+    u = sampling.uniform(rng, box, 5000, trans=1.0, scale=1.6)
+    shift = _centres(u) - _centres(box)
+    assert np.abs(shift).max() <= m + 1e-9
+    assert shift.std(axis=0) == pytest.approx([m / np.sqrt(3)] * 2, rel=0.05)  # uniform spread
+    f = u[:, 2] / box[2]
+    assert f.min() >= 1 / 1.6 - 1e-12 and f.max() <= 1.6 + 1e-12
+    np.testing.assert_allclose(u[:, 3] / box[3], f)
+
+    bounds = np.array([10.0, 20.0, 300.0, 200.0])
+    w = sampling.whole(rng, box, 5000, bounds, scale=1.6)
+    c = _centres(w)
+    assert (c[:, 0] >= bounds[0]).all() and (c[:, 0] <= bounds[0] + bounds[2]).all()
+    assert (c[:, 1] >= bounds[1]).all() and (c[:, 1] <= bounds[1] + bounds[3]).all()
+    f = w[:, 2] / box[2]
+    assert f.min() >= 1 / 1.6 - 1e-12 and f.max() <= 1.6 + 1e-12
+
+
+@pytest.mark.parametrize("kind,lo,hi,kw", [
+    ("gaussian", 0.7, 1.0, dict(trans=0.1, scale=1.3)),
+    ("uniform", 0.0, 0.5, dict(trans=1.0, scale=1.6)),
+    ("whole", 0.0, 0.5, dict(scale=1.6)),
+    ("uniform", 0.6, 1.0, dict(trans=0.3, scale=1.6)),
+])
+def test_sample_by_iou_range(kind, lo, hi, kw):
+    rng = np.random.default_rng(2)
+    box = np.array([120.0, 90.0, 40.0, 32.0])
+    bounds = np.array([0.0, 0.0, 320.0, 240.0])
+    s = sampling.sample_by_iou(rng, kind, box, 500, lo, hi, bounds, **kw)
+    assert s.shape == (500, 4)
+    o = iou(s, box[None])
+    assert o.min() >= lo and o.max() <= hi
+    c = _centres(s)
+    assert (c >= 0).all() and (c[:, 0] <= 320).all() and (c[:, 1] <= 240).all()
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+def test_fuse_top_k_drops_outliers():
+    near = np.array([[100, 100, 40, 40], [102, 99, 40, 41], [98, 101, 41, 40],
+                     [101, 102, 39, 40], [99, 98, 40, 39]], dtype=np.float64)
+    far = np.array([[250, 30, 40, 40]], dtype=np.float64)
+    boxes = np.concatenate([near, far])
+    scores = np.array([10.0, 8.0, 7.0, 6.0, 5.0, 9.0])  # the far box is second best
+    keep = fuse_top_k(boxes, scores, 5, 0.5, 1.3)
+    assert 5 not in keep
+    assert sorted(keep.tolist()) == [0, 1, 2, 3]  # the rest of the top-5
+    assert keep[0] == 0
+
+    # a scale outlier (same centre, twice the side = 4x the area), third best
+    big = np.array([[80, 80, 80, 80]], dtype=np.float64)
+    boxes = np.concatenate([near, big])
+    scores = np.array([10.0, 9.0, 7.0, 6.0, 5.0, 8.0])
+    keep = fuse_top_k(boxes, scores, 5, 0.5, 1.3)
+    assert 5 not in keep and sorted(keep.tolist()) == [0, 1, 2, 3]
+
+    # a moderate box (shift 0.3 * size, area x1.2) is not an outlier
+    mild = np.array([[112, 100, 42, 46]], dtype=np.float64)
+    boxes = np.concatenate([near, mild])
+    keep = fuse_top_k(boxes, np.array([10.0, 8.0, 7.0, 6.0, 5.0, 9.0]), 5, 0.5, 1.3)
+    assert 5 in keep and len(keep) == 5
+
+
+def test_fuse_top_k_keeps_the_best_even_when_far():
+    near = np.array([[100, 100, 40, 40]] * 4, dtype=np.float64) + np.arange(4)[:, None]
+    boxes = np.concatenate([[[250, 30, 40, 40]], near])
+    keep = fuse_top_k(boxes, np.array([10.0, 5.0, 4.0, 3.0, 2.0]), 5, 0.5, 1.3)
+    assert keep[0] == 0  # documented: the best-scoring box is always kept
+    assert set(keep.tolist()) == {0, 1, 2, 3, 4}
+
+
+# --------------------------------------------------------------------------- a tracked run
+
+
+@pytest.fixture(scope="module")
+def run_log(model):
+    """Init + 50 updates on a synthetic sequence, recording the sample windows as they go."""
+    tracker = Tracker(model, seed=0, long_interval=10)
+    seq = make_sequence(n_frames=51, size=(320, 240), seed=1)
+    f0 = seq.read_frame(0)
+    tracker.init(f0.image, f0.gt)
+    log = {
+        "tracker": tracker, "seq": seq,
+        "head_binds": tracker.head.binds, "backend_binds": tracker.backend.binds,
+        "first_neg": tracker.neg_mem[0],  # the first frame's negatives (held for an identity check)
+        "oks": [], "neg_len": [len(tracker.neg_mem)], "pos_len": [len(tracker.pos_mem)],
+        "neg_refs": [], "pos_refs": [], "updates": [],
+    }
+    for i in range(1, 51):
+        before = tracker.neg_mem[-1]
+        r = tracker.update(seq.read_frame(i).image)
+        appended = tracker.neg_mem[-1] is not before
+        del before
+        log["oks"].append(r.ok)
+        log["neg_len"].append(len(tracker.neg_mem))
+        log["pos_len"].append(len(tracker.pos_mem))
+        log["updates"].append(dict(tracker.updates))
+        if appended:
+            log["neg_refs"].append((i, weakref.ref(_owner(tracker.neg_mem[-1]))))
+            log["pos_refs"].append((i, weakref.ref(_owner(tracker.pos_mem[-1]))))
+    return log
+
+
+def test_short_term_window_discards_old_negatives(run_log):
+    t = run_log["tracker"]
+    p = t.params
+    assert max(run_log["neg_len"]) <= p.short_frames
+    oks = run_log["oks"]
+    assert sum(oks[:39]) > p.short_frames  # the synthetic target is tracked
+    assert run_log["neg_len"][-1] == p.short_frames
+    # the first frame's negatives are gone from the window
+    assert all(a is not run_log["first_neg"] for a in t.neg_mem)
+    # positives are kept for the long window
+    successes = sum(oks)
+    assert run_log["pos_len"][-1] == min(1 + successes, p.long_frames) > p.short_frames
+    # nothing keeps the memory of negatives older than the window alive
+    gc.collect()
+    appended = run_log["neg_refs"]
+    old = appended[: len(appended) - p.short_frames]
+    assert old, "the run must push negatives out of the window"
+    alive = [i for i, ref in old if ref() is not None]
+    assert not alive, (f"negatives of frames {alive} left the short-term window but their memory is still "
+                       "referenced (e.g. as a view sharing a buffer with the kept positives)")
+    assert all(ref() is not None for _, ref in run_log["pos_refs"][-p.short_frames:])
+
+
+def test_long_term_updates_every_interval(run_log):
+    t = run_log["tracker"]
+    oks = run_log["oks"]
+    expected_long = sum(1 for i, ok in enumerate(oks, 1) if ok and i % t.params.long_interval == 0)
+    assert expected_long >= 3
+    assert t.updates["long"] == expected_long
+    assert t.updates["short"] == sum(1 for ok in oks if not ok)
+    # the count rises exactly on the interval frames
+    longs = [u["long"] for u in run_log["updates"]]
+    for i in range(1, len(longs)):
+        frame = i + 1
+        rise = longs[i] - longs[i - 1]
+        assert rise == (1 if frame % 10 == 0 and oks[i] else 0)
+
+
+def test_executors_never_rebound(run_log):
+    t = run_log["tracker"]
+    assert t.head.binds == run_log["head_binds"]
+    assert t.backend.binds == run_log["backend_binds"] == len(t.policy.shapes)
+    assert t.frame == 50
+
+
+def test_real_features_bbox_regression(run_log):
+    """The first frame's regressor moves fresh samples of that frame towards the target."""
+    t = run_log["tracker"]
+    assert t.bbreg is not None
+    f0 = run_log["seq"].read_frame(0)
+    gt = f0.gt
+    geom = t.policy.select(gt)
+    feat = t._features(f0.image, geom, {})
+    rng = np.random.default_rng(7)
+    boxes = sampling.sample_by_iou(rng, "uniform", gt, 300, 0.6, 1.0, np.array([0, 0, 320, 240.0]),
+                                   trans=0.3, scale=1.6)
+    pooled, _ = t.head.embed(feat, geom.to_patch(boxes))
+    pred = t.bbreg.predict(pooled, boxes)
+    assert iou(pred, gt[None]).mean() > iou(boxes, gt[None]).mean()
+    assert center_error(pred, gt[None]).mean() < center_error(boxes, gt[None]).mean()
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_failure_triggers_short_update_and_widens_search(model, monkeypatch):
+    # trans_max 0.7 so that the cap is reached after two failed frames (0.66, then 0.7)
+    t = Tracker(model, seed=0, long_interval=10, trans_max=0.7, **CHEAP)
+    p = t.params
+    seq = make_sequence(n_frames=20, size=(320, 240), seed=1)
+    f0 = seq.read_frame(0)
+    t.init(f0.image, f0.gt)
+    assert t.trans_f == p.trans
+    r = t.update(seq.read_frame(1).image)
+    assert r.ok and t.updates["short"] == 0
+
+    real_score = t.head.score
+
+    def failing(emb):  # same ranking, every score below zero
+        s = real_score(emb)
+        return s - (s.max() + 1.0)
+
+    monkeypatch.setattr(t.head, "score", failing)
+    expected = p.trans
+    for k in range(1, 5):
+        n_pos, n_neg = len(t.pos_mem), len(t.neg_mem)
+        r = t.update(seq.read_frame(1 + k).image)
+        assert not r.ok and r.score < 0
+        assert t.updates["short"] == k
+        assert (len(t.pos_mem), len(t.neg_mem)) == (n_pos, n_neg)  # no samples from a failed frame
+        expected = min(expected * p.widen_rate, p.trans_max)
+        assert t.trans_f == pytest.approx(expected)
+        assert np.all(np.isfinite(r.box))
+    assert t.trans_f == pytest.approx(p.trans_max)  # capped
+
+    monkeypatch.setattr(t.head, "score", real_score)
+    shorts = t.updates["short"]
+    for i in range(6, 20):
+        r = t.update(seq.read_frame(i).image)
+        if r.ok:
+            break
+        shorts += 1
+        assert t.trans_f == pytest.approx(p.trans_max) and t.updates["short"] == shorts
+    assert r.ok, "the tracker never recovered"
+    assert t.trans_f == p.trans  # reset after success
+    assert t.updates["short"] == shorts
+
+
+# --------------------------------------------------------------------------- head
+
+
+def test_hard_negatives_are_the_highest_scoring(model):
+    import mxnet as mx
+
+    from runtime.head import OnlineHead
+
+    p = TrackerParams()
+    rng = np.random.default_rng(0)
+    head = OnlineHead(model, mx.cpu(), p, rng)
+    # give fc6 some spread so that the scores differ clearly
+    head.weights["fc6_weight"][:] = rng.normal(0, 0.5, (2, 512)).astype(np.float32)
+    for n in (p.mine_from, 300):  # the mining executor, and the score path
+        neg = np.abs(rng.normal(0, 1, (n, head.embed_dim))).astype(np.float32)
+        k = p.batch_neg
+        idx = head.hard_negatives(neg, k)
+        assert len(idx) == k and len(set(idx.tolist())) == k
+        s = head.score(neg)
+        rest = np.setdiff1d(np.arange(n), idx)
+        assert s[idx].min() >= s[rest].max() - 1e-4
+        assert np.all(np.diff(s[idx]) <= 1e-4)  # best first
+        assert set(idx.tolist()) == set(np.argsort(-s, kind="stable")[:k].tolist())
+
+
+# --------------------------------------------------------------------------- bbreg
+
+
+def test_bbox_regression_on_linear_features():
+    from runtime.bbreg import _targets
+
+    rng = np.random.default_rng(3)
+    gt = np.array([100.0, 80.0, 40.0, 30.0])
+    a = rng.normal(0, 5.0, (4, 256))
+
+    def feats(boxes):
+        d = _targets(boxes, gt)
+        return (d @ a + rng.normal(0, 0.1, (len(boxes), 256))).astype(np.float32)
+
+    train = sampling.sample_by_iou(rng, "uniform", gt, 1000, 0.6, 1.0, trans=0.3, scale=1.6)
+    reg = BBoxRegressor(1000.0).fit(feats(train), train, gt)
+    test = sampling.sample_by_iou(rng, "uniform", gt, 300, 0.6, 1.0, trans=0.3, scale=1.6)
+    pred = reg.predict(feats(test), test)
+    err0, err1 = center_error(test, gt[None]).mean(), center_error(pred, gt[None]).mean()
+    iou0, iou1 = iou(test, gt[None]).mean(), iou(pred, gt[None]).mean()
+    assert err1 < 0.3 * err0
+    assert (1 - iou1) < 0.3 * (1 - iou0)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@pytest.fixture(scope="module")
+def fresh_tracker(model):
+    return Tracker(model, seed=0, **CHEAP)
+
+
+def _image():
+    return make_sequence(n_frames=1, size=(320, 240), seed=1).read_frame(0)
+
+
+@pytest.mark.parametrize("box,words", [
+    ([np.nan, 10, 20, 20], "finite"),
+    ([10, 10, np.inf, 20], "finite"),
+    ([10, 10, 0, 20], "positive"),
+    ([10, 10, -5, 20], "positive"),
+    ([10, 10, 20, 0], "positive"),
+    ([400, 300, 20, 20], "outside"),
+    ([-50, -50, 20, 20], "outside"),
+    ([10, 10, 20], "4"),
+])
+def test_init_rejects_bad_boxes(fresh_tracker, box, words):
+    with pytest.raises(TrackerInputError, match=words):
+        fresh_tracker.init(_image().image, box)
+    assert fresh_tracker.head is None  # nothing half-initialised
+
+
+def test_update_before_init_raises(fresh_tracker):
+    with pytest.raises(RuntimeError, match="init"):
+        fresh_tracker.update(_image().image)
+
+
+def test_partly_outside_box_is_clipped_and_formats_accepted(model):
+    t = Tracker(model, seed=0, **CHEAP)
+    f = _image()
+    gray = f.image.mean(axis=2).astype(np.uint8)
+    r = t.init(gray, [-20, -10, 60, 50])
+    np.testing.assert_allclose(r.box, [0, 0, 40, 40])
+    x, y, w, h = r.box
+    assert x >= 0 and y >= 0 and x + w <= 320 and y + h <= 240
+
+    t.init(f.image, f.gt)
+    bgra = np.concatenate([f.image, np.full((240, 320, 1), 255, np.uint8)], axis=2)
+    u16 = f.image.astype(np.uint16) * 257
+    for img in (gray, bgra, u16, gray[:, :, None]):
+        r = t.update(img)
+        assert r.box.shape == (4,) and np.all(np.isfinite(r.box))
+        c = _centres(r.box)
+        assert 0 <= c[0] <= 320 and 0 <= c[1] <= 240
+    with pytest.raises(TrackerInputError):
+        t.update(np.zeros((240, 320, 2), np.uint8))
+
+
+def test_params_replace_rejects_unknown_names(model):
+    p = TrackerParams()
+    q = p.replace(top_k=3, trans=0.5)
+    assert (q.top_k, q.trans) == (3, 0.5) and (p.top_k, p.trans) == (5, 0.6)
+    with pytest.raises(ValueError, match="bogus"):
+        p.replace(bogus=1)
+    with pytest.raises(ValueError, match="unknown tracker parameter"):
+        p.replace(top_k=3, n_candidatez=10)
+    with pytest.raises(ValueError, match="bogus"):
+        Tracker(model, bogus=1)
