@@ -106,37 +106,38 @@ def run(args) -> dict:
     from .geometry import iou
     from .tracker import Tracker
 
-    source = open_source(args)
-    model = args.model
-    if model is None:
-        from .model import DEFAULT_MODEL
-
-        model = DEFAULT_MODEL
-    tracker = Tracker(model, backend=args.backend, device=args.device, seed=args.seed, artifacts=args.artifacts)
-    out = LineWriter(args.out) if args.out else None
-    jsonl = LineWriter(args.jsonl) if args.jsonl else None
-    writer = None
     show = args.show
     if show:
         import os
 
         if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
             raise TrackerInputError("--show needs a display (DISPLAY is not set); use --save-video instead")
-    try:
-        total = len(source)
-    except TypeError:
-        total = None
-    if args.max_frames is not None:
-        total = min(total, args.max_frames) if total is not None else args.max_frames
-    per_frame = args.verbose or (not args.quiet and not sys.stderr.isatty())
-    bar = None
-    if not args.quiet and not per_frame:
-        from tqdm import tqdm
+    model = args.model
+    if model is None:
+        from .model import DEFAULT_MODEL
 
-        bar = tqdm(total=total, unit="frame", file=sys.stderr)
+        model = DEFAULT_MODEL
+    tracker = Tracker(model, backend=args.backend, device=args.device, seed=args.seed, artifacts=args.artifacts)
+    source = open_source(args)
+    for w in source.warnings:
+        log.warning("%s", w)
+    out = jsonl = writer = bar = None
     preds, gts, ms, scores, oks = [], [], [], [], []
     box = None
     try:
+        out = LineWriter(args.out) if args.out else None
+        jsonl = LineWriter(args.jsonl) if args.jsonl else None
+        try:
+            total = len(source)
+        except TypeError:
+            total = None
+        if args.max_frames is not None:
+            total = min(total, args.max_frames) if total is not None else args.max_frames
+        per_frame = args.verbose or (not args.quiet and not sys.stderr.isatty())
+        if not args.quiet and not per_frame:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="frame", file=sys.stderr)
         for frame in source:
             if args.max_frames is not None and frame.index >= args.max_frames:
                 break

@@ -212,8 +212,10 @@ class Tracker:
                                          bounds, trans=1.5, scale=1.2)
             if len(pos) and len(neg):
                 _, e = self.head.embed(feat, geom.to_patch(np.concatenate([pos, neg])))
-                self.pos_mem.append(e[: len(pos)])
-                self.neg_mem.append(e[len(pos):])  # deque(maxlen=short_frames): older negatives drop out
+                # Copies, not views: a view would keep the whole array (negatives too) alive
+                # for as long as the positives stay in the long-term window.
+                self.pos_mem.append(e[: len(pos)].copy())
+                self.neg_mem.append(e[len(pos):].copy())  # deque(maxlen=short_frames): older negatives drop out
         if not ok:
             self._start_update("short")
         elif self.frame % p.long_interval == 0:

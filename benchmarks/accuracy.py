@@ -1,0 +1,88 @@
+"""One-pass accuracy of our tracker against OpenCV's trackers on the same frames.
+
+    python -m benchmarks.accuracy [--sequences DIR ...] [--trackers ours,csrt,kcf,mil] [--out DIR]
+
+Prints AUC / precision@20 / fps per sequence and on average, and writes results.json,
+results.md, success.png and precision.png (OTB style) into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from runtime.evaluation import cost_stats, evaluate_sequence
+from runtime.report import write_report
+from runtime.sources import open_sequence_folder
+
+from .common import OpenCVTracker, default_sequences, dump_json, machine, run_sequence
+
+
+def tracker_factories(names, model, backend, seed):
+    out = {}
+    for name in names:
+        if name == "ours" or name.startswith("ours:"):
+            path = model if name == "ours" else name.split(":", 1)[1]
+            label = "ours" if name == "ours" else f"ours[{Path(path).name}]"
+
+            def make(path=path):
+                from runtime.tracker import Tracker
+
+                return Tracker(path, backend=backend, seed=seed)
+
+            out[label] = make
+        else:
+            out[name] = (lambda n=name: OpenCVTracker(n))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0])
+    ap.add_argument("--sequences", nargs="+", default=None, help="sequence folders (default: the dev set in ../shared)")
+    ap.add_argument("--trackers", default="ours,csrt,kcf",
+                    help="comma-separated: ours, ours:MODEL_DIR (another model), csrt, kcf, mil")
+    ap.add_argument("--model", default="models/default")
+    ap.add_argument("--backend", default="mxnet")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-frames", type=int, default=None)
+    ap.add_argument("--out", default="benchmarks/results/accuracy", help="report folder")
+    ap.add_argument("--json", default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+    seqs = args.sequences or default_sequences()
+    if not seqs:
+        print("error: no sequences (../shared is absent); pass --sequences DIR ...", file=sys.stderr)
+        return 2
+    factories = tracker_factories([t for t in args.trackers.split(",") if t], args.model, args.backend, args.seed)
+    results = {name: {} for name in factories}
+    for path in seqs:
+        for name, make in factories.items():
+            seq = open_sequence_folder(path)
+            r = run_sequence(make, seq, args.max_frames)
+            score = evaluate_sequence(r["boxes"], r["gt"])
+            results[name][seq.name] = {"score": score, "cost": cost_stats(r["ms"])}
+            print(f"{seq.name:18s} {name:22s} AUC {score.auc:.3f}  P@20 {score.precision:.3f}  "
+                  f"fps {results[name][seq.name]['cost']['fps'] or 0:.1f}", flush=True)
+    paths = write_report(args.out, results, title="One-pass evaluation (dev sequences)")
+    summary = {"machine": machine(), "command": "python -m benchmarks.accuracy " + " ".join(argv or sys.argv[1:]),
+               "trackers": {}}
+    for name, per in results.items():
+        aucs = [v["score"].auc for v in per.values()]
+        precs = [v["score"].precision for v in per.values()]
+        fps = [v["cost"]["fps"] for v in per.values() if v["cost"]["fps"]]
+        summary["trackers"][name] = {"mean_auc": float(np.mean(aucs)), "mean_precision": float(np.mean(precs)),
+                                     "mean_fps": float(np.mean(fps)) if fps else None,
+                                     "sequences": {k: {"auc": v["score"].auc, "precision": v["score"].precision,
+                                                       "fps": v["cost"]["fps"]} for k, v in per.items()}}
+        print(f"MEAN {name:22s} AUC {summary['trackers'][name]['mean_auc']:.3f}  "
+              f"P@20 {summary['trackers'][name]['mean_precision']:.3f}")
+    dump_json(summary, Path(args.out) / "summary.json")
+    if args.json:
+        dump_json(summary, args.json)
+    print(f"report: {paths['markdown']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Shared pieces of the benchmarks: which sequences, the dev split, tracker adapters and
+the loop that runs one tracker over one sequence timing every frame."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sequences"
+# Held out of training (see models/default/TRAINING.md): the development set.
+DEV_SEQUENCES = ("vot_bolt1", "vot_traffic", "uav_person12_1", "dtb_Surfing06", "uav_truck4_1")
+
+
+def default_sequences() -> list:
+    return [str(SHARED / n) for n in DEV_SEQUENCES if (SHARED / n).is_dir()]
+
+
+def machine() -> dict:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.system()}
+
+
+class OpenCVTracker:
+    """OpenCV's CSRT / KCF / MIL behind the same init/update shape as ours."""
+
+    def __init__(self, kind: str):
+        import cv2
+
+        make = {"csrt": "TrackerCSRT_create", "kcf": "TrackerKCF_create", "mil": "TrackerMIL_create"}[kind]
+        fn = getattr(cv2, make, None) or getattr(getattr(cv2, "legacy", None), make, None)
+        if fn is None:
+            raise RuntimeError(f"OpenCV has no {make}: pip install -e '.[bench]' (opencv-contrib-python-headless)")
+        self.t = fn()
+        self.box = None
+
+    def init(self, image, box):
+        self.t.init(image, tuple(int(round(v)) for v in box))
+        self.box = np.asarray(box, float)
+
+    def update(self, image):
+        ok, box = self.t.update(image)
+        if ok:
+            self.box = np.asarray(box, float)
+        return self.box, bool(ok)
+
+
+def run_sequence(make_tracker, seq, max_frames=None, on_frame=None) -> dict:
+    """Run one tracker over ``seq``; return boxes, per-frame ms, scores, ok flags and stages."""
+    tracker = make_tracker()
+    boxes, ms, scores, oks, stages = [], [], [], [], []
+    gts = []
+    for frame in seq:
+        if max_frames is not None and frame.index >= max_frames:
+            break
+        t = time.perf_counter()
+        if frame.index == 0:
+            r = tracker.init(frame.image, seq.init_box)
+        else:
+            r = tracker.update(frame.image)
+        dt = (time.perf_counter() - t) * 1e3
+        if frame.index == 0:
+            box, score, ok = np.asarray(seq.init_box, float), float("nan"), True
+            st = getattr(r, "stages", None)
+        elif hasattr(r, "box"):
+            box, score, ok, st = r.box, r.score, r.ok, r.stages
+        else:
+            (box, ok), score, st = r, float("nan"), None
+        boxes.append(np.asarray(box, float))
+        ms.append(dt)
+        scores.append(score)
+        oks.append(ok)
+        stages.append(st)
+        gts.append(frame.gt if frame.gt is not None else np.full(4, np.nan))
+        if on_frame:
+            on_frame(frame, box, dt)
+    return {"boxes": np.array(boxes), "gt": np.array(gts), "ms": ms, "scores": scores, "ok": oks, "stages": stages}
+
+
+def dump_json(obj, path) -> None:
+    def default(o):
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        raise TypeError(type(o))
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=1, default=default, allow_nan=False) + "\n")

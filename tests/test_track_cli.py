@@ -1,0 +1,148 @@
+"""`python -m runtime.track`: outputs, frame limits, bad frames and user errors."""
+import contextlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from runtime import track
+from runtime.synthetic import make_sequence, write_otb
+
+N_FRAMES = 15
+
+
+@pytest.fixture(scope="module")
+def otb(tmp_path_factory):
+    return write_otb(make_sequence(n_frames=N_FRAMES, size=(320, 240), seed=1),
+                     tmp_path_factory.mktemp("cli") / "synth")
+
+
+def _run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = track.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def _boxes(path):
+    lines = path.read_text().splitlines()
+    return lines, np.array([[float(v) for v in line.split(",")] for line in lines])
+
+
+@pytest.fixture(scope="module")
+def full_run(otb, tiny_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("full")
+    paths = {"out": d / "res.txt", "jsonl": d / "res.jsonl", "video": d / "res.mp4"}
+    code, out, err = _run(["--sequence", otb, "--model", tiny_model, "--out", paths["out"],
+                           "--jsonl", paths["jsonl"], "--save-video", paths["video"]])
+    return dict(paths, code=code, stdout=out, stderr=err)
+
+
+def test_sequence_outputs(full_run):
+    assert full_run["code"] == 0, full_run["stderr"]
+    lines, boxes = _boxes(full_run["out"])
+    assert len(lines) == N_FRAMES
+    assert boxes.shape == (N_FRAMES, 4) and np.isfinite(boxes).all() and (boxes[:, 2:] > 0).all()
+    rows = [json.loads(line) for line in full_run["jsonl"].read_text().splitlines()]
+    assert len(rows) == N_FRAMES
+    for i, row in enumerate(rows):
+        assert {"frame", "box", "score", "ok", "ms"} <= set(row)
+        assert row["frame"] == i and len(row["box"]) == 4 and isinstance(row["ok"], bool)
+        assert row["ms"] >= 0
+        np.testing.assert_allclose(row["box"], boxes[i], atol=0.011)
+    assert all(isinstance(r["score"], float) for r in rows[1:])
+    summary = full_run["stdout"].strip().splitlines()[-1]
+    assert "AUC" in summary and f"frames {N_FRAMES}" in summary
+
+
+def test_save_video_matches_input(full_run):
+    import cv2
+
+    assert full_run["code"] == 0
+    cap = cv2.VideoCapture(str(full_run["video"]))
+    assert cap.isOpened()
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(img.shape)
+    cap.release()
+    assert len(frames) == N_FRAMES
+    assert set(frames) == {(240, 320, 3)}
+
+
+def test_max_frames(otb, tiny_model, tmp_path):
+    out = tmp_path / "res.txt"
+    code, _, err = _run(["--sequence", otb, "--model", tiny_model, "--out", out, "--max-frames", 5, "--quiet"])
+    assert code == 0, err
+    assert len(out.read_text().splitlines()) == 5
+
+
+def test_corrupt_frame_keeps_last_box(otb, tiny_model, tmp_path, caplog):
+    seq = tmp_path / "seq"
+    shutil.copytree(otb, seq)
+    bad = seq / "img" / "0005.png"
+    bad.write_bytes(b"this is not a png at all")
+    out = tmp_path / "res.txt"
+    with caplog.at_level("WARNING"):
+        code, _, err = _run(["--sequence", seq, "--model", tiny_model, "--out", out, "--quiet"])
+    assert code == 0, err
+    lines, boxes = _boxes(out)
+    assert len(lines) == N_FRAMES
+    assert lines[4] == lines[3]  # the unreadable frame repeats the previous box
+    assert "0005.png" in caplog.text + err
+
+
+def _error(code, err, *words):
+    assert code == 2
+    assert err.startswith("error:") or "\nerror:" in err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err, err
+
+
+def test_missing_folder(tmp_path, tiny_model, capsys):
+    code = track.main(["--sequence", str(tmp_path / "nope"), "--model", str(tiny_model)])
+    err = capsys.readouterr().err
+    _error(code, err, "nope")
+
+
+def test_video_needs_init(tmp_path, tiny_model, capsys):
+    code = track.main(["--video", str(tmp_path / "clip.mp4"), "--model", str(tiny_model)])
+    _error(code, capsys.readouterr().err, "--init")
+
+
+def test_bad_init_box(otb, tiny_model, capsys):
+    code = track.main(["--sequence", str(otb), "--init", "1,2,3", "--model", str(tiny_model)])
+    _error(code, capsys.readouterr().err, "1,2,3")
+
+
+def test_missing_model(otb, tmp_path, capsys):
+    missing = tmp_path / "no_model_here"
+    code = track.main(["--sequence", str(otb), "--model", str(missing)])
+    _error(code, capsys.readouterr().err, str(missing))
+
+
+def test_modified_weights_refused(otb, tiny_model, tmp_path, capsys):
+    m = tmp_path / "model"
+    shutil.copytree(tiny_model, m)
+    with open(m / "weights.params", "ab") as f:
+        f.write(b"\0")
+    code = track.main(["--sequence", str(otb), "--model", str(m)])
+    _error(code, capsys.readouterr().err, "sha256", "weights.params")
+
+
+def test_show_without_display(otb, tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    code = track.main(["--sequence", str(otb), "--model", str(tiny_model), "--show", "--quiet"])
+    _error(code, capsys.readouterr().err, "DISPLAY")
+
+
+def test_unknown_backend_is_a_usage_error(otb, capsys):
+    with pytest.raises(SystemExit) as e:
+        track.main(["--sequence", str(otb), "--backend", "bogus"])
+    assert e.value.code == 2
+    assert "bogus" in capsys.readouterr().err

@@ -1,0 +1,568 @@
+"""Offline training (train_mx): symbols per bucket, RoIAlign cell mapping, the bucket policy,
+hard minibatch mining, per-layer learning rates, no re-binds, multi-device and dist_sync
+data parallelism, ground-truth cleaning. CPU only; small synthetic sequences."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime import sampling
+from runtime.buckets import BucketPolicy, crop_patch
+from runtime.head import LR_MULT, OnlineHead
+from runtime.params import TrackerParams
+from runtime.synthetic import make_sequence, write_otb
+from train_mx import network
+from train_mx.data import Batch, BatchSampler, clean_groundtruth, load_domains
+from train_mx.train import MEAN, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tiny buckets keep every Trainer test fast; the default policy is covered by the bind test.
+SMALL = BucketPolicy(shapes=((64, 64), (64, 96)), target_size=24.0)
+SMALL_KEYS = dict(batch_pos=4, batch_neg=4, mine_from=16)
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory):
+    """Two 12-frame synthetic OTB folders."""
+    root = tmp_path_factory.mktemp("seqs")
+    return [str(write_otb(make_sequence(n_frames=12, size=(160, 120), seed=s), root / f"syn{s}", ext=".jpg"))
+            for s in (1, 2)]
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_sequence(n_frames=12, size=(160, 120), seed=3)
+
+
+def frame_batch(seq, policy, bucket, patches, rng, n_pos=4, n_neg=16, domain=0) -> Batch:
+    """A training batch cut from synthetic frames into a chosen bucket."""
+    mean = np.asarray(MEAN["squeezenet"], np.float32)
+    data, pos, neg = [], [], []
+    for k in rng.choice(len(seq), patches, replace=False):
+        frame = seq.read_frame(int(k))
+        geom = policy.for_shape(frame.gt, bucket)
+        patch = crop_patch(frame.image, geom, fill=mean)
+        data.append((patch.astype(np.float32) - mean).transpose(2, 0, 1))
+        pos.append(geom.to_patch(sampling.gaussian(rng, frame.gt, n_pos, trans=0.1, scale=1.3)))
+        neg.append(geom.to_patch(sampling.uniform(rng, frame.gt, n_neg, trans=1.0, scale=1.6)))
+    return Batch(bucket, np.stack(data), np.stack(pos), np.stack(neg), domain)
+
+
+def tiny_trainer(contexts=None, **kw):
+    args = dict(SMALL_KEYS, freeze=["conv1"])
+    args.update(kw)
+    return Trainer("squeezenet", 2, SMALL, contexts or [mx.cpu()], **args)
+
+
+# --------------------------------------------------------------------------- symbols
+
+
+@pytest.mark.parametrize("name,channels", [("vggm", 512), ("squeezenet", 256)])
+def test_extractor_binds_every_bucket(name, channels):
+    policy = BucketPolicy()
+    feat, c = network.extractor(name)
+    assert c == channels
+    for bucket, (h, w) in enumerate(policy.shapes):
+        ex = feat.simple_bind(mx.cpu(), data=(1, 3, h, w), grad_req="null")
+        ex.forward(is_train=False)
+        ex.outputs[0].wait_to_read()
+        assert ex.outputs[0].shape == (1, channels, h // 8, w // 8) == (1, channels) + policy.feature_shape(bucket)
+
+
+def test_training_symbol_shapes():
+    sym = network.training_symbol("squeezenet", n_domains=3)
+    _, out, _ = sym.infer_shape(data=(2, 3, 64, 96), rois=(2, 10, 5), domain_mask=(2, 10, 3), label=(2, 10))
+    assert out == [(20, 2)]
+
+
+# --------------------------------------------------------------------------- RoIAlign
+
+
+def _roi_align(feat: np.ndarray, rois: np.ndarray) -> np.ndarray:
+    sym = network.roi_pool(mx.sym.Variable("feat"), mx.sym.Variable("rois"))
+    ex = sym.bind(mx.cpu(), args={"feat": mx.nd.array(feat), "rois": mx.nd.array(rois)}, grad_req="null")
+    ex.forward(is_train=False)
+    return ex.outputs[0].asnumpy()
+
+
+def _cells_roi(batch, rows, cols):
+    """RoI in patch pixels covering feature cells rows[0]..rows[1], cols[0]..cols[1] (inclusive)."""
+    return [batch, 8 * cols[0], 8 * rows[0], 8 * (cols[1] + 1), 8 * (rows[1] + 1)]
+
+
+def test_roialign_maps_boxes_to_feature_cells():
+    h, w = 12, 16
+    feat = np.zeros((2, 2, h, w), np.float32)
+    feat[0, 0, 3:8, 4:9] = 5.0                          # a block of cells rows 3-7, cols 4-8
+    ii, jj = np.mgrid[0:h, 0:w]
+    feat[0, 1] = 100.0 * ii + jj                         # a ramp: every cell says where it is
+    feat[1] = 2.0 * feat[0]                              # second patch of the batch
+    rois = np.array([
+        _cells_roi(0, (4, 6), (5, 7)),                   # inside the block
+        _cells_roi(0, (9, 11), (12, 14)),                # away from it
+        _cells_roi(1, (4, 6), (5, 7)),                   # the same cells of patch 1
+        _cells_roi(0, (2, 4), (1, 3)),                   # elsewhere, for the ramp
+    ], np.float32)
+    out = _roi_align(feat, rois)
+    assert out.shape == (4, 2, 3, 3)
+    np.testing.assert_allclose(out[0, 0], np.full((3, 3), 5.0), atol=1e-5)
+    np.testing.assert_allclose(out[1, 0], np.zeros((3, 3)), atol=1e-6)
+    np.testing.assert_allclose(out[2, 0], np.full((3, 3), 10.0), atol=1e-5)
+    # aligned=True at stride 8: cell (i, j) covers patch pixels [8j, 8j+8) x [8i, 8i+8), so a
+    # RoI over exactly 3x3 cells pools each cell's own value (bilinear is exact on a ramp).
+    for r, (i0, j0) in ((0, (4, 5)), (3, (2, 1))):
+        np.testing.assert_allclose(out[r, 1], 100.0 * (i0 + np.arange(3))[:, None] + (j0 + np.arange(3))[None, :],
+                                   rtol=1e-5)
+    np.testing.assert_allclose(out[2, 1], 2 * out[0, 1], rtol=1e-5)
+
+
+def test_roialign_half_cell_shift_is_visible():
+    """A RoI shifted by 4 px (half a cell) pools half-way values: the mapping is not rounded."""
+    feat = np.zeros((1, 1, 12, 16), np.float32)
+    feat[0, 0] = np.arange(16, dtype=np.float32)[None, :]
+    out = _roi_align(feat, np.array([[0, 8 * 5 + 4, 16, 8 * 8 + 4, 40]], np.float32))
+    np.testing.assert_allclose(out[0, 0, 0], [5.5, 6.5, 7.5], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- bucket policy
+
+_coord = st.floats(-2000, 2000, allow_nan=False)
+_size = st.floats(1.0, 1500.0, allow_nan=False)
+_boxes = st.tuples(_coord, _coord, _size, _size)
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(box=_boxes, widen=st.floats(1.0, 2.0))
+def test_bucket_policy_properties(box, widen):
+    policy = BucketPolicy()
+    box = np.array(box)
+    region = policy.search_region(box, widen=widen)
+    before = box.copy(), region.copy()
+    geom = policy.select(box, region)
+    # pure: same input, same output; inputs untouched
+    assert policy.select(box.copy(), region.copy()) == geom
+    np.testing.assert_array_equal(box, before[0])
+    np.testing.assert_array_equal(region, before[1])
+    h, w = geom.shape
+    assert geom.shape == policy.shapes[geom.bucket]
+    # round trip image -> patch -> image
+    np.testing.assert_allclose(geom.to_image(geom.to_patch(box)), box, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(geom.to_patch(geom.to_image([[0, 0, w, h]])), [[0, 0, w, h]], rtol=1e-9, atol=1e-6)
+    # the scale puts the target at target_size unless capped (tiny target) or shrunk (region too big)
+    s0 = min(policy.target_size / np.sqrt(box[2] * box[3]), policy.max_upscale)
+    fits = [i for i, (bh, bw) in enumerate(policy.shapes) if region[2] * s0 <= bw and region[3] * s0 <= bh]
+    assert geom.scale <= s0 * (1 + 1e-12)
+    if fits:
+        assert geom.scale == pytest.approx(s0, rel=1e-12)
+        # ... in the smallest bucket that holds the region
+        assert h * w == min(policy.shapes[i][0] * policy.shapes[i][1] for i in fits)
+        if s0 < policy.max_upscale:
+            assert np.sqrt(box[2] * box[3]) * geom.scale == pytest.approx(policy.target_size, rel=1e-9)
+    else:
+        assert geom.scale < s0
+    # the search region lies inside the patch (and is centred in it)
+    rx, ry, rw, rh = geom.to_patch(region)
+    tol = 1e-6 * max(w, h)
+    assert rx >= -tol and ry >= -tol and rx + rw <= w + tol and ry + rh <= h + tol
+    assert rx + rw / 2 == pytest.approx(w / 2, abs=tol) and ry + rh / 2 == pytest.approx(h / 2, abs=tol)
+    # for_shape keeps the region inside whatever bucket it is asked for
+    other = policy.for_shape(box, (geom.bucket + 1) % len(policy.shapes), region)
+    ox, oy, ow, oh = other.to_patch(region)
+    oh_, ow_ = other.shape
+    assert ox >= -tol and oy >= -tol and ox + ow <= ow_ + tol and oy + oh <= oh_ + tol
+
+
+@settings(derandomize=True, max_examples=100, deadline=None)
+@given(box=_boxes, which=st.sampled_from(["nan_x", "inf_w", "zero_w", "neg_h", "nan_h", "zero_both"]))
+def test_bucket_policy_rejects_bad_boxes(box, which):
+    b = np.array(box)
+    if which == "nan_x":
+        b[0] = np.nan
+    elif which == "inf_w":
+        b[2] = np.inf
+    elif which == "zero_w":
+        b[2] = 0.0
+    elif which == "neg_h":
+        b[3] = -b[3]
+    elif which == "nan_h":
+        b[3] = np.nan
+    else:
+        b[2:] = 0.0
+    with pytest.raises(ValueError):
+        BucketPolicy().select(b)
+
+
+# --------------------------------------------------------------------------- hard minibatch mining
+
+
+def _mine_probs(trainer, batch):
+    """Positive-class probability of every negative of ``batch`` under the current weights."""
+    P, R = batch.neg.shape[:2]
+    rois = np.zeros((P, R, 5), np.float32)
+    rois[..., 1:3] = batch.neg[..., :2]
+    rois[..., 3:5] = batch.neg[..., :2] + batch.neg[..., 2:]
+    mask = np.zeros((P, R, trainer.n_domains), np.float32)
+    mask[..., batch.domain] = 1
+    h, w = batch.data.shape[2:]
+    db = mx.io.DataBatch([mx.nd.array(batch.data), mx.nd.array(rois), mx.nd.array(mask)],
+                         [mx.nd.zeros((P, R))], bucket_key=(h, w, R),
+                         provide_data=[mx.io.DataDesc("data", batch.data.shape), mx.io.DataDesc("rois", rois.shape),
+                                       mx.io.DataDesc("domain_mask", mask.shape)],
+                         provide_label=[mx.io.DataDesc("label", (P, R))])
+    trainer.mod.forward(db, is_train=False)
+    return trainer.mod.get_outputs()[0].asnumpy().reshape(P, R, 2)[..., 1]
+
+
+def test_trainer_mines_the_highest_scoring_negatives(synthetic, monkeypatch):
+    rng = np.random.default_rng(0)
+    trainer = tiny_trainer()
+    # spread the scores so that the ranking is clear-cut
+    trainer.set_params({"fc6_weight": rng.normal(0, 0.5, (4, 512)).astype(np.float32)})
+    batch = frame_batch(synthetic, SMALL, 0, 1, rng, domain=1)
+    prob = _mine_probs(trainer, batch)[0]
+    assert len(np.unique(prob)) == len(prob)
+    seen = {}
+    real = trainer.mod.forward_backward
+
+    def capture(data_batch):
+        seen["rois"] = data_batch.data[1].asnumpy()
+        seen["mask"] = data_batch.data[2].asnumpy()
+        seen["label"] = data_batch.label[0].asnumpy()
+        return real(data_batch)
+
+    monkeypatch.setattr(trainer.mod, "forward_backward", capture)
+    stats = trainer.step(batch)
+    k = trainer.batch_neg
+    top = np.argsort(-prob)[:k]
+    rois, label = seen["rois"][0], seen["label"][0]
+    np.testing.assert_array_equal(label, [1] * trainer.batch_pos + [0] * k)
+    xywh = np.concatenate([rois[:, 1:3], rois[:, 3:5] - rois[:, 1:3]], axis=1)
+    np.testing.assert_allclose(xywh[: trainer.batch_pos], batch.pos[0, : trainer.batch_pos], atol=1e-4)
+    np.testing.assert_allclose(xywh[trainer.batch_pos:], batch.neg[0, top], atol=1e-4)  # hardest first
+    assert np.all(seen["mask"][0, :, 1] == 1) and np.all(seen["mask"][0, :, 0] == 0)
+    assert stats["hard_neg_prob"] == pytest.approx(prob[top].mean(), rel=1e-5)
+    assert prob[top].min() > np.delete(prob, top).max()
+
+
+class FakeModel:
+    """What OnlineHead reads from a model: feature channels and the fc weights."""
+
+    def __init__(self, channels=8, seed=0):
+        rng = np.random.default_rng(seed)
+        self.channels = channels
+        self._p = {"fc4_weight": rng.normal(0, 0.05, (512, channels * 9)), "fc4_bias": rng.normal(0, 0.1, 512),
+                   "fc5_weight": rng.normal(0, 0.05, (512, 512)), "fc5_bias": rng.normal(0, 0.1, 512)}
+        self._p = {k: v.astype(np.float32) for k, v in self._p.items()}
+
+    def head_params(self):
+        return dict(self._p)
+
+
+def _head(**kw):
+    params = TrackerParams(n_candidates=16, mine_from=64, batch_pos=8, batch_neg=8, **kw)
+    return OnlineHead(FakeModel(), mx.cpu(), params, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("n", [64, 40])  # mine_from rows (mine executor) and any other count (score)
+def test_online_head_hard_negatives(n):
+    head = _head()
+    rng = np.random.default_rng(1)
+    head.weights["fc6_weight"][:] = rng.normal(0, 0.2, (2, 512)).astype(np.float32)
+    neg = rng.normal(0, 1, (n, 512)).astype(np.float32)
+    w = {k: v.asnumpy().astype(np.float64) for k, v in head.weights.items()}
+    h5 = np.maximum(neg @ w["fc5_weight"].T + w["fc5_bias"], 0)  # dropout is off when scoring
+    s = h5 @ w["fc6_weight"].T + w["fc6_bias"]
+    margin = s[:, 1] - s[:, 0]
+    k = 8
+    idx = head.hard_negatives(neg, k)
+    assert len(idx) == k and len(set(idx.tolist())) == k
+    assert margin[idx].min() >= np.delete(margin, idx).max() - 1e-4
+    assert np.all(np.diff(margin[idx]) <= 1e-4)  # hardest first
+    np.testing.assert_allclose(head.score(neg), margin, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- per-layer lr
+
+
+def test_trainer_lr_mult_reaches_the_optimizer(synthetic):
+    lr = 1e-2
+    trainer = tiny_trainer(lr=lr, momentum=0.0, wd=0.0)
+    trainer.step(frame_batch(synthetic, SMALL, 0, 1, np.random.default_rng(2)))  # optimizer ready
+    mod = trainer.mod._curr_module
+    group = mod._exec_group
+    before = {n: group.execs[0].arg_dict[n].asnumpy() for n in group.param_names}
+    for grads in group.grad_arrays:
+        for g in grads or []:
+            if g is not None:
+                g[:] = 1.0  # the same known gradient for every weight
+    trainer.mod.update()
+    delta = {n: before[n] - group.execs[0].arg_dict[n].asnumpy() for n in group.param_names}
+    step = {n: float(np.mean(d)) for n, d in delta.items()}
+    for n, d in delta.items():
+        np.testing.assert_allclose(d, step[n], rtol=1e-3, atol=1e-7, err_msg=n)  # uniform step
+    conv = step["fire4_squeeze1x1_weight"]
+    assert conv == pytest.approx(lr / trainer.P, rel=1e-3)
+    assert step["fire4_squeeze1x1_bias"] == pytest.approx(2 * conv, rel=1e-3)
+    assert step["fc6_weight"] == pytest.approx(10 * conv, rel=1e-3)
+    assert step["fc6_bias"] == pytest.approx(20 * conv, rel=1e-3)
+    # offline training: every fc layer at x10 (MDNet / RT-MDNet: lr 1e-4, fc layers 1e-3)
+    assert step["fc4_weight"] == pytest.approx(10 * conv, rel=1e-3)
+    assert step["fc5_weight"] == pytest.approx(10 * conv, rel=1e-3)
+    # frozen layers do not move
+    assert step["conv1_weight"] == 0.0 and np.all(delta["conv1_weight"] == 0)
+    assert trainer.optimizer.lr_mult["fc6_weight"] == 10.0
+
+
+def test_online_head_lr_mult_reaches_the_optimizer():
+    head = _head(online_layers=("fc4", "fc5", "fc6"), weight_decay=0.0)
+    assert set(head.weights) == set(LR_MULT)
+    lr = head.optimizer.lr
+    before = {k: v.asnumpy() for k, v in head.weights.items()}
+    for i, name in enumerate(head._names):  # the same call train_step makes
+        head._updater(i, mx.nd.ones(head.weights[name].shape), head.weights[name])
+    step = {k: float(np.mean(before[k] - head.weights[k].asnumpy())) for k in before}
+    assert step["fc4_weight"] == pytest.approx(lr, rel=1e-3)
+    assert step["fc5_weight"] == pytest.approx(lr, rel=1e-3)
+    assert step["fc6_weight"] == pytest.approx(10 * step["fc4_weight"], rel=1e-3)
+    assert step["fc6_bias"] == pytest.approx(20 * step["fc4_weight"], rel=1e-3)
+    assert step["fc4_bias"] == pytest.approx(2 * step["fc4_weight"], rel=1e-3)
+
+
+# --------------------------------------------------------------------------- no re-binds
+
+
+def test_no_rebind_after_each_buckets_first_batch(synthetic, monkeypatch):
+    trainer = tiny_trainer()
+    real_bind = mx.mod.Module.bind
+    calls = []
+
+    def counting_bind(self, *a, **kw):
+        calls.append(1)
+        return real_bind(self, *a, **kw)
+
+    monkeypatch.setattr(mx.mod.Module, "bind", counting_bind)
+    rng = np.random.default_rng(3)
+    batches = [frame_batch(synthetic, SMALL, b, 1, rng) for b in (0, 1)]
+    keys = {(64, 64, 16), (64, 64, 8), (64, 96, 16), (64, 96, 8)}  # (H, W, RoIs): mining and training
+    for b in batches:
+        trainer.step(b)
+    assert set(trainer.bound_keys) == keys and trainer.binds == len(keys)
+    assert len(trainer.mod._buckets) == len(keys)
+    bound = len(calls)
+    assert bound == len(keys) - 1  # the default key was bound in the constructor
+    for _ in range(3):
+        for b in batches:
+            trainer.step(b)
+    assert trainer.binds == len(keys) and len(calls) == bound and len(trainer.mod._buckets) == len(keys)
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+def _device_params(trainer):
+    group = trainer.mod._curr_module._exec_group
+    return [{n: ex.arg_dict[n].asnumpy() for n in group.param_names} for ex in group.execs]
+
+
+def test_two_context_training_keeps_devices_identical(sequences):
+    domains = load_domains(sequences)
+    trainer = tiny_trainer(contexts=[mx.cpu(0), mx.cpu(1)], lr=1e-3)
+    start = trainer.params()
+    sampler = BatchSampler(domains, SMALL, MEAN["squeezenet"], n_pos=4, n_neg=16, patches=2, seed=0)
+    for _ in range(3):
+        stats = trainer.step(sampler.sample())
+        assert np.isfinite(stats["loss"])
+    devs = _device_params(trainer)
+    assert len(devs) == 2
+    for n in devs[0]:
+        np.testing.assert_array_equal(devs[0][n], devs[1][n], err_msg=n)
+    end = trainer.params()
+    assert not np.array_equal(start["fc6_weight"], end["fc6_weight"])
+    np.testing.assert_array_equal(start["conv1_weight"], end["conv1_weight"])  # frozen
+
+
+@pytest.mark.xfail(strict=True, reason="train.py: with a kvstore (2 devices, dist_sync) Trainer.set_params after "
+                                       "init_optimizer is overwritten by the first update; init the optimizer "
+                                       "lazily (see the test report). Remove this marker once fixed.")
+def test_set_params_survives_the_first_multi_device_update(synthetic):
+    trainer = tiny_trainer(contexts=[mx.cpu(0), mx.cpu(1)], lr=1e-4)
+    w = np.full(trainer.params()["fc5_weight"].shape, 0.01, np.float32)
+    trainer.set_params({"fc5_weight": w})  # e.g. pretrained or resumed weights
+    trainer.step(frame_batch(synthetic, SMALL, 0, 2, np.random.default_rng(4)))
+    for dev in _device_params(trainer):
+        np.testing.assert_allclose(dev["fc5_weight"], w, atol=1e-3)
+
+
+WORKER = textwrap.dedent('''
+    """Runs train_mx.train and dumps this worker's final parameters and batch hashes."""
+    import hashlib, json, os, sys
+    import numpy as np
+    from train_mx import train
+
+    seen = {"batches": []}
+    _init, _step = train.Trainer.__init__, train.Trainer.step
+
+    def init(self, *a, **k):
+        _init(self, *a, **k)
+        seen["trainer"] = self
+
+    def step(self, batch):
+        seen["batches"].append(hashlib.sha1(batch.data.tobytes() + batch.neg.tobytes()).hexdigest())
+        return _step(self, batch)
+
+    train.Trainer.__init__, train.Trainer.step = init, step
+    rc = train.main(sys.argv[1:])
+    t = seen["trainer"]
+    out = os.environ["DUMP_DIR"]
+    np.savez(os.path.join(out, f"rank{t.kvstore.rank}.npz"), **t.params())
+    with open(os.path.join(out, f"rank{t.kvstore.rank}.json"), "w") as f:
+        json.dump({"batches": seen["batches"], "num_workers": t.kvstore.num_workers,
+                   "rescale_grad": t.optimizer.rescale_grad}, f)
+    sys.exit(rc)
+''')
+
+
+@pytest.fixture(scope="module")
+def dist_run(sequences, tmp_path_factory):
+    """A 2-worker, 1-server dist_sync job on 127.0.0.1 through train_mx.launch (run once)."""
+    tmp = tmp_path_factory.mktemp("dist")
+    (tmp / "dumpworker.py").write_text(WORKER)
+    dump = tmp / "dump"
+    dump.mkdir()
+    out = tmp / "run"
+    env = dict(os.environ, DUMP_DIR=str(dump),
+               PYTHONPATH=os.pathsep.join([str(tmp), str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    cmd = [sys.executable, "-m", "train_mx.launch", "-n", "2", "-s", "1", "--timeout", "120", "--threads", "1",
+           "--module", "dumpworker", "--",
+           "--sequences", *sequences, "--extractor", "squeezenet", "--pretrained", "",
+           "--iterations", "4", "--epoch-size", "2", "--mine-from", "96", "--out", str(out), "--quiet"]
+    t0 = time.time()
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    return {"res": res, "seconds": time.time() - t0, "dump": dump, "out": out}
+
+
+@pytest.mark.slow
+def test_dist_sync_two_workers_end_identical(dist_run):
+    from runtime.model import load_model
+
+    res, dump, out = dist_run["res"], dist_run["dump"], dist_run["out"]
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert dist_run["seconds"] < 120
+    assert "[worker 0]" in res.stdout and "[worker 1]" in res.stdout
+    info = [json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1)]
+    p0, p1 = (dict(np.load(dump / f"rank{r}.npz")) for r in (0, 1))
+    assert all(i["num_workers"] == 2 for i in info)
+    assert len(info[0]["batches"]) == len(info[1]["batches"]) == 4
+    assert not set(info[0]["batches"]) & set(info[1]["batches"])  # each worker draws its own batches
+    assert set(p0) == set(p1) and "fc6_weight" in p0
+    for n in p0:
+        np.testing.assert_array_equal(p0[n], p1[n], err_msg=n)
+    # only rank 0 writes the checkpoint, and it holds the shared final weights
+    ckpt = load_model(out / "checkpoint")
+    for n in p0:
+        np.testing.assert_array_equal(ckpt.params[n], p0[n], err_msg=n)
+    assert json.loads((out / "state.json").read_text())["iteration"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="train.py: with dist_sync the servers sum the workers' gradients, so "
+                                       "rescale_grad must be 1/(devices * num_workers), not 1/devices (see the "
+                                       "test report). Remove this marker once fixed.")
+def test_dist_sync_averages_gradients_over_workers(dist_run):
+    assert dist_run["res"].returncode == 0
+    for r in (0, 1):
+        info = json.loads((dist_run["dump"] / f"rank{r}.json").read_text())
+        assert info["rescale_grad"] == pytest.approx(1.0 / (1 * info["num_workers"]))
+
+
+def test_launch_dry_run_plans_roles_and_hosts(tmp_path, capsys):
+    from train_mx import launch
+
+    assert launch.main(["-n", "2", "-s", "1", "--port", "9100", "--dry-run", "--", "--iterations", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["scheduler", "server 0", "worker 0", "worker 1"]
+    for ln in lines:
+        for var in ("DMLC_PS_ROOT_URI=127.0.0.1", "DMLC_PS_ROOT_PORT=9100", "DMLC_NUM_SERVER=1", "DMLC_NUM_WORKER=2"):
+            assert var in ln
+    assert "DMLC_ROLE=scheduler" in lines[0] and "import mxnet" in lines[0]
+    assert "DMLC_ROLE=worker" in lines[2] and "-m train_mx.train --iterations 3 --kvstore dist_sync" in lines[2]
+    hosts = tmp_path / "hosts"
+    hosts.write_text("me@alpha 10.0.0.1\n# comment\nbeta 10.0.0.2\n")
+    assert launch.main(["-n", "3", "-s", "2", "--hosts", str(hosts), "--port", "9100", "--dry-run", "--", "-x"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    where = [ln.split(" -tt ", 1)[1].split()[0] for ln in lines]  # ssh -o BatchMode=yes -tt HOST 'cd ...' 
+    assert where == ["me@alpha", "me@alpha", "beta", "me@alpha", "beta", "me@alpha"]
+    assert all("DMLC_PS_ROOT_URI=10.0.0.1" in ln for ln in lines)
+    assert "DMLC_NODE_HOST=10.0.0.2" in lines[2] and "DMLC_NODE_HOST=10.0.0.1" in lines[3]
+
+
+@pytest.mark.slow
+def test_launch_stops_the_job_when_a_worker_fails(tmp_path):
+    (tmp_path / "failer.py").write_text(textwrap.dedent('''
+        import os, time
+        import mxnet as mx
+        kv = mx.kv.create("dist_sync")
+        if kv.rank == 1:
+            os._exit(3)
+        kv.init("x", mx.nd.zeros((2,)))
+        kv.push("x", mx.nd.ones((2,)))  # waits for rank 1 forever
+        kv.pull("x", out=mx.nd.zeros((2,)))
+        time.sleep(120)
+    '''))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    t0 = time.time()
+    res = subprocess.run([sys.executable, "-m", "train_mx.launch", "-n", "2", "--timeout", "60", "--module", "failer"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "failed with exit status 3" in res.stdout
+    assert time.time() - t0 < 30
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+def test_clean_groundtruth_rejects_bad_rows():
+    n = 20
+    t = np.arange(n, dtype=np.float64)
+    gt = np.stack([40 + 2 * t, 30 + t, np.full(n, 30.0), np.full(n, 20.0)], axis=1)
+    gt[3] = np.nan                       # target absent
+    gt[6, 2] = 0.0                       # empty box
+    gt[9] = [500.0, 400.0, 30.0, 20.0]   # outside the 160x120 image
+    gt[12, 3] = np.inf                   # not finite
+    gt[15, 2:] *= 3.0                    # a single-frame size outlier (9x the area)
+    ok = clean_groundtruth(gt, (160, 120))
+    bad = [3, 6, 9, 12, 15]
+    assert ok.dtype == bool and ok.shape == (n,)
+    assert np.flatnonzero(~ok).tolist() == bad
+
+
+def test_clean_groundtruth_keeps_a_clean_track_and_partly_visible_boxes():
+    n = 15
+    t = np.arange(n, dtype=np.float64)
+    gt = np.stack([-8 + 3 * t, 10 + t, 30 + t, 20 + 0.5 * t], axis=1)  # the first boxes stick out a little
+    assert clean_groundtruth(gt, (160, 120)).all()
+    glitch = gt.copy()
+    glitch[7, :2] += 80                  # one frame's centre jumps away and back
+    ok = clean_groundtruth(glitch, (160, 120))
+    assert np.flatnonzero(~ok).tolist() == [7]
+
+
+def test_load_domains_skips_absent_frames(tmp_path):
+    folder = write_otb(make_sequence(n_frames=12, size=(160, 120), seed=5), tmp_path / "s", ext=".jpg")
+    lines = (folder / "groundtruth_rect.txt").read_text().splitlines()
+    lines[4] = "NaN,NaN,NaN,NaN"
+    (folder / "groundtruth_rect.txt").write_text("\n".join(lines) + "\n")
+    (dom,) = load_domains([str(folder)])
+    assert len(dom.frames) == 11 and not any(p.endswith("0005.jpg") for p in map(str, dom.frames))
+    assert np.isfinite(dom.boxes).all()
