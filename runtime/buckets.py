@@ -145,6 +145,27 @@ class BucketPolicy:
         return PatchGeometry(bucket=bucket, shape=(h, w), scale=float(s),
                              offset=(float(cx - (w / 2.0) / s), float(cy - (h / 2.0) / s)))
 
+    def unbucketed(self, box, region=None) -> PatchGeometry:
+        """The patch the region needs at the target's scale, rounded up to the stride only.
+
+        This is the original prototype's behaviour, kept as the benchmark baseline: nearly
+        every frame is a new shape, so every frame re-binds (bucket index -1).
+        """
+        box = np.asarray(box, dtype=np.float64).reshape(4)
+        if region is None:
+            region = self.search_region(box)
+        region = np.asarray(region, dtype=np.float64).reshape(4)
+        s = min(self.target_size / np.sqrt(box[2] * box[3]), self.max_upscale)
+        limit = max(max(hw) for hw in self.shapes)
+        s = min(s, limit / max(region[2], region[3]))
+        st = self.stride
+        w = int(np.ceil(region[2] * s / st) * st)
+        h = int(np.ceil(region[3] * s / st) * st)
+        cx = region[0] + region[2] / 2.0
+        cy = region[1] + region[3] / 2.0
+        return PatchGeometry(bucket=-1, shape=(h, w), scale=float(s),
+                             offset=(float(cx - (w / 2.0) / s), float(cy - (h / 2.0) / s)))
+
     def feature_shape(self, bucket: int) -> tuple:
         h, w = self.shapes[bucket]
         return (h // self.stride, w // self.stride)

@@ -63,7 +63,7 @@ class Tracker:
     """
 
     def __init__(self, model="models/default", backend: str = "mxnet", device: str = "cpu", seed: int = 0,
-                 params: TrackerParams | None = None, artifacts=None, **params_kw):
+                 params: TrackerParams | None = None, artifacts=None, bucketed: bool = True, **params_kw):
         from .backends import make_backend
         from .backends.mxnet_backend import mx_context
 
@@ -74,17 +74,27 @@ class Tracker:
         self.backend = make_backend(backend, self.model, device=device, **kw)
         self.ctx = mx_context(device) if backend == "mxnet" else mx_context("cpu")
         self.seed = int(seed)
+        # bucketed=False: the unbucketed baseline for benchmarks (MXNet only): one exact
+        # patch shape per frame, binding new executors whenever the shape is new.
+        if not bucketed and backend != "mxnet":
+            raise TrackerInputError("the unbucketed baseline exists for the mxnet backend only")
+        self.bucketed = bucketed
         self.head = None
         self.frame = -1
         self._mean = self.model.mean.reshape(1, 1, 3)
 
     # -- helpers ------------------------------------------------------------------------
+    def _geometry(self, box, region=None):
+        if self.bucketed:
+            return self.policy.select(box, region)
+        return self.policy.unbucketed(box, region)
+
     def _features(self, image, geom, stages):
         t = time.perf_counter()
         patch = crop_patch(image, geom, fill=self.model.mean)
-        x = (patch.astype(np.float32) - self._mean).transpose(2, 0, 1)[None]
+        x = np.ascontiguousarray((patch.astype(np.float32) - self._mean).transpose(2, 0, 1)[None])
         t1 = time.perf_counter()
-        feat = self.backend.extract(geom.bucket, np.ascontiguousarray(x))
+        feat = self.backend.extract(geom.bucket, x) if self.bucketed else self.backend.extract_any(x)
         stages["crop"] = stages.get("crop", 0.0) + (t1 - t) * 1e3
         stages["features"] = stages.get("features", 0.0) + (time.perf_counter() - t1) * 1e3
         return feat
@@ -133,7 +143,7 @@ class Tracker:
         self.updates = {"long": 0, "short": 0}
         stages = {}
 
-        geom = self.policy.select(box)
+        geom = self._geometry(box)
         feat = self._features(image, geom, stages)
         t = time.perf_counter()
         bounds = self._sample_bounds(geom, size)
@@ -179,7 +189,7 @@ class Tracker:
         rng = self.rng
 
         region = self.policy.search_region(self.box, widen=self.trans_f / p.trans)
-        geom = self.policy.select(self.box, region)
+        geom = self._geometry(self.box, region)
         feat = self._features(image, geom, stages)
 
         t = time.perf_counter()

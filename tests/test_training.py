@@ -392,9 +392,6 @@ def test_two_context_training_keeps_devices_identical(sequences):
     np.testing.assert_array_equal(start["conv1_weight"], end["conv1_weight"])  # frozen
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: with a kvstore (2 devices, dist_sync) Trainer.set_params after "
-                                       "init_optimizer is overwritten by the first update; init the optimizer "
-                                       "lazily (see the test report). Remove this marker once fixed.")
 def test_set_params_survives_the_first_multi_device_update(synthetic):
     trainer = tiny_trainer(contexts=[mx.cpu(0), mx.cpu(1)], lr=1e-4)
     w = np.full(trainer.params()["fc5_weight"].shape, 0.01, np.float32)
@@ -476,9 +473,6 @@ def test_dist_sync_two_workers_end_identical(dist_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="train.py: with dist_sync the servers sum the workers' gradients, so "
-                                       "rescale_grad must be 1/(devices * num_workers), not 1/devices (see the "
-                                       "test report). Remove this marker once fixed.")
 def test_dist_sync_averages_gradients_over_workers(dist_run):
     assert dist_run["res"].returncode == 0
     for r in (0, 1):

@@ -49,7 +49,10 @@ when interrupted, 2 for bad arguments.
 
 Only kvstore rank 0 writes checkpoints and the final model (``train_mx.train`` checks
 ``kvstore.rank``); each worker seeds its batch sampler with its rank so the workers draw
-different minibatches while the servers keep one set of weights.
+different minibatches while the servers keep one set of weights. Ranks are assigned by
+ps-lite, not in launch order, so on several hosts rank 0 may run on any of them: give
+``--out`` (and ``--save-model``) a shared filesystem path, which ``--resume`` also needs
+(every worker must resume at the same iteration, or the synchronous pushes never match).
 """
 from __future__ import annotations
 

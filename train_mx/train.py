@@ -58,6 +58,8 @@ class Trainer:
         self.policy = policy
         self.contexts = contexts
         self.P = len(contexts)
+        if mine_from < batch_neg:
+            raise ValueError(f"mine_from ({mine_from}) must be at least batch_neg ({batch_neg})")
         self.batch_pos, self.batch_neg, self.mine_from = batch_pos, batch_neg, mine_from
         self.feature_scale = FEATURE_SCALE[extractor]
         self.binds = 0
@@ -71,7 +73,7 @@ class Trainer:
             return sym, ("data", "rois", "domain_mask"), ("label",)
 
         biggest = max(range(len(policy.shapes)), key=lambda b: policy.shapes[b][0] * policy.shapes[b][1])
-        self.default_key = self._key(biggest, mine_from)
+        self.default_key = self._key(biggest, max(mine_from, batch_pos + batch_neg))
         mx.random.seed(seed)
         self.mod = mx.mod.BucketingModule(sym_gen, default_bucket_key=self.default_key, context=contexts,
                                           fixed_param_names=self.fixed)
@@ -81,13 +83,23 @@ class Trainer:
         self.mod.init_params(initializer=mx.init.Mixed(["fc6_weight", ".*"], [mx.init.Normal(0.01), mx.init.Xavier(magnitude=2.0)]))
         self.lr_mult = {n: (fc_lr_mult * (2.0 if n.endswith("bias") else 1.0) if n.startswith("fc") else
                             (2.0 if n.endswith("bias") else 1.0)) for n in params}
+        self.kvstore = mx.kv.create(kvstore) if kvstore.startswith("dist") else kvstore
+        # SoftmaxOutput(normalization="batch") averages over each device's RoIs; the kvstore
+        # sums over the P devices of every worker (dist_sync: over all workers): average them.
+        workers = 1 if isinstance(self.kvstore, str) else self.kvstore.num_workers
         opt = mx.optimizer.SGD(learning_rate=lr, momentum=momentum, wd=wd, clip_gradient=clip,
-                               rescale_grad=1.0 / self.P, param_idx2name=dict(enumerate(params)))
+                               rescale_grad=1.0 / (self.P * workers), param_idx2name=dict(enumerate(params)))
         opt.set_lr_mult(self.lr_mult)
         opt.set_wd_mult({n: (0.0 if n.endswith("bias") else 1.0) for n in params})
-        self.kvstore = mx.kv.create(kvstore) if kvstore.startswith("dist") else kvstore
-        self.mod.init_optimizer(kvstore=self.kvstore, optimizer=opt)
         self.optimizer = opt
+        # The module's init_optimizer copies the weights into the kvstore (with dist_sync it
+        # broadcasts rank 0's); with several devices or dist_sync the kvstore owns the weights
+        # from then on and set_params() would be overwritten by the first update. So it runs
+        # at the first step, after pretrained / resumed weights are in.
+
+    def _init_optimizer(self):
+        if not self.mod.optimizer_initialized:
+            self.mod.init_optimizer(kvstore=self.kvstore, optimizer=self.optimizer)
 
     def _key(self, bucket, n_rois):
         h, w = self.policy.shapes[bucket]
@@ -107,6 +119,8 @@ class Trainer:
             self.binds += 1
 
     def set_params(self, params: dict) -> None:
+        if self.mod.optimizer_initialized:
+            raise RuntimeError("set_params() must come before the first step(): the kvstore holds the weights from then on")
         arg, aux = self.mod.get_params()
         for k, v in params.items():
             if k in arg:
@@ -129,6 +143,7 @@ class Trainer:
 
     def step(self, batch) -> dict:
         """Mining pass over ``mine_from`` negatives, then one SGD step on 32 + 96."""
+        self._init_optimizer()
         P = self.P
         mine = self._batch(batch.data, batch.neg, np.zeros((P, batch.neg.shape[1]), np.float32), batch.domain)
         self._count_bind(mine.bucket_key)

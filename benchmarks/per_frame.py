@@ -1,0 +1,133 @@
+"""Per-frame cost of the whole tracker, backend by backend, on the same frames.
+
+    python -m benchmarks.per_frame [--sequences DIR ...] [--backends mxnet,onnxruntime,tvm] [--out DIR]
+
+Each backend tracks the same frames (decoded once, held in memory) with the same seed.
+The ``mxnet-unbucketed`` baseline crops the exact patch each frame needs and binds new
+executors for every new shape, as the original prototype did. Reports first-frame ms,
+median / p95 / max of the other frames, fps and a stage breakdown; writes per_frame.json,
+per_frame.md and per_frame.png (cost over the sequence per backend: spikes show).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from runtime.evaluation import cost_stats, evaluate_sequence, stage_stats
+from runtime.report import markdown_table, plot_frame_costs
+from runtime.sources import open_sequence_folder
+from runtime.tracker import STAGES
+
+from .common import default_sequences, dump_json, machine
+
+BASELINE = "mxnet-unbucketed"
+
+
+class _Frames:
+    """A sequence decoded once so every backend sees identical frames without I/O."""
+
+    def __init__(self, seq, max_frames):
+        self.name = seq.name
+        self.init_box = seq.init_box
+        self.frames = []
+        for f in seq:
+            if max_frames is not None and f.index >= max_frames:
+                break
+            self.frames.append(f)
+
+    def __iter__(self):
+        return iter(self.frames)
+
+
+def run_backend(name, frames, model, seed, params_kw):
+    from runtime.tracker import Tracker
+
+    backend = "mxnet" if name == BASELINE else name
+    tracker = Tracker(model, backend=backend, seed=seed, bucketed=name != BASELINE, **params_kw)
+    ms, stages, boxes, gts, shapes = [], {s: [] for s in STAGES + ("other",)}, [], [], []
+    for f in frames:
+        r = tracker.init(f.image, frames.init_box) if f.index == 0 else tracker.update(f.image)
+        ms.append(r.ms)
+        for s in stages:
+            stages[s].append(r.stages.get(s, 0.0))
+        boxes.append(r.box)
+        gts.append(f.gt if f.gt is not None else np.full(4, np.nan))
+    binds = getattr(tracker.backend, "binds", None)
+    return {"ms": ms, "stages": stages, "boxes": np.array(boxes), "gt": np.array(gts),
+            "binds": {"features": binds, "head": tracker.head.binds}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.per_frame", description=__doc__.splitlines()[0])
+    ap.add_argument("--sequences", nargs="+", default=None, help="sequence folders (default: the dev set in ../shared)")
+    ap.add_argument("--backends", default=f"mxnet,onnxruntime,tvm,{BASELINE}",
+                    help=f"comma-separated from mxnet, onnxruntime, tvm, {BASELINE}")
+    ap.add_argument("--model", default="models/default")
+    ap.add_argument("--max-frames", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/results/per_frame")
+    ap.add_argument("--json", default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+    seqs = args.sequences or default_sequences()
+    if not seqs:
+        print("error: no sequences (../shared is absent); pass --sequences DIR ...", file=sys.stderr)
+        return 2
+    backends = [b for b in args.backends.split(",") if b]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine(), "command": "python -m benchmarks.per_frame " + " ".join(argv or sys.argv[1:]),
+              "sequences": {}, "backends": {}}
+    all_ms = {b: [] for b in backends}
+    all_stages = {b: {} for b in backends}
+    firsts = {b: [] for b in backends}
+    curves = {}
+    for path in seqs:
+        frames = _Frames(open_sequence_folder(path), args.max_frames)
+        result["sequences"][frames.name] = {}
+        for b in backends:
+            r = run_backend(b, frames, args.model, args.seed, {})
+            c = cost_stats(r["ms"])
+            score = evaluate_sequence(r["boxes"], r["gt"])
+            result["sequences"][frames.name][b] = {"cost": c, "stages": stage_stats(r["stages"]),
+                                                   "auc": score.auc, "binds": r["binds"]}
+            all_ms[b].extend(r["ms"][1:])
+            firsts[b].append(r["ms"][0])
+            for s, v in r["stages"].items():
+                all_stages[b].setdefault(s, []).extend(v[1:])
+            curves[f"{b}"] = curves.get(b, []) + r["ms"]
+            print(f"{frames.name:18s} {b:18s} first {c['first_ms']:7.0f} ms  median {c['median_ms']:6.1f}  "
+                  f"p95 {c['p95_ms']:6.1f}  max {c['max_ms']:7.1f}  fps {c['fps']:5.1f}  AUC {score.auc:.3f}", flush=True)
+    rows = []
+    for b in backends:
+        ms = np.array(all_ms[b])
+        st = {s: float(np.median(v)) for s, v in all_stages[b].items()}
+        summary = {"first_ms_median": float(np.median(firsts[b])), "median_ms": float(np.median(ms)),
+                   "p95_ms": float(np.percentile(ms, 95)), "max_ms": float(ms.max()),
+                   "fps": float(1000.0 / ms.mean()), "stage_median_ms": st,
+                   "max_over_median": float(ms.max() / np.median(ms))}
+        result["backends"][b] = summary
+        rows.append([b, summary["first_ms_median"], summary["median_ms"], summary["p95_ms"], summary["max_ms"],
+                     summary["fps"]] + [st.get(s, 0.0) for s in STAGES + ("other",)])
+    ref = result["backends"].get("mxnet", {}).get("median_ms")
+    table = markdown_table(["backend", "first ms", "median ms", "p95 ms", "max ms", "fps"]
+                           + [f"{s} ms" for s in STAGES + ("other",)], rows)
+    text = [f"# Per-frame cost\n", f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores.",
+            f"Command: `{result['command']}`\n", "Frames after the first, all sequences pooled; stage columns are medians.\n",
+            table]
+    if ref:
+        text.append("\nRatio of median to mxnet: " + ", ".join(
+            f"{b} {v['median_ms'] / ref:.2f}x" for b, v in result["backends"].items()))
+    (out / "per_frame.md").write_text("\n".join(text) + "\n")
+    dump_json(result, out / "per_frame.json")
+    if args.json:
+        dump_json(result, args.json)
+    plot_frame_costs(curves, out / "per_frame.png", title="Per-frame cost (sequences back to back)")
+    print("\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
