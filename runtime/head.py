@@ -37,13 +37,14 @@ def _top_symbol(first: str, dropout: float):
     return x
 
 
-def _embed_symbol(first: str):
+def _embed_symbol(first: str, sample_ratio: int):
     """(feat, rois) -> [pooled conv features, input of layer ``first``]."""
     import mxnet as mx
 
     from train_mx import network
 
-    pooled = mx.sym.flatten(network.roi_pool(mx.sym.Variable("feat"), mx.sym.Variable("rois")), name="pooled")
+    pooled = mx.sym.flatten(network.roi_pool(mx.sym.Variable("feat"), mx.sym.Variable("rois"), sample_ratio),
+                            name="pooled")
     x = pooled
     for layer in FC_LAYERS[: FC_LAYERS.index(first)]:
         x = mx.sym.FullyConnected(x, num_hidden=512, name=layer)
@@ -84,7 +85,7 @@ class OnlineHead:
             self._init_weights[f"{layer}_bias"] = b
 
         # Embed executors (one per bucket), created on first use of a bucket and kept.
-        self._embed_sym = _embed_symbol(first)
+        self._embed_sym = _embed_symbol(first, model.roi_sample_ratio)
         self._embed = {}
         self.chunk = int(params.n_candidates)
 

@@ -56,6 +56,10 @@ class Model:
         return float(self.config.get("feature_scale", 1.0))
 
     @property
+    def roi_sample_ratio(self) -> int:
+        return int(self.config.get("roi_sample_ratio", 2))
+
+    @property
     def channels(self) -> int:
         return int(self.config["feature_channels"])
 

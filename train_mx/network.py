@@ -75,10 +75,14 @@ def extractor(name: str, data=None, feature_scale: float = 1.0):
     return feat, c
 
 
-def roi_pool(feat, rois):
-    """RoIAlign 3x3 at 1/8 scale; rois are (K, 5) rows (batch index, x1, y1, x2, y2) in patch px."""
+def roi_pool(feat, rois, sample_ratio: int = 2):
+    """RoIAlign 3x3 at 1/8 scale; rois are (K, 5) rows (batch index, x1, y1, x2, y2) in patch px.
+
+    ``sample_ratio``: bilinear samples per bin side (2 -> 4 per bin); the model config
+    records it so that tracking pools the way training did, or cheaper where measured.
+    """
     return mx.sym.contrib.ROIAlign(feat, rois, pooled_size=POOLED, spatial_scale=1.0 / STRIDE,
-                                   sample_ratio=2, aligned=True, name="roi_align")
+                                   sample_ratio=int(sample_ratio), aligned=True, name="roi_align")
 
 
 def fc_head(pooled, n_out: int = 2, dropout: float = 0.5, fc6_lr_mult: float = 10.0):

@@ -1,0 +1,175 @@
+"""The compiled fast path: ONNX per bucket, TVM per target, manifests, backend parity."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tvm")
+
+from runtime import artifacts  # noqa: E402
+from runtime.errors import ArtifactError  # noqa: E402
+from runtime.model import DEFAULT_MODEL, load_model, save_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """ONNX and TVM-llvm sets for the shipped model (all 8 buckets), built once."""
+    from export.build import build
+
+    model = load_model(DEFAULT_MODEL)
+    out = tmp_path_factory.mktemp("artifacts")
+    done = build(model, ["llvm"], out, log=lambda m: None)
+    return model, done
+
+
+@pytest.fixture(scope="module")
+def one_bucket_model(tmp_path_factory):
+    """The shipped weights with a single bucket: cheap to compile for several targets."""
+    m = load_model(DEFAULT_MODEL)
+    config = json.loads(json.dumps(m.config))
+    config["buckets"]["shapes"] = [[192, 192]]
+    return load_model(save_model(tmp_path_factory.mktemp("one") / "model", config, m.params))
+
+
+def _patch(shape, seed):
+    return np.random.default_rng(seed).uniform(-128, 128, (1, 3) + tuple(shape)).astype(np.float32)
+
+
+def _real_patch(model, bucket):
+    """A mean-subtracted crop of a synthetic frame through the runtime's own crop."""
+    from runtime.buckets import crop_patch
+    from runtime.synthetic import make_sequence
+
+    seq = make_sequence(n_frames=1, size=(320, 240), seed=3)
+    frame = next(iter(seq))
+    geom = model.policy.for_shape(frame.gt, bucket)
+    p = crop_patch(frame.image, geom, fill=model.mean).astype(np.float32) - model.mean
+    return np.ascontiguousarray(p.transpose(2, 0, 1)[None])
+
+
+def test_every_bucket_exported_checked_and_in_manifest(built):
+    model, done = built
+    m = artifacts.verify(done["onnx"], model, "onnx", "onnx")
+    assert len(m["files"]) == len(model.policy.shapes) == 8
+    assert max(m["parity_vs_mxnet"].values()) <= 1e-4
+    t = artifacts.verify(done["llvm"], model, "tvm", "llvm")
+    assert t["versions"]["tvm"] and t["versions"]["onnx"]
+    assert t["model_hash"] == model.model_hash and t["buckets"] == [list(s) for s in model.policy.shapes]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
+def test_features_match_mxnet_on_random_and_real_patches(built, backend):
+    from runtime.backends import make_backend
+
+    model, done = built
+    ref = make_backend("mxnet", model)
+    other = make_backend(backend, model, artifacts=done["onnx" if backend == "onnxruntime" else "llvm"])
+    for b, shape in enumerate(model.policy.shapes):
+        for x in (_patch(shape, b), _real_patch(model, b)):
+            a, o = ref.extract(b, x), other.extract(b, x)
+            assert o.shape == a.shape == (1, model.channels, shape[0] // 8, shape[1] // 8)
+            assert np.abs(o - a).max() <= 1e-4 * np.abs(a).max()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
+def test_whole_sequence_boxes_match_mxnet(built, backend):
+    from runtime.geometry import iou
+    from runtime.synthetic import make_sequence
+    from runtime.tracker import Tracker
+
+    model, done = built
+    seq = make_sequence(n_frames=100, size=(320, 240), seed=4, distractors=0)
+    frames = list(seq)
+
+    def run(name, arts=None):
+        t = Tracker(model, backend=name, seed=0, artifacts=arts)
+        return np.array([(t.init(f.image, f.gt) if f.index == 0 else t.update(f.image)).box for f in frames])
+
+    ref = run("mxnet")
+    got = run(backend, done["onnx" if backend == "onnxruntime" else "llvm"])
+    ious = iou(ref, got)
+    assert ious.min() >= 0.98, f"worst frame IoU {ious.min():.3f} at {int(ious.argmin())}"
+
+
+def test_stale_or_foreign_manifest_is_refused_with_rebuild_command(built, tmp_path):
+    model, done = built
+    cases = {}
+    for name, edit in {
+        "model": lambda m: m.update(model_hash="0" * 64),
+        "buckets": lambda m: m.update(buckets=[[64, 64]]),
+        "target": lambda m: m.update(target="cuda-sm_87"),
+        "tvm": lambda m: m["versions"].update(tvm="0.1.0"),
+    }.items():
+        d = tmp_path / name
+        shutil.copytree(done["llvm"], d)
+        m = json.loads((d / "manifest.json").read_text())
+        edit(m)
+        (d / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(ArtifactError) as e:
+            artifacts.verify(d, model, "tvm", "llvm")
+        cases[name] = str(e.value)
+    assert "another model" in cases["model"]
+    assert "bucket set" in cases["buckets"]
+    assert "cuda-sm_87" in cases["target"]
+    assert "TVM 0.1.0" in cases["tvm"]
+    for msg in cases.values():
+        assert "python -m export --model" in msg and "--targets llvm" in msg
+    # a modified library is refused before it is loaded
+    d = tmp_path / "modified"
+    shutil.copytree(done["llvm"], d)
+    lib = sorted(d.glob("*.so"))[0]
+    lib.write_bytes(lib.read_bytes() + b"\0")
+    with pytest.raises(ArtifactError, match="sha256"):
+        artifacts.verify(d, model, "tvm", "llvm")
+    # and through the backend, as a user would meet it
+    from runtime.backends import make_backend
+
+    with pytest.raises(ArtifactError, match="rebuild with"):
+        make_backend("tvm", model, artifacts=d)
+
+
+def _elf_machine(path: Path) -> int:
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    assert head[16] == 3, f"{path} is not a shared object (e_type {head[16]})"  # ET_DYN
+    return int.from_bytes(head[18:20], "little")
+
+
+@pytest.mark.slow
+def test_cuda_and_aarch64_artifacts_are_shared_objects_for_their_architecture(one_bucket_model, tmp_path):
+    from export.build import build
+
+    targets = ["cuda:sm_87"]
+    if shutil.which("aarch64-linux-gnu-g++"):
+        targets += ["aarch64", "cuda:sm_87@aarch64"]
+    done = build(one_bucket_model, targets, tmp_path, log=lambda m: None)
+    so = lambda name: next(Path(done[name]).glob("*.so"))  # noqa: E731
+    assert _elf_machine(so("cuda-sm_87")) == 62  # x86-64 host code
+    m = json.loads((Path(done["cuda-sm_87"]) / "manifest.json").read_text())
+    assert m["target_dict"]["arch"] == "sm_87" and m["device"] == "cuda"
+    assert b"__global__" in so("cuda-sm_87").read_bytes() or b"fatbin" in so("cuda-sm_87").read_bytes().lower()
+    if "aarch64" in done:
+        assert _elf_machine(so("aarch64")) == 183  # EM_AARCH64
+        assert _elf_machine(so("cuda-sm_87-aarch64")) == 183
+
+
+def test_target_names_parse_and_reject():
+    from export.targets import parse
+
+    assert parse("llvm").target == {"kind": "llvm", "mcpu": "native"}
+    assert parse("cuda:sm_72").target["arch"] == "sm_72"
+    assert parse("cuda:sm_87@aarch64").cross == "aarch64"
+    for bad in ("cuda:87", "riscv", "cuda:sm_87@riscv"):
+        with pytest.raises(ValueError):
+            parse(bad)
+
+
+def test_export_cli_reports_bad_model(tmp_path, capsys):
+    from export.__main__ import main
+
+    assert main(["--model", str(tmp_path / "nope"), "--targets", "llvm"]) == 2
+    assert "model folder not found" in capsys.readouterr().err
