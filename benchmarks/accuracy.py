@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sequences", nargs="+", default=None, help="sequence folders (default: the dev set in ../shared)")
     ap.add_argument("--trackers", default="ours,csrt,kcf",
                     help="comma-separated: ours, ours:MODEL_DIR (another model), csrt, kcf, mil")
-    ap.add_argument("--model", default="models/default")
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     ap.add_argument("--backend", default="mxnet")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-frames", type=int, default=None)

@@ -37,7 +37,7 @@ def time_backend(backend, model, repeat, warmup=5) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.features", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="models/default")
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     ap.add_argument("--backends", default="mxnet,onnxruntime,tvm")
     ap.add_argument("--artifacts", default=None, help="prebuilt TVM set (default: the llvm cache)")
     ap.add_argument("--repeat", type=int, default=50)

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sequences", nargs="+", default=None, help="sequence folders (default: the dev set in ../shared)")
     ap.add_argument("--backends", default=f"mxnet,onnxruntime,tvm,{BASELINE}",
                     help=f"comma-separated from mxnet, onnxruntime, tvm, {BASELINE}")
-    ap.add_argument("--model", default="models/default")
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     ap.add_argument("--max-frames", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/per_frame")

@@ -62,11 +62,12 @@ class Tracker:
     converted). ``artifacts`` points the compiled backends at a prebuilt artifact set.
     """
 
-    def __init__(self, model="models/default", backend: str = "mxnet", device: str = "cpu", seed: int = 0,
+    def __init__(self, model=None, backend: str = "mxnet", device: str = "cpu", seed: int = 0,
                  params: TrackerParams | None = None, artifacts=None, bucketed: bool = True, **params_kw):
         from .backends import make_backend
         from .backends.mxnet_backend import mx_context
 
+        # model=None: the shipped models/default, found from the package, not the cwd
         self.model: Model = model if isinstance(model, Model) else load_model(model)
         self.params = (params or TrackerParams()).replace(**params_kw) if params_kw else (params or TrackerParams())
         self.policy = self.model.policy

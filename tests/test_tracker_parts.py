@@ -240,7 +240,7 @@ def test_failure_triggers_short_update_and_widens_search(model, monkeypatch):
     """Scores are shifted (ranking kept) to force success or failure, so the test checks the
     update logic whatever the weights."""
     # trans_max 0.7 so that the cap is reached after two failed frames (0.66, then 0.7)
-    t = Tracker(model, seed=0, long_interval=10, trans_max=0.7, **CHEAP)
+    t = Tracker(model, seed=0, long_interval=10, trans=0.6, trans_max=0.7, **CHEAP)
     p = t.params
     seq = make_sequence(n_frames=12, size=(320, 240), seed=1)
     f0 = seq.read_frame(0)
@@ -391,7 +391,8 @@ def test_partly_outside_box_is_clipped_and_formats_accepted(model):
 def test_params_replace_rejects_unknown_names(model):
     p = TrackerParams()
     q = p.replace(top_k=3, trans=0.5)
-    assert (q.top_k, q.trans) == (3, 0.5) and (p.top_k, p.trans) == (5, 0.6)
+    assert (q.top_k, q.trans) == (3, 0.5)
+    assert (p.top_k, p.trans) == (5, 1.0)  # replace() returns a copy; the original keeps its values
     with pytest.raises(ValueError, match="bogus"):
         p.replace(bogus=1)
     with pytest.raises(ValueError, match="unknown tracker parameter"):

@@ -261,6 +261,7 @@ class FakeModel:
     def __init__(self, channels=8, seed=0):
         rng = np.random.default_rng(seed)
         self.channels = channels
+        self.roi_sample_ratio = 2
         self._p = {"fc4_weight": rng.normal(0, 0.05, (512, channels * 9)), "fc4_bias": rng.normal(0, 0.1, 512),
                    "fc5_weight": rng.normal(0, 0.05, (512, 512)), "fc5_bias": rng.normal(0, 0.1, 512)}
         self._p = {k: v.astype(np.float32) for k, v in self._p.items()}

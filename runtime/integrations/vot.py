@@ -1,0 +1,215 @@
+"""The tracker as a VOT toolkit (TraX) tracker: ``python -m runtime.integrations.vot``.
+
+The toolkit starts this module once per sequence and talks TraX over its stdin/stdout:
+the first request carries the first image and a rectangle, each later one an image path,
+and the tracker answers every frame with a rectangle and a ``confidence`` (the runtime's
+target score; above 0 means found). See ``runtime/integrations/README.md`` for the
+``trackers.ini`` entry.
+
+The loop talks to a *handle* with the four methods of the ``vot`` helper module of the VOT
+integration examples (``vot.py``: ``handle = vot.VOT("rectangle")``, ``handle.region()``,
+``handle.frame()``, ``handle.report(vot.Rectangle(...), confidence)``). By default the handle
+is :class:`TraxHandle`, a built-in equivalent on the ``trax`` module of the ``vot-trax``
+package; ``--handle helper`` (``MDTRACK_VOT_HANDLE=helper``) uses ``import vot`` instead.
+The built-in one is the default because the helper's single-object ``report`` passes one
+region where vot-trax 4.x's ``Server.status`` asserts a list. :func:`track` takes the handle
+as an argument, so the loop runs against any object with those methods (tests pass a stub).
+
+Options come from the command line or, since the toolkit starts the module without
+arguments, from ``MDTRACK_MODEL``, ``MDTRACK_BACKEND``, ``MDTRACK_DEVICE``,
+``MDTRACK_SEED`` and ``MDTRACK_ARTIFACTS`` (set them with ``env_MDTRACK_MODEL = ...`` in
+``trackers.ini``).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import math
+import os
+import sys
+
+__all__ = ["Rectangle", "TraxHandle", "open_handle", "track", "build_parser", "main"]
+
+log = logging.getLogger("runtime.integrations.vot")
+
+# Same fields as the helper's ``vot.Rectangle`` (a namedtuple there too).
+Rectangle = collections.namedtuple("Rectangle", ["x", "y", "width", "height"])
+
+# Confidence reported for a frame whose image cannot be read (the last box is kept).
+UNREADABLE_CONFIDENCE = 0.0
+
+
+class TraxHandle:
+    """A single-object, rectangle-only stand-in for the helper's ``vot.VOT`` on ``trax.Server``.
+
+    Like the helper, the constructor answers the ``initialize`` request with the given region
+    and keeps the first image for the first :meth:`frame` call.
+    """
+
+    def __init__(self, region_format: str = "rectangle"):
+        try:
+            import trax
+        except ImportError as e:
+            raise ImportError("the VOT integration needs either the vot.py helper of the VOT integration "
+                              "examples on the path or the vot-trax package (pip install vot-trax)") from e
+        if region_format != trax.Region.RECTANGLE:
+            raise ValueError(f"only the rectangle region format is supported, not {region_format!r}")
+        self._trax_mod = trax
+        self._trax = trax.Server([trax.Region.RECTANGLE], [trax.Image.PATH], ["color"],
+                                 metadata=dict(vot="python"))
+        request = self._trax.wait()
+        if request.type != "initialize" or not request.objects:
+            raise RuntimeError(f"TraX: expected an initialize request with one object, got {request.type!r}")
+        region, _ = request.objects[0]
+        self._region = Rectangle(*region.bounds())
+        self._image = self._path(request.image)
+        self._trax.status(request.objects)
+
+    @staticmethod
+    def _path(images):
+        paths = [img.path() for _, img in images.items()]
+        return paths[0] if len(paths) == 1 else paths
+
+    def region(self) -> Rectangle:
+        return self._region
+
+    def frame(self):
+        """The next image path, or ``None`` when the toolkit ends the session."""
+        if self._image is not None:
+            image, self._image = self._image, None
+            return image
+        request = self._trax.wait()
+        if request.type == "frame":
+            return self._path(request.image)
+        return None
+
+    def report(self, region, confidence=None) -> None:
+        props = {} if confidence is None else {"confidence": confidence}
+        rect = self._trax_mod.Rectangle.create(region.x, region.y, region.width, region.height)
+        self._trax.status([(rect, props)])
+
+    def quit(self) -> None:
+        if getattr(self, "_trax", None) is not None:
+            self._trax.quit()
+            self._trax = None
+
+
+def open_handle(region_format: str = "rectangle", which: str = "builtin"):
+    """``(handle, Rectangle)`` for ``which``: ``"builtin"`` (:class:`TraxHandle`) or ``"helper"``
+    (``vot.VOT`` and ``vot.Rectangle`` of the VOT integration's ``vot.py``).
+
+    A ``vot`` module without a ``VOT`` class (the VOT toolkit package itself, when it comes
+    first on the path) is not the helper and is refused with a hint.
+    """
+    if which == "builtin":
+        return TraxHandle(region_format), Rectangle
+    if which != "helper":
+        raise ValueError(f"unknown handle {which!r}: use builtin or helper")
+    try:
+        import vot as helper
+    except ImportError as e:
+        raise ImportError("--handle helper: put the folder holding the VOT integration's vot.py on "
+                          "the path (trackers.ini: paths = ...)") from e
+    if not (hasattr(helper, "VOT") and hasattr(helper, "Rectangle")):
+        raise ImportError(f"--handle helper: the 'vot' module found ({getattr(helper, '__file__', '?')}) is "
+                          "not the integration helper vot.py (is it the VOT toolkit package?); put the "
+                          "helper's folder first in trackers.ini paths")
+    return helper.VOT(region_format), helper.Rectangle
+
+
+def _read(path):
+    import cv2
+
+    if isinstance(path, (list, tuple)):  # several channels: the tracker uses the colour one
+        path = path[0]
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return image
+
+
+def track(handle, tracker, rectangle=Rectangle, read=_read) -> int:
+    """Run the TraX loop on ``handle`` with ``tracker`` (``init(image, box)`` / ``update(image)``).
+
+    ``handle`` has the helper's methods: ``region()``, ``frame()`` (an image path, ``None`` at
+    the end) and ``report(region, confidence)``. One report per frame after the first (the
+    first is answered when the handle is opened). ``rectangle`` builds the reported region,
+    ``read`` turns a path into a BGR image (``None`` when it cannot). Returns the number of
+    frames reported.
+    """
+    from runtime.errors import TrackerInputError
+
+    sel = handle.region()
+    box = [float(sel.x), float(sel.y), float(sel.width), float(sel.height)]
+    path = handle.frame()
+    if not path:
+        return 0
+    image = read(path)
+    if image is None:
+        raise TrackerInputError(f"cannot read the first frame {path}")
+    tracker.init(image, box)
+    reported = 0
+    while True:
+        path = handle.frame()
+        if not path:
+            break
+        image = read(path)
+        if image is None:
+            log.warning("cannot read %s; keeping the last box", path)
+            confidence = UNREADABLE_CONFIDENCE
+        else:
+            result = tracker.update(image)
+            box = [float(v) for v in result.box]
+            confidence = float(result.score)
+            if not math.isfinite(confidence):
+                confidence = UNREADABLE_CONFIDENCE
+        handle.report(rectangle(*box), confidence)
+        reported += 1
+    return reported
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    ap = argparse.ArgumentParser(prog="python -m runtime.integrations.vot",
+                                 description="VOT toolkit (TraX) tracker entry; started by the toolkit, "
+                                             "it speaks TraX on stdin/stdout.")
+    ap.add_argument("--model", default=env("MDTRACK_MODEL"),
+                    help="model folder (default $MDTRACK_MODEL, else the shipped models/default)")
+    ap.add_argument("--backend", default=env("MDTRACK_BACKEND", "mxnet"), choices=("mxnet", "onnxruntime", "tvm"),
+                    help="feature backend (default $MDTRACK_BACKEND or mxnet)")
+    ap.add_argument("--device", default=env("MDTRACK_DEVICE", "cpu"), help="cpu or cuda[:N] (default $MDTRACK_DEVICE or cpu)")
+    ap.add_argument("--seed", type=int, default=int(env("MDTRACK_SEED", "0")), help="random seed (default $MDTRACK_SEED or 0)")
+    ap.add_argument("--artifacts", default=env("MDTRACK_ARTIFACTS"), help="prebuilt compiled artifact set (default $MDTRACK_ARTIFACTS)")
+    ap.add_argument("--handle", default=env("MDTRACK_VOT_HANDLE", "builtin"), choices=("builtin", "helper"),
+                    help="protocol handle: the built-in one on vot-trax, or the VOT integration's vot.py "
+                         "helper (default $MDTRACK_VOT_HANDLE or builtin)")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    # stdout (file descriptor 1) carries the protocol: keep Python's prints off it.
+    sys.stdout = sys.stderr
+    from runtime.errors import TrackerInputError
+    from runtime.model import DEFAULT_MODEL
+    from runtime.tracker import Tracker
+
+    try:
+        # Load the model before the handshake, so a bad path fails with a readable message.
+        tracker = Tracker(args.model or DEFAULT_MODEL, backend=args.backend, device=args.device, seed=args.seed,
+                          artifacts=args.artifacts)
+        handle, rectangle = open_handle("rectangle", args.handle)
+        try:
+            track(handle, tracker, rectangle)
+        finally:
+            quit_ = getattr(handle, "quit", None)
+            if quit_ is not None:
+                quit_()
+    except TrackerInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

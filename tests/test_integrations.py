@@ -1,0 +1,326 @@
+"""Toolkit integrations: the GOT-10k toolkit adapter (driven through its experiments on
+synthetic sequences laid out in the toolkit's folder formats) and the VOT / TraX entry
+(its loop against a stub handle, and the real protocol through vot-trax when installed)."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from runtime.synthetic import make_sequence, write_otb
+
+ROOT = Path(__file__).resolve().parents[1]
+N_FRAMES = 20
+SIZE = (160, 120)
+
+
+def _seq(seed, n=N_FRAMES):
+    return make_sequence(n_frames=n, size=SIZE, seed=seed, distractors=0)
+
+
+# --------------------------------------------------------------------------- GOT-10k toolkit
+
+
+@pytest.fixture(scope="module")
+def got10k_tracker(tiny_model):
+    pytest.importorskip("got10k")
+    from runtime.integrations.got10k import GOT10kTracker
+
+    return GOT10kTracker(model=tiny_model, seed=0, name="mdtrack_test")
+
+
+@pytest.fixture()
+def no_download(monkeypatch):
+    """Any download attempt by the toolkit fails the test instead of reaching the network."""
+    import got10k.datasets.otb as otb_mod
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the toolkit tried to download {args}")
+
+    monkeypatch.setattr(otb_mod, "download", refuse)
+
+
+@pytest.fixture(scope="module")
+def otb_root(tmp_path_factory):
+    """An OTB2013 root: every sequence folder exists (so nothing is downloaded), two hold
+    synthetic sequences; the empty ones have no groundtruth and the toolkit skips them."""
+    pytest.importorskip("got10k")
+    from got10k.datasets import OTB
+
+    root = tmp_path_factory.mktemp("otb")
+    names = OTB._OTB__version_dict[2013]
+    for name in names:
+        (root / name).mkdir()
+    for seed, name in enumerate(["Basketball", "Bolt"], start=1):
+        write_otb(_seq(seed), root / name, ext=".jpg")
+    return root
+
+
+def _write_got10k(root: Path, subset: str, names_seeds) -> Path:
+    """GOT-10k layout: <subset>/list.txt and <seq>/00000001.jpg, groundtruth.txt, meta_info.ini, labels."""
+    sub = root / subset
+    sub.mkdir(parents=True)
+    for name, seed in names_seeds:
+        seq = _seq(seed)
+        d = sub / name
+        d.mkdir()
+        for f in seq:
+            cv2.imwrite(str(d / f"{f.index + 1:08d}.jpg"), f.image)
+        np.savetxt(d / "groundtruth.txt", seq.groundtruth, fmt="%.4f", delimiter=",")
+        (d / "meta_info.ini").write_text(
+            "[METAINFO]\n"
+            f"url: synthetic\nbegin_frame: 0\nend_frame: {N_FRAMES - 1}\n"
+            "object_class: synthetic\nmotion_class: synthetic\nmajor_class: synthetic\nroot_class: synthetic\n"
+            f"motion_adverb: smoothly\nresolution: ({SIZE[0]}, {SIZE[1]})\n")
+        np.savetxt(d / "cover.label", np.full(N_FRAMES, 8), fmt="%d")
+        np.savetxt(d / "absence.label", np.zeros(N_FRAMES), fmt="%d")
+        np.savetxt(d / "cut_by_image.label", np.zeros(N_FRAMES), fmt="%d")
+    (sub / "list.txt").write_text("\n".join(n for n, _ in names_seeds) + "\n")
+    return root
+
+
+def test_to_bgr_converts_pil_rgb_and_grey():
+    pytest.importorskip("got10k")
+    from PIL import Image
+
+    from runtime.integrations.got10k import to_bgr
+
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    out = to_bgr(Image.fromarray(rgb))
+    assert out.shape == (4, 5, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+    assert (out[..., 2] == 200).all() and (out[..., :2] == 0).all()
+    grey = to_bgr(Image.fromarray(np.full((4, 5), 7, np.uint8)))  # mode "L" -> RGB -> BGR
+    assert grey.shape == (4, 5, 3) and (grey == 7).all()
+
+
+def test_got10k_adapter_matches_runtime_tracker(got10k_tracker, tiny_model, tmp_path):
+    """PIL RGB in, [x, y, w, h] out, and the same boxes as runtime.Tracker on the BGR frames."""
+    from runtime.tracker import Tracker
+
+    seq = _seq(5, n=6)
+    files = []
+    for f in seq:
+        p = tmp_path / f"{f.index:04d}.jpg"
+        cv2.imwrite(str(p), f.image)
+        files.append(str(p))
+    boxes, times = got10k_tracker.track(files, seq.groundtruth[0])
+    assert boxes.shape == (6, 4) and np.isfinite(boxes).all() and (boxes[1:, 2:] > 0).all()
+    assert times.shape == (6,) and (times > 0).all()
+    ref = Tracker(tiny_model, seed=0)
+    ref.init(cv2.imread(files[0]), seq.groundtruth[0])
+    expected = [ref.update(cv2.imread(p)).box for p in files[1:]]
+    np.testing.assert_allclose(boxes[1:], np.array(expected), atol=1e-4)
+
+
+def test_experiment_otb_runs_and_reports(got10k_tracker, otb_root, tmp_path, no_download):
+    from got10k.experiments import ExperimentOTB
+
+    exp = ExperimentOTB(str(otb_root), version=2013, result_dir=str(tmp_path / "results"),
+                        report_dir=str(tmp_path / "reports"))
+    assert exp.dataset.seq_names == ["Basketball", "Bolt"]
+    exp.run(got10k_tracker)
+    for name in exp.dataset.seq_names:
+        boxes = np.loadtxt(tmp_path / "results" / "OTB2013" / "mdtrack_test" / f"{name}.txt", delimiter=",")
+        assert boxes.shape == (N_FRAMES, 4) and np.isfinite(boxes).all()
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context():  # the report changes global font sizes and leaves its figures open
+        perf = exp.report([got10k_tracker.name])["mdtrack_test"]
+        plt.close("all")
+    overall = perf["overall"]
+    assert set(perf["seq_wise"]) == {"Basketball", "Bolt"}
+    assert 0.0 <= overall["success_score"] <= 1.0 and 0.0 <= overall["precision_score"] <= 1.0
+    # a tracker that works keeps most of these short, distractor-free sequences
+    assert overall["success_score"] > 0.3, overall["success_score"]
+    assert overall["speed_fps"] > 0
+    assert (tmp_path / "reports" / "OTB2013" / "mdtrack_test" / "performance.json").is_file()
+    assert (tmp_path / "reports" / "OTB2013" / "mdtrack_test" / "success_plots.png").is_file()
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("got10k_eval", ROOT / "examples" / "got10k_eval.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_example_runs_experiment_got10k(tiny_model, tmp_path, capsys):
+    """examples/got10k_eval.py drives ExperimentGOT10k (val subset) end to end."""
+    pytest.importorskip("got10k")
+    root = _write_got10k(tmp_path / "GOT-10k", "val", [("GOT-10k_Val_000001", 7)])
+    import matplotlib.pyplot as plt
+
+    example = _load_example()
+    with plt.rc_context():
+        code = example.main(["--dataset", "got10k", "--root", str(root), "--subset", "val", "--model", str(tiny_model),
+                             "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")])
+        plt.close("all")
+    assert code == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    scores = json.loads(summary)
+    assert 0.0 <= scores["ao"] <= 1.0 and 0.0 <= scores["sr"] <= 1.0
+    rec = tmp_path / "results" / "GOT-10k" / "mdtrack" / "GOT-10k_Val_000001" / "GOT-10k_Val_000001_001.txt"
+    assert np.loadtxt(rec, delimiter=",").shape == (N_FRAMES, 4)
+    # deterministic: one repetition, not the toolkit's three
+    assert not rec.with_name("GOT-10k_Val_000001_002.txt").exists()
+
+
+def test_example_refuses_to_download_missing_otb(tmp_path, capsys):
+    pytest.importorskip("got10k")
+    (tmp_path / "otb" / "Basketball").mkdir(parents=True)
+    example = _load_example()
+    with pytest.raises(SystemExit, match="missing"):
+        example.make_experiment(example.build_parser().parse_args(["--root", str(tmp_path / "otb"), "--version", "2013"]))
+
+
+# --------------------------------------------------------------------------- VOT / TraX
+
+
+class StubHandle:
+    """The vot helper's interface with frames from a list; records every report."""
+
+    def __init__(self, region, frames):
+        self._region = region
+        self._frames = list(frames)
+        self.reports = []
+
+    def region(self):
+        return self._region
+
+    def frame(self):
+        return self._frames.pop(0) if self._frames else None
+
+    def report(self, region, confidence=None):
+        self.reports.append((region, confidence))
+
+
+@pytest.fixture(scope="module")
+def vot_frames(tmp_path_factory):
+    seq = _seq(9, n=8)
+    folder = write_otb(seq, tmp_path_factory.mktemp("vot") / "seq", ext=".jpg")
+    return seq, sorted(str(p) for p in (folder / "img").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def vot_tracker(tiny_model):
+    from runtime.tracker import Tracker
+
+    return Tracker(tiny_model, seed=0)
+
+
+def test_vot_loop_reports_each_frame(vot_frames, vot_tracker):
+    from runtime.integrations import vot
+
+    seq, files = vot_frames
+    handle = StubHandle(vot.Rectangle(*seq.groundtruth[0]), files)
+    assert vot.track(handle, vot_tracker) == len(files) - 1
+    assert len(handle.reports) == len(files) - 1  # the first frame is answered at the handshake
+    for region, confidence in handle.reports:
+        assert isinstance(region, vot.Rectangle)
+        assert all(isinstance(v, float) and math.isfinite(v) for v in region)
+        assert region.width > 0 and region.height > 0
+        assert isinstance(confidence, float) and math.isfinite(confidence)
+
+
+def test_vot_loop_uses_the_given_rectangle_type_and_ends_on_none(vot_frames, vot_tracker):
+    import collections
+
+    from runtime.integrations import vot
+
+    seq, files = vot_frames
+    HelperRect = collections.namedtuple("Rectangle", ["x", "y", "width", "height"])
+    handle = StubHandle(HelperRect(*seq.groundtruth[0]), files[:3] + [None] + files[3:])
+    assert vot.track(handle, vot_tracker, rectangle=HelperRect) == 2  # stops at the None frame
+    assert all(type(r) is HelperRect for r, _ in handle.reports)
+    # no frame at all: nothing reported, the tracker is not initialised
+    empty = StubHandle(HelperRect(*seq.groundtruth[0]), [])
+    assert vot.track(empty, vot_tracker) == 0 and empty.reports == []
+
+
+def test_vot_loop_keeps_box_on_unreadable_frame(vot_frames, vot_tracker, tmp_path):
+    from runtime.integrations import vot
+
+    seq, files = vot_frames
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    handle = StubHandle(vot.Rectangle(*seq.groundtruth[0]), files[:3] + [str(bad)] + files[3:5])
+    assert vot.track(handle, vot_tracker) == 5  # 2 frames, the broken one, 2 more
+    (before, _), (kept, conf) = handle.reports[1], handle.reports[2]
+    assert kept == before and conf == vot.UNREADABLE_CONFIDENCE
+
+
+def test_open_handle_choices(monkeypatch):
+    """builtin -> TraxHandle; helper -> vot.VOT, refusing a `vot` module without VOT (the toolkit package)."""
+    import types
+
+    from runtime.integrations import vot
+
+    monkeypatch.setattr(vot, "TraxHandle", lambda fmt: ("trax-handle", fmt))
+    assert vot.open_handle("rectangle") == (("trax-handle", "rectangle"), vot.Rectangle)
+
+    helper = types.ModuleType("vot")
+    helper.Rectangle = object()
+    helper.VOT = lambda fmt: ("helper-handle", fmt)
+    monkeypatch.setitem(sys.modules, "vot", helper)
+    assert vot.open_handle("rectangle", "helper") == (("helper-handle", "rectangle"), helper.Rectangle)
+
+    monkeypatch.setitem(sys.modules, "vot", types.ModuleType("vot"))  # the toolkit itself
+    with pytest.raises(ImportError, match="not the integration helper"):
+        vot.open_handle("rectangle", "helper")
+    with pytest.raises(ValueError):
+        vot.open_handle("rectangle", "other")
+
+
+def test_vot_help():
+    r = subprocess.run([sys.executable, "-m", "runtime.integrations.vot", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "MDTRACK_MODEL" in r.stdout
+
+
+def test_vot_entry_speaks_trax(vot_frames, tiny_model, tmp_path):
+    """The real protocol (vot-trax's client, as the VOT toolkit drives it): handshake,
+    initialise, one rectangle with a confidence per frame, quit."""
+    trax = pytest.importorskip("trax")
+    from trax.client import Client
+    from trax.image import FileImage
+
+    seq, files = vot_frames
+    env = dict(os.environ, TRAX="1", MDTRACK_MODEL=str(tiny_model),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    for k in ("MDTRACK_BACKEND", "MDTRACK_DEVICE", "MDTRACK_ARTIFACTS", "MDTRACK_VOT_HANDLE"):
+        env.pop(k, None)
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.integrations.vot"], cwd=tmp_path, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            bufsize=0, close_fds=False)
+    messages = []
+    try:
+        client = Client(stream=(proc.stdin.fileno(), proc.stdout.fileno()), timeout=60, log=messages.append)
+        assert client.get("vot") == "python" and client.region_formats == ["rectangle"]
+        x, y, w, h = (float(v) for v in seq.groundtruth[0])
+        objects, _ = client.initialize({"color": FileImage.create(files[0])}, [(trax.Rectangle.create(x, y, w, h), {})], {})
+        assert len(objects) == 1
+        for path in files[1:]:
+            objects, _ = client.frame({"color": FileImage.create(path)}, {}, [])
+            assert len(objects) == 1
+            region, props = objects[0]
+            bx, by, bw, bh = region.bounds()
+            assert bw > 0 and bh > 0 and all(math.isfinite(v) for v in (bx, by, bw, bh))
+            assert math.isfinite(float(props["confidence"]))
+        client.quit()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert "Traceback" not in err, err
