@@ -69,6 +69,14 @@ class TVMBackend(FeatureBackend):
         built_for = "cuda" if target.startswith("cuda") else "cpu"
         if want != built_for:
             raise ArtifactError(f"{self.folder} holds {built_for} artifacts ({target}) but --device is {device}")
+        if device != "cpu":
+            # This TVM wheel stores CUDA kernels as source and compiles them when the library
+            # loads, through a Python callback: register it (nvcc; nvrtc needs cuda-bindings).
+            import os
+
+            os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+            import tvm.support.nvcc  # noqa: F401
+
         from ..artifacts import bucket_file
 
         self._tvm = tvm

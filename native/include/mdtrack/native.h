@@ -1,0 +1,68 @@
+// mdtrack native runner: runs one TVM-compiled feature library (a Relax VM executable
+// exported by `python -m export`) on a patch, without Python.
+//
+// The TVM runtime (libtvm_runtime.so, plus libtvm_runtime_cuda.so for --device cuda) is
+// loaded at run time with dlopen, exactly as the Python package does; this library itself
+// only links libtvm_ffi. See native/README.md.
+#ifndef MDTRACK_NATIVE_H_
+#define MDTRACK_NATIVE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mdtrack {
+
+// "cpu", "cuda" or "cuda:N".
+struct DeviceSpec {
+  bool cuda = false;
+  int id = 0;
+  static DeviceSpec Parse(const std::string& text);  // throws std::invalid_argument
+  std::string str() const;
+};
+
+struct RuntimeOptions {
+  // libtvm_runtime.so to load; empty: $MDTRACK_TVM_RUNTIME, then the folder of
+  // libmdtrack_native.so (and ../lib), then the wheel folder found at build time, then the
+  // dynamic loader's search path.
+  std::string tvm_runtime;
+  // Folders searched for precompiled CUDA kernels (<sha256 of the CUDA source>.fatbin|.cubin|.ptx)
+  // when a library carries CUDA source; $MDTRACK_CUDA_KERNELS is appended. If none matches,
+  // nvcc ($CUDA_HOME/bin or PATH) compiles the source at load time.
+  std::vector<std::string> cuda_kernel_dirs;
+};
+
+// Loads libtvm_runtime (RTLD_GLOBAL) once per process, and libtvm_runtime_cuda next to it
+// when `cuda` is set. Returns the path of the runtime loaded. Throws std::runtime_error.
+std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda);
+
+// True when the loaded TVM runtime has a CUDA device API and sees device `id`.
+bool CudaAvailable(int id = 0);
+
+// One compiled bucket: loads `library` (bucket{i}_{H}x{W}.so), creates its Relax VM on
+// `device` (pooled allocator, CPU as the host device) and runs "main".
+class FeatureExtractor {
+ public:
+  FeatureExtractor(const std::string& library, const DeviceSpec& device,
+                   const std::vector<int64_t>& input_shape, const RuntimeOptions& options = {});
+  ~FeatureExtractor();
+  FeatureExtractor(const FeatureExtractor&) = delete;
+  FeatureExtractor& operator=(const FeatureExtractor&) = delete;
+
+  const std::vector<int64_t>& input_shape() const;
+  // Known after the first Run().
+  const std::vector<int64_t>& output_shape() const;
+
+  // Copies `input` (float32, C order, prod(input_shape) values) to the device, runs main and
+  // copies the (float32) result back into `output`. Synchronous.
+  void Run(const float* input, std::vector<float>* output);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mdtrack
+
+#endif  // MDTRACK_NATIVE_H_

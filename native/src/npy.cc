@@ -1,0 +1,175 @@
+#include "mdtrack/npy.h"
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace mdtrack {
+
+static_assert(sizeof(float) == 4, "float must be 32-bit");
+
+namespace {
+
+bool HostIsLittleEndian() {
+  const uint16_t one = 1;
+  unsigned char b;
+  std::memcpy(&b, &one, 1);
+  return b == 1;
+}
+
+std::runtime_error Bad(const std::string& path, const std::string& why) {
+  return std::runtime_error(path + ": " + why);
+}
+
+// Value of `key` in the header dict, as written by numpy: {'descr': '<f4', ...}.
+std::string DictValue(const std::string& header, const std::string& key, const std::string& path) {
+  const std::string quoted = "'" + key + "'";
+  size_t k = header.find(quoted);
+  if (k == std::string::npos) throw Bad(path, "npy header has no " + quoted);
+  size_t colon = header.find(':', k + quoted.size());
+  if (colon == std::string::npos) throw Bad(path, "malformed npy header");
+  size_t start = header.find_first_not_of(' ', colon + 1);
+  if (start == std::string::npos) throw Bad(path, "malformed npy header");
+  size_t end;
+  if (header[start] == '(') {
+    end = header.find(')', start);
+    if (end == std::string::npos) throw Bad(path, "malformed shape in npy header");
+    return header.substr(start, end - start + 1);
+  }
+  if (header[start] == '\'' || header[start] == '"') {
+    end = header.find(header[start], start + 1);
+    if (end == std::string::npos) throw Bad(path, "malformed npy header");
+    return header.substr(start + 1, end - start - 1);
+  }
+  end = header.find_first_of(",}", start);
+  return header.substr(start, end - start);
+}
+
+}  // namespace
+
+int64_t NumElements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::ostringstream os;
+  for (size_t i = 0; i < shape.size(); ++i) os << (i ? "," : "") << shape[i];
+  return os.str();
+}
+
+std::vector<int64_t> ParseShape(const std::string& text) {
+  std::vector<int64_t> shape;
+  std::string item;
+  std::istringstream is(text);
+  while (std::getline(is, item, ',')) {
+    size_t a = item.find_first_not_of(" ()"), b = item.find_last_not_of(" ()");
+    if (a == std::string::npos) continue;  // "(3,)" style trailing comma
+    item = item.substr(a, b - a + 1);
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != item.size() || v <= 0) throw std::invalid_argument("bad shape '" + text + "': use e.g. 1,3,192,192");
+    shape.push_back(v);
+  }
+  if (shape.empty()) throw std::invalid_argument("empty shape '" + text + "'");
+  return shape;
+}
+
+FloatArray ReadNpy(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Bad(path, "cannot open");
+  char magic[8];
+  if (!f.read(magic, 8) || std::memcmp(magic, "\x93NUMPY", 6) != 0) throw Bad(path, "not an .npy file");
+  const int major = static_cast<unsigned char>(magic[6]);
+  uint32_t hlen = 0;
+  if (major == 1) {
+    unsigned char b[2];
+    if (!f.read(reinterpret_cast<char*>(b), 2)) throw Bad(path, "truncated npy header");
+    hlen = b[0] | (b[1] << 8);
+  } else if (major == 2 || major == 3) {
+    unsigned char b[4];
+    if (!f.read(reinterpret_cast<char*>(b), 4)) throw Bad(path, "truncated npy header");
+    hlen = b[0] | (b[1] << 8) | (b[2] << 16) | (static_cast<uint32_t>(b[3]) << 24);
+  } else {
+    throw Bad(path, "unsupported npy version " + std::to_string(major));
+  }
+  std::string header(hlen, '\0');
+  if (!f.read(&header[0], hlen)) throw Bad(path, "truncated npy header");
+
+  const std::string descr = DictValue(header, "descr", path);
+  if (!(descr == "<f4" || (descr == "=f4" && HostIsLittleEndian()) || (descr == "|f4"))) {
+    throw Bad(path, "dtype " + descr + " is not float32 little-endian ('<f4'); save with x.astype(np.float32)");
+  }
+  if (DictValue(header, "fortran_order", path) != "False") {
+    throw Bad(path, "Fortran-ordered arrays are not supported; save np.ascontiguousarray(x)");
+  }
+  FloatArray out;
+  const std::string shape = DictValue(header, "shape", path);
+  if (shape != "()") out.shape = ParseShape(shape);  // a 0-d array has an empty shape
+  const int64_t n = NumElements(out.shape);
+  out.data.resize(static_cast<size_t>(n));
+  if (!f.read(reinterpret_cast<char*>(out.data.data()), n * 4)) {
+    throw Bad(path, "holds fewer than the " + std::to_string(n) + " values of shape (" + ShapeString(out.shape) + ")");
+  }
+  if (!HostIsLittleEndian()) {
+    for (float& v : out.data) {
+      unsigned char* p = reinterpret_cast<unsigned char*>(&v);
+      std::swap(p[0], p[3]);
+      std::swap(p[1], p[2]);
+    }
+  }
+  return out;
+}
+
+void WriteNpy(const std::string& path, const std::vector<int64_t>& shape, const std::vector<float>& data) {
+  if (NumElements(shape) != static_cast<int64_t>(data.size())) throw Bad(path, "shape does not match the data");
+  if (!HostIsLittleEndian()) throw Bad(path, "writing .npy on a big-endian host is not supported");
+  std::string dims;
+  for (size_t i = 0; i < shape.size(); ++i) dims += std::to_string(shape[i]) + (shape.size() == 1 || i + 1 < shape.size() ? "," : "");
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }";
+  // magic (6) + version (2) + length (2) + header + '\n' is padded to a multiple of 64.
+  const size_t total = 10 + header.size() + 1;
+  header.append((64 - total % 64) % 64, ' ');
+  header += '\n';
+  std::ofstream f(path, std::ios::binary);
+  if (!f) throw Bad(path, "cannot write");
+  const unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+                                 static_cast<unsigned char>(header.size() & 0xff),
+                                 static_cast<unsigned char>(header.size() >> 8)};
+  f.write(reinterpret_cast<const char*>(pre), 10);
+  f.write(header.data(), header.size());
+  f.write(reinterpret_cast<const char*>(data.data()), data.size() * 4);
+  if (!f) throw Bad(path, "write failed");
+}
+
+FloatArray ReadRawF32(const std::string& path, const std::vector<int64_t>& shape) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) throw Bad(path, "cannot open");
+  const int64_t size = static_cast<int64_t>(f.tellg());
+  const int64_t n = NumElements(shape);
+  if (size != n * 4) {
+    throw Bad(path, "has " + std::to_string(size) + " bytes but shape (" + ShapeString(shape) + ") needs " +
+                        std::to_string(n * 4) + " (raw little-endian float32)");
+  }
+  f.seekg(0);
+  FloatArray out{shape, std::vector<float>(static_cast<size_t>(n))};
+  f.read(reinterpret_cast<char*>(out.data.data()), size);
+  if (!f) throw Bad(path, "read failed");
+  return out;
+}
+
+void WriteRawF32(const std::string& path, const std::vector<float>& data) {
+  std::ofstream f(path, std::ios::binary);
+  if (!f) throw Bad(path, "cannot write");
+  f.write(reinterpret_cast<const char*>(data.data()), data.size() * 4);
+  if (!f) throw Bad(path, "write failed");
+}
+
+}  // namespace mdtrack

@@ -1,0 +1,276 @@
+// Loading the TVM runtime and running a Relax VM feature library through the tvm-ffi C++ API.
+//
+// Only tvm-ffi symbols are linked. libtvm_runtime is dlopen'ed with RTLD_GLOBAL (as the
+// `tvm` Python package does) because compiled libraries resolve TVMBackend* from it and the
+// Relax VM registers its module loader there; tensors are allocated and copied through the
+// runtime's registered global functions, so no libtvm_runtime C++ symbol is needed at link
+// time. That is what lets the aarch64 cross build link a complete executable against a
+// cross-built libtvm_ffi while the board provides its own libtvm_runtime.
+#include <dlfcn.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/shape.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+
+#include "internal.h"
+#include "mdtrack/native.h"
+
+#ifndef MDTRACK_DEFAULT_TVM_RUNTIME
+#define MDTRACK_DEFAULT_TVM_RUNTIME ""
+#endif
+
+namespace mdtrack {
+
+namespace ffi = tvm::ffi;
+
+// Relax VM allocator types (tvm::runtime::memory::AllocatorType): 1 naive, 2 pooled.
+// tvm.relax.VirtualMachine uses the pooled allocator by default; so do we.
+constexpr int kPooledAllocator = 2;
+// tvm::runtime::DeviceAttrKind
+constexpr int kDeviceAttrExist = 0;
+
+namespace {
+
+std::mutex g_mu;
+std::string g_runtime_path;
+bool g_cuda_loaded = false;
+
+bool FileExists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string DirName(const std::string& p) {
+  size_t s = p.find_last_of('/');
+  if (s == std::string::npos) return ".";
+  return s == 0 ? "/" : p.substr(0, s);
+}
+
+std::string RealPath(const std::string& p) {
+  char buf[PATH_MAX];
+  return ::realpath(p.c_str(), buf) ? std::string(buf) : p;
+}
+
+// Folder of libmdtrack_native.so (or of the executable it is linked into).
+std::string SelfDir() {
+  Dl_info info;
+  if (::dladdr(reinterpret_cast<void*>(&SelfDir), &info) && info.dli_fname) {
+    return DirName(RealPath(info.dli_fname));
+  }
+  return ".";
+}
+
+// The file a dlopen handle came from (dlopen by soname does not say where it found it).
+std::string LoadedFrom(void* handle, const char* symbol, const std::string& fallback) {
+  void* sym = ::dlsym(handle, symbol);
+  Dl_info info;
+  if (sym && ::dladdr(sym, &info) && info.dli_fname) return RealPath(info.dli_fname);
+  return fallback;
+}
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::string(v) : std::string();
+}
+
+}  // namespace
+
+DeviceSpec DeviceSpec::Parse(const std::string& text) {
+  DeviceSpec d;
+  if (text == "cpu") return d;
+  if (text == "cuda" || text == "gpu") {
+    d.cuda = true;
+    return d;
+  }
+  for (const char* prefix : {"cuda:", "gpu:"}) {
+    const size_t n = std::strlen(prefix);
+    if (text.compare(0, n, prefix) == 0 && text.size() > n &&
+        text.find_first_not_of("0123456789", n) == std::string::npos) {
+      d.cuda = true;
+      d.id = std::stoi(text.substr(n));
+      return d;
+    }
+  }
+  throw std::invalid_argument("unknown device '" + text + "': use cpu, cuda or cuda:N");
+}
+
+std::string DeviceSpec::str() const { return cuda ? "cuda:" + std::to_string(id) : "cpu"; }
+
+std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (g_runtime_path.empty()) {
+    std::string explicit_path = !options.tvm_runtime.empty() ? options.tvm_runtime : Env("MDTRACK_TVM_RUNTIME");
+    std::vector<std::string> candidates;
+    if (!explicit_path.empty()) {
+      candidates.push_back(explicit_path);
+    } else {
+      const std::string self = SelfDir();
+      candidates = {self + "/libtvm_runtime.so", self + "/../lib/libtvm_runtime.so"};
+      if (std::strlen(MDTRACK_DEFAULT_TVM_RUNTIME)) candidates.push_back(MDTRACK_DEFAULT_TVM_RUNTIME);
+      candidates.push_back("libtvm_runtime.so");  // LD_LIBRARY_PATH, ld.so.cache
+    }
+    std::string errors;
+    for (const std::string& c : candidates) {
+      if (c.find('/') != std::string::npos && !FileExists(c)) {
+        errors += "\n  " + c + ": not found";
+        continue;
+      }
+      void* h = ::dlopen(c.c_str(), RTLD_NOW | RTLD_GLOBAL);
+      if (h) {
+        g_runtime_path = LoadedFrom(h, "TVMBackendAllocWorkspace", c);
+        break;
+      }
+      errors += "\n  " + c + ": " + ::dlerror();
+    }
+    if (g_runtime_path.empty()) {
+      throw std::runtime_error("cannot load the TVM runtime (libtvm_runtime.so); tried:" + errors +
+                               "\nset --tvm-runtime PATH or MDTRACK_TVM_RUNTIME (see native/README.md)");
+    }
+    if (!ffi::Function::GetGlobal("vm.builtin.alloc_storage").has_value()) {
+      throw std::runtime_error(g_runtime_path + " does not register the Relax VM (vm.builtin.*); "
+                               "it is not a TVM >= 0.20 runtime built with the Relax VM");
+    }
+  }
+  if (cuda && !g_cuda_loaded) {
+    if (!ffi::Function::GetGlobal("device_api.cuda").has_value()) {
+      std::string lib = Env("MDTRACK_TVM_RUNTIME_CUDA");
+      if (lib.empty()) lib = DirName(g_runtime_path) + "/libtvm_runtime_cuda.so";
+      // RTLD_LOCAL like tvm.backend.cuda: it only registers its functions with tvm-ffi.
+      if (!FileExists(lib)) {
+        throw std::runtime_error("this TVM runtime has no CUDA support: " + lib +
+                                 " does not exist (the runtime in use is " + g_runtime_path + ")");
+      }
+      if (!::dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL)) {
+        throw std::runtime_error(std::string("this TVM runtime has no usable CUDA support: ") + ::dlerror() +
+                                 "\n(libtvm_runtime_cuda.so needs the NVIDIA driver's libcuda.so.1 and "
+                                 "libcudart.so.13 next to it or on LD_LIBRARY_PATH)");
+      }
+      if (!ffi::Function::GetGlobal("device_api.cuda").has_value()) {
+        throw std::runtime_error(lib + " loaded but registered no CUDA device API");
+      }
+    }
+    RegisterCudaCompileCallback();
+    g_cuda_loaded = true;
+  }
+  return g_runtime_path;
+}
+
+bool CudaAvailable(int id) {
+  auto api = ffi::Function::GetGlobal("device_api.cuda");
+  if (!api.has_value()) return false;
+  auto attr = ffi::Function::GetGlobalRequired("runtime.GetDeviceAttr");
+  try {
+    return attr(static_cast<int>(kDLCUDA), id, kDeviceAttrExist).cast<int64_t>() != 0;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+struct FeatureExtractor::Impl {
+  DLDevice dev;
+  std::vector<int64_t> in_shape, out_shape;
+  ffi::Module lib{ffi::UnsafeInit()};
+  ffi::Module vm{ffi::UnsafeInit()};
+  ffi::Function main, copy_from, copy_to;
+  ffi::Tensor input;
+};
+
+FeatureExtractor::FeatureExtractor(const std::string& library, const DeviceSpec& device,
+                                   const std::vector<int64_t>& input_shape, const RuntimeOptions& options)
+    : impl_(new Impl) {
+  if (!FileExists(library)) throw std::runtime_error(library + ": no such file");
+  LoadTvmRuntime(options, device.cuda);
+  impl_->dev = DLDevice{device.cuda ? kDLCUDA : kDLCPU, device.id};
+  impl_->in_shape = input_shape;
+  if (device.cuda) {
+    if (!CudaAvailable(device.id)) {
+      throw std::runtime_error("the TVM runtime sees no CUDA device " + std::to_string(device.id) +
+                               " (driver missing, or CUDA_VISIBLE_DEVICES hides it)");
+    }
+    std::vector<std::string> dirs = options.cuda_kernel_dirs;
+    const std::string libdir = DirName(RealPath(library));
+    dirs.push_back(libdir + "/kernels");
+    dirs.push_back(libdir);
+    SetCudaKernelDirs(dirs, device.id);
+  }
+  try {
+    // An absolute path: dlopen would search the library path for a bare file name.
+    impl_->lib = ffi::Module::LoadFromFile(RealPath(library));
+    auto load = impl_->lib->GetFunction("vm_load_executable", true);
+    if (!load.has_value()) {
+      throw std::runtime_error(library + " is not a Relax VM library (no vm_load_executable); "
+                               "build it with `python -m export`");
+    }
+    impl_->vm = (*load)().cast<ffi::Module>();
+    auto init = impl_->vm->GetFunction("vm_initialization", false);
+    if (!init.has_value()) throw std::runtime_error(library + ": the VM has no vm_initialization");
+    if (device.cuda) {
+      // The CPU is added as the host device, as tvm.relax.VirtualMachine does.
+      (*init)(static_cast<int>(kDLCUDA), device.id, kPooledAllocator, static_cast<int>(kDLCPU), 0, kPooledAllocator);
+    } else {
+      (*init)(static_cast<int>(kDLCPU), device.id, kPooledAllocator);
+    }
+    auto main = impl_->vm->GetFunction("main", false);
+    if (!main.has_value()) throw std::runtime_error(library + ": the VM has no function 'main'");
+    impl_->main = *main;
+    impl_->copy_from = ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyFromBytes");
+    impl_->copy_to = ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyToBytes");
+    auto alloc = ffi::Function::GetGlobalRequired("runtime.TVMTensorAllocWithScope");
+    impl_->input = alloc(ffi::Shape(input_shape), DLDataType{kDLFloat, 32, 1}, impl_->dev,
+                         ffi::Optional<ffi::String>())
+                       .cast<ffi::Tensor>();
+  } catch (const ffi::Error& e) {
+    std::string msg = library + ": " + e.what();
+    if (!device.cuda && msg.find("load_from_bytes.cuda") != std::string::npos) {
+      msg += "\n(this library holds CUDA kernels: run it with --device cuda)";
+    }
+    throw std::runtime_error(msg);
+  }
+}
+
+FeatureExtractor::~FeatureExtractor() = default;
+
+const std::vector<int64_t>& FeatureExtractor::input_shape() const { return impl_->in_shape; }
+const std::vector<int64_t>& FeatureExtractor::output_shape() const { return impl_->out_shape; }
+
+void FeatureExtractor::Run(const float* input, std::vector<float>* output) {
+  Impl& m = *impl_;
+  const size_t in_bytes = static_cast<size_t>(m.input.numel()) * sizeof(float);
+  try {
+    m.copy_from(m.input, const_cast<void*>(static_cast<const void*>(input)), in_bytes);
+    ffi::Any ret = m.main(m.input);
+    ffi::Tensor out;
+    if (auto t = ret.as<ffi::Tensor>()) {
+      out = *t;
+    } else if (auto arr = ret.as<ffi::Array<ffi::Any>>()) {
+      if (arr->empty()) throw std::runtime_error("main returned an empty tuple");
+      out = (*arr)[0].cast<ffi::Tensor>();
+    } else {
+      throw std::runtime_error("main returned " + ret.GetTypeKey() + ", not a tensor");
+    }
+    const DLDataType dt = out.dtype();
+    if (dt.code != kDLFloat || dt.bits != 32 || dt.lanes != 1) throw std::runtime_error("main's output is not float32");
+    if (!out.IsContiguous()) throw std::runtime_error("main's output is not contiguous");
+    ffi::ShapeView shape = out.shape();
+    m.out_shape.assign(shape.begin(), shape.end());
+    output->resize(static_cast<size_t>(out.numel()));
+    m.copy_to(out, static_cast<void*>(output->data()), output->size() * sizeof(float));
+  } catch (const ffi::Error& e) {
+    throw std::runtime_error(e.what());
+  }
+}
+
+}  // namespace mdtrack
