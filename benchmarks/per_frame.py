@@ -47,17 +47,19 @@ def run_backend(name, frames, model, seed, params_kw):
 
     backend = "mxnet" if name == BASELINE else name
     tracker = Tracker(model, backend=backend, seed=seed, bucketed=name != BASELINE, **params_kw)
-    ms, stages, boxes, gts, shapes = [], {s: [] for s in STAGES + ("other",)}, [], [], []
+    ms, stages, boxes, gts, buckets = [], {s: [] for s in STAGES + ("other",)}, [], [], []
     for f in frames:
         r = tracker.init(f.image, frames.init_box) if f.index == 0 else tracker.update(f.image)
         ms.append(r.ms)
         for s in stages:
             stages[s].append(r.stages.get(s, 0.0))
         boxes.append(r.box)
+        buckets.append(r.bucket)
         gts.append(f.gt if f.gt is not None else np.full(4, np.nan))
     binds = getattr(tracker.backend, "binds", None)
     return {"ms": ms, "stages": stages, "boxes": np.array(boxes), "gt": np.array(gts),
-            "binds": {"features": binds, "head": tracker.head.binds}}
+            "binds": {"features": binds, "head": tracker.head.binds},
+            "bucket_use": {str(b): buckets.count(b) for b in sorted(set(buckets))}}
 
 
 def main(argv=None) -> int:
@@ -92,7 +94,8 @@ def main(argv=None) -> int:
             c = cost_stats(r["ms"])
             score = evaluate_sequence(r["boxes"], r["gt"])
             result["sequences"][frames.name][b] = {"cost": c, "stages": stage_stats(r["stages"]),
-                                                   "auc": score.auc, "binds": r["binds"]}
+                                                   "auc": score.auc, "binds": r["binds"],
+                                                   "bucket_use": r["bucket_use"]}
             all_ms[b].extend(r["ms"][1:])
             firsts[b].append(r["ms"][0])
             for s, v in r["stages"].items():

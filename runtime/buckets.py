@@ -124,21 +124,17 @@ class BucketPolicy:
             key = (0, h * w) if fit >= 1.0 else (1, -fit, h * w)
             if best_key is None or key < best_key:
                 best, best_key = i, key
-        h, w = self.shapes[best]
-        s = s0 * min(1.0, min(w / rw, h / rh))
-        cx = region[0] + region[2] / 2.0
-        cy = region[1] + region[3] / 2.0
-        offset = (cx - (w / 2.0) / s, cy - (h / 2.0) / s)
-        return PatchGeometry(bucket=best, shape=(h, w), scale=float(s), offset=(float(offset[0]), float(offset[1])))
+        return self._fit(best, s0, region)
 
     def for_shape(self, box, bucket: int, region=None) -> PatchGeometry:
         """Fit ``region`` into a given bucket (used to put several frames into one batch)."""
         box = np.asarray(box, dtype=np.float64).reshape(4)
-        if region is None:
-            region = self.search_region(box)
-        region = np.asarray(region, dtype=np.float64).reshape(4)
+        region = np.asarray(self.search_region(box) if region is None else region, dtype=np.float64).reshape(4)
+        return self._fit(bucket, min(self.target_size / np.sqrt(box[2] * box[3]), self.max_upscale), region)
+
+    def _fit(self, bucket: int, s0: float, region) -> PatchGeometry:
+        """Scale ``s0`` (shrunk if the region does not fit) with the region centred in ``bucket``."""
         h, w = self.shapes[bucket]
-        s0 = min(self.target_size / np.sqrt(box[2] * box[3]), self.max_upscale)
         s = s0 * min(1.0, w / (region[2] * s0), h / (region[3] * s0))
         cx = region[0] + region[2] / 2.0
         cy = region[1] + region[3] / 2.0
