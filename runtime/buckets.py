@@ -195,8 +195,9 @@ def crop_patch(image: np.ndarray, geom: PatchGeometry, fill=(0, 0, 0)) -> np.nda
     import cv2
 
     h, w = geom.shape
-    if geom.scale < 0.5:
-        # Bilinear sampling aliases when shrinking more than 2x: area-average first.
+    if geom.scale < 0.5 and min(image.shape[:2]) * 2.0 * geom.scale >= 1.0:
+        # Bilinear sampling aliases when shrinking more than 2x: area-average first
+        # (not for an image so thin that a side would shrink to nothing).
         r = 2.0 * geom.scale
         image = cv2.resize(image, None, fx=r, fy=r, interpolation=cv2.INTER_AREA)
         geom = PatchGeometry(geom.bucket, geom.shape, geom.scale / r,

@@ -194,6 +194,8 @@ class OnlineHead:
     def train_step(self, pos: np.ndarray, neg: np.ndarray) -> float:
         """One SGD step on ``batch_pos`` positives and ``batch_neg`` hard negatives mined
         from ``mine_from`` candidates; returns the minibatch loss."""
+        import mxnet as mx
+
         p = self.p
         pi = self.rng.choice(len(pos), p.batch_pos, replace=len(pos) < p.batch_pos)
         ni = self.rng.choice(len(neg), p.mine_from, replace=len(neg) < p.mine_from)
@@ -203,6 +205,9 @@ class OnlineHead:
         y = np.concatenate([np.ones(p.batch_pos), np.zeros(p.batch_neg)]).astype(np.float32)
         self._x_train[:] = x
         self._label[:] = y
+        # Dropout draws from MXNet's process-wide generator: seed it from this head's own
+        # stream before every step, so trackers sharing a process stay independent.
+        mx.random.seed(int(self.rng.integers(2 ** 31)), ctx=self.ctx)
         self._train.forward(is_train=True)
         self._train.backward()
         for i, name in enumerate(self._names):

@@ -42,7 +42,8 @@ def to_bgr8(image) -> np.ndarray:
 
     Accepts HxW grey, HxWx1, HxWx3 BGR and HxWx4 BGRA (alpha is dropped, not composited:
     trackers look at colour, and transparent pixels keep their stored colour), each as
-    uint8, uint16 (divided by 257, rounded) or float in [0, 1] (times 255, clipped).
+    uint8, uint16 (divided by 257, rounded) or float in [0, 1] (times 255, clipped), in
+    either byte order.
     Anything else raises :class:`TrackerInputError`, because a wrong layout would
     otherwise surface much later as a shape error deep inside the network.
     """
@@ -59,6 +60,9 @@ def to_bgr8(image) -> np.ndarray:
         raise TrackerInputError(
             f"expected 1, 3 or 4 channels (grey, BGR, BGRA), got {_describe(image)}"
         )
+    if image.dtype.kind in "uf" and not image.dtype.isnative:
+        # big-endian 16-bit / float arrays (PGM, FITS and TIFF readers hand these back)
+        image = image.astype(image.dtype.newbyteorder("="))
     if image.dtype == np.bool_ or image.dtype.kind not in "uf" or (
         image.dtype.kind == "u" and image.dtype not in (np.uint8, np.uint16)
     ):

@@ -115,5 +115,7 @@ def load_model(path=None) -> Model:
         config = json.loads((path / CONFIG).read_text())
         params = {k: v.asnumpy() for k, v in mx.nd.load(str(path / WEIGHTS)).items()}
     except Exception as e:  # a hashed file that still fails to parse was written wrongly
-        raise ModelError(f"{path}: cannot read the model ({e}); retrain or restore it") from None
+        lines = str(e).strip().splitlines()  # MXNet errors carry a C++ traceback: keep the last line
+        reason = lines[-1] if lines else type(e).__name__
+        raise ModelError(f"{path}: cannot read the model ({reason}); retrain or restore it") from None
     return Model(path=path, config=config, params=params, model_hash=_model_hash(files))

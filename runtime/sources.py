@@ -44,6 +44,9 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _BAD_FRAME_MODES = ("raise", "skip")
+# A video whose decoder fails this many frames in a row has ended (or is unreadable from
+# there on); fewer failures followed by a good frame are skipped frames in the middle.
+MAX_VIDEO_GAP = 30
 
 
 @dataclass
@@ -230,12 +233,20 @@ def _is_float(token: str) -> bool:
     return True
 
 
+def _frame_entry(p: Path) -> bool:
+    """A file, or a link, that may be a frame. A broken link still counts: it is a frame
+    that cannot be read (skipped with a warning), not one to drop silently, which would
+    shift every later frame against its ground-truth row."""
+    return p.is_file() or p.is_symlink()
+
+
 def _list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, natural-sorted; hidden files (``._x.jpg``) skipped."""
+    """Image files (and links, even broken ones) directly in ``folder``, natural-sorted;
+    hidden files (``._x.jpg``) and folders named like images skipped."""
     files = [
         p
         for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and _frame_entry(p)
     ]
     return sorted(files, key=lambda p: natural_key(p.name))
 
@@ -480,7 +491,7 @@ class ImageGlobSource(FileSequenceSource):
 
     def __init__(self, pattern: str, init_box=None, on_bad_frame: str = "raise", name: str | None = None):
         pattern = os.path.expanduser(str(pattern))
-        matches = [p for p in _glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+        matches = [p for p in _glob.glob(pattern, recursive=True) if _frame_entry(Path(p))]
         if not matches:
             raise SequenceError(f"no files match {pattern!r}; check the folder and the pattern")
         matches.sort(key=natural_key)
@@ -502,22 +513,34 @@ class _CaptureSource(SequenceSource):
 
 class VideoSource(_CaptureSource):
     """Any video file ``cv2.VideoCapture`` opens. The length comes from
-    ``CAP_PROP_FRAME_COUNT`` where it is positive. Decoders cannot skip a broken frame, so a
-    read failure before that count ends the sequence and records a warning."""
+    ``CAP_PROP_FRAME_COUNT`` where it is positive.
+
+    A frame the decoder cannot decode (a corrupt packet in the middle) is a bad frame: the
+    reader goes on with the next one, so later frames keep their indices. Up to
+    :data:`MAX_VIDEO_GAP` failures in a row followed by a good frame are skipped frames; a
+    failure that lasts to the end (a truncated file, or a container that claims more
+    frames than it holds) ends the sequence and records a warning."""
 
     def __init__(self, path, init_box=None, on_bad_frame: str = "raise", name: str | None = None):
         path = Path(path).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise SequenceError(f"video file {path} does not exist")
+        if not path.is_file():
+            raise SequenceError(f"{path} is not a video file (a folder? use --sequence DIR or --images GLOB)")
         super().__init__(name or path.stem, init_box=init_box, on_bad_frame=on_bad_frame)
         self.path = str(path)
         cap = self._open()
+        first = None
         try:
             count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-            ok, first = cap.read()
+            for _ in range(MAX_VIDEO_GAP + 1):
+                ok, first = cap.read()
+                if ok and first is not None:
+                    break
+                first = None
         finally:
             cap.release()
-        if not ok or first is None:
+        if first is None:
             raise SequenceError(f"{path}: empty video (no frame could be decoded)")
         self._count = int(count) if count and count > 0 and math.isfinite(count) else None
         self.frame_size = (int(first.shape[1]), int(first.shape[0]))
@@ -540,17 +563,26 @@ class VideoSource(_CaptureSource):
         cap = self._open()
         try:
             index = 0
+            failed = []  # indices of the undecodable frames since the last good one
             while self._count is None or index < self._count:
                 ok, raw = cap.read()
                 if not ok or raw is None:
-                    if self._count is not None:
-                        self.warnings.append(
-                            f"{self.path}: could not decode frame {index} of {self._count}; "
-                            f"the sequence ends after {index} frames"
-                        )
-                    return
+                    failed.append(index)
+                    index += 1
+                    if len(failed) > MAX_VIDEO_GAP:
+                        break
+                    continue
+                of = f" of {self._count}" if self._count is not None else ""
+                for j in failed:  # a gap in the middle: bad frames, indices kept
+                    yield self._bad_frame(j, None, SequenceError(f"{self.path}: could not decode frame {j}{of}"))
+                failed = []
                 yield self._capture_frame(raw, index, self.path)
                 index += 1
+            if failed and self._count is not None:
+                self.warnings.append(
+                    f"{self.path}: could not decode frame {failed[0]} of {self._count}; "
+                    f"the sequence ends after {failed[0]} frames"
+                )
         finally:
             cap.release()
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +20,27 @@ from .errors import TrackerInputError
 log = logging.getLogger("runtime.track")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``error: ...``, exit 2) instead of usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m runtime.track", description="MDNet-family single-object tracker.",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Exactly one input: --demo, --sequence, --video, --images or --camera.")
+    ap = _Parser(prog="python -m runtime.track", description="MDNet-family single-object tracker.",
+                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                 epilog="Exactly one input: --demo, --sequence, --video, --images or --camera.")
     src = ap.add_argument_group("input")
     src.add_argument("--demo", action="store_true", help="track the built-in synthetic demo sequence (300 frames)")
     src.add_argument("--sequence", metavar="DIR", help="OTB or VOT folder; its first ground-truth box initialises")
@@ -44,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--jsonl", metavar="FILE", help="write one JSON object per frame: frame, box, score, ok, ms")
     o.add_argument("--save-video", metavar="FILE", help="write an annotated video (box, score, ms; ground truth when known)")
     o.add_argument("--show", action="store_true", help="show a live window (needs a display)")
-    o.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    o.add_argument("--max-frames", type=_positive_int, default=None, help="stop after this many frames")
     v = o.add_mutually_exclusive_group()
     v.add_argument("--quiet", action="store_true", help="print only the summary")
     v.add_argument("--verbose", action="store_true", help="print a log line for every frame")
@@ -73,18 +89,41 @@ def open_source(args):
     return sources.CameraSource(cam, init_box=args.init, on_bad_frame="skip")
 
 
+def check_output_path(path, flag: str) -> None:
+    """Refuse an output path that cannot be written, before anything slow runs."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise TrackerInputError(f"{flag} {p} is a folder; give a file path")
+    parent = p.parent
+    if not parent.is_dir():
+        raise TrackerInputError(f"{flag} {p}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise TrackerInputError(f"{flag} {p}: folder {parent} is not writable")
+
+
 class LineWriter:
-    """Appends whole lines and flushes each, so a crash never leaves half a line."""
+    """Writes whole lines, each with one unbuffered ``write`` call, so the file on disk
+    always ends with a complete line: a crash or a kill at frame N leaves frames 0..N-1."""
 
     def __init__(self, path):
-        self.f = open(path, "w", buffering=1)
+        self.path = str(path)
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        except OSError as e:
+            raise TrackerInputError(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def write(self, line: str) -> None:
-        self.f.write(line + "\n")
-        self.f.flush()
+        data = memoryview((line + "\n").encode())
+        try:
+            while data:  # a regular file takes a short line in one call; loop for the rare partial write
+                data = data[os.write(self.fd, data):]
+        except OSError as e:
+            raise TrackerInputError(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def close(self) -> None:
-        self.f.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def draw(frame, box, gt, score, ok, ms, index):
@@ -94,37 +133,72 @@ def draw(frame, box, gt, score, ok, ms, index):
     if gt is not None and np.all(np.isfinite(gt)):
         x, y, w, h = (int(round(v)) for v in gt)
         cv2.rectangle(img, (x, y), (x + w, y + h), (0, 0, 255), 1)
-    x, y, w, h = (int(round(v)) for v in box)
-    cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 0) if ok else (0, 200, 255), 2)
+    if np.all(np.isfinite(box)):  # NaN before tracking starts
+        x, y, w, h = (int(round(v)) for v in box)
+        cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 0) if ok else (0, 200, 255), 2)
     cv2.putText(img, f"#{index} score {score:.2f} {ms:.1f} ms", (5, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                 (255, 255, 255), 1, cv2.LINE_AA)
     return img
 
 
+def _usable(box) -> bool:
+    return box is not None and bool(np.all(np.isfinite(box))) and box[2] > 0 and box[3] > 0
+
+
+def _ranges(indices) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, start, prev = [], None, None
+    for i in list(indices) + [None]:
+        if start is not None and (i is None or i != prev + 1):
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = None
+        if i is not None and start is None:
+            start = i
+        prev = i
+    return ", ".join(out)
+
+
 def run(args) -> dict:
+    """Track ``args``' input; returns the summary. Raises :class:`TrackerInputError` for
+    anything the user can fix.
+
+    Every frame gets one output row, in frame order. A frame that cannot be read keeps the
+    last box (with a warning). When the initial box comes from the ground truth, tracking
+    starts at the first frame that can be read and has a usable ground-truth box; frames
+    before it are written as NaN (with a warning). With ``--init`` the box belongs to the
+    first frame, which must then be readable.
+    """
     from .evaluation import cost_stats, evaluate_sequence
     from .geometry import iou
     from .tracker import Tracker
 
     show = args.show
     if show:
-        import os
-
         if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
             raise TrackerInputError("--show needs a display (DISPLAY is not set); use --save-video instead")
-    model = args.model
-    if model is None:
-        from .model import DEFAULT_MODEL
-
-        model = DEFAULT_MODEL
-    tracker = Tracker(model, backend=args.backend, device=args.device, seed=args.seed, artifacts=args.artifacts)
+    for flag, path in (("--out", args.out), ("--jsonl", args.jsonl), ("--save-video", args.save_video)):
+        if path:
+            check_output_path(path, flag)
+    # The input first: its errors are cheap to find, building the tracker may not be
+    # (the first use of a compiled backend exports and compiles).
     source = open_source(args)
-    for w in source.warnings:
-        log.warning("%s", w)
     out = jsonl = writer = bar = None
-    preds, gts, ms, scores, oks = [], [], [], [], []
+    preds, gts, ms, oks = [], [], [], []
     box = None
+    waiting = []  # frames before tracking starts
     try:
+        for w in source.warnings:
+            log.warning("%s", w)
+        n_warned = len(source.warnings)
+        from_gt = args.init is None
+        if source.init_box is None:
+            raise TrackerInputError("no initial box: the sequence has no usable ground-truth box; pass --init x,y,w,h")
+        model = args.model
+        if model is None:
+            from .model import DEFAULT_MODEL
+
+            model = DEFAULT_MODEL
+        tracker = Tracker(model, backend=args.backend, device=args.device, seed=args.seed, artifacts=args.artifacts)
         out = LineWriter(args.out) if args.out else None
         jsonl = LineWriter(args.jsonl) if args.jsonl else None
         try:
@@ -141,32 +215,49 @@ def run(args) -> dict:
         for frame in source:
             if args.max_frames is not None and frame.index >= args.max_frames:
                 break
-            if frame.image is None:
-                if box is None:
-                    raise TrackerInputError(f"the first frame cannot be read: {frame.error}")
+            score, ok, t, tracked = float("nan"), False, 0.0, True
+            if box is None:
+                start = source.init_box if not from_gt else (frame.gt if _usable(frame.gt) else None)
+                if frame.image is None or start is None:
+                    if not from_gt:
+                        raise TrackerInputError(f"the first frame cannot be read: {frame.error}")
+                    waiting.append(frame.index)
+                    tracked = False
+                    shown = np.full(4, np.nan)
+                else:
+                    try:
+                        r = tracker.init(frame.image, start)
+                    except TrackerInputError as e:
+                        where = f"frame {frame.index}: " if from_gt else ""
+                        hint = " (the box comes from the ground truth; pass --init x,y,w,h to override)" if from_gt else ""
+                        raise TrackerInputError(f"{where}{e}{hint}") from None
+                    box, ok, t = r.box, True, r.ms
+                    shown = box
+                    if waiting:
+                        log.warning("frames %s have no readable image or usable ground-truth box: tracking "
+                                    "starts at frame %d; those frames are written as NaN",
+                                    _ranges(waiting), frame.index)
+            elif frame.image is None:
                 log.warning("frame %d skipped: %s (keeping the last box)", frame.index, frame.error)
-                score, ok, t = float("nan"), False, 0.0
-            elif box is None:
-                init = source.init_box
-                if init is None:
-                    raise TrackerInputError("no initial box: the sequence has no ground truth for its first frame; pass --init x,y,w,h")
-                r = tracker.init(frame.image, init)
-                box, score, ok, t = r.box, float("nan"), True, r.ms
+                shown, tracked = box, False
             else:
                 r = tracker.update(frame.image)
                 box, score, ok, t = r.box, r.score, r.ok, r.ms
-            preds.append(box.copy())
+                shown = box
+            preds.append(np.array(shown, dtype=np.float64))
             gts.append(frame.gt if frame.gt is not None else np.full(4, np.nan))
-            ms.append(t)
-            scores.append(score)
-            oks.append(ok)
+            if tracked:
+                ms.append(t)
+            if box is not None:
+                oks.append(ok)
             if out:
-                out.write(",".join(f"{v:.2f}" for v in box))
+                out.write(",".join(f"{v:.2f}" for v in shown))
             if jsonl:
-                jsonl.write(json.dumps({"frame": frame.index, "box": [round(float(v), 2) for v in box],
+                jsonl.write(json.dumps({"frame": frame.index,
+                                        "box": [round(float(v), 2) if np.isfinite(v) else None for v in shown],
                                         "score": None if not np.isfinite(score) else round(score, 4),
                                         "ok": bool(ok), "ms": round(t, 3)}))
-            ov = float(iou(box, frame.gt)) if frame.gt is not None else float("nan")
+            ov = float(iou(shown, frame.gt)) if frame.gt is not None and box is not None else float("nan")
             if per_frame:
                 line = f"frame {frame.index + 1}/{total or '?'}  score {score:7.3f}  {'ok  ' if ok else 'lost'}  {t:7.1f} ms"
                 if np.isfinite(ov):
@@ -178,7 +269,7 @@ def run(args) -> dict:
             if (args.save_video or show) and frame.image is not None:
                 import cv2
 
-                img = draw(frame.image, box, frame.gt, score, ok, t, frame.index)
+                img = draw(frame.image, shown, frame.gt, score, ok, t, frame.index)
                 if args.save_video:
                     if writer is None:
                         writer = cv2.VideoWriter(args.save_video, cv2.VideoWriter_fourcc(*"mp4v"), 30,
@@ -190,6 +281,9 @@ def run(args) -> dict:
                     cv2.imshow("runtime.track", img)
                     if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                         break
+        for w in source.warnings[n_warned:]:
+            if not w.startswith("skipped frame"):  # skipped frames were reported as they came
+                log.warning("%s", w)
     finally:
         if bar is not None:
             bar.close()
@@ -201,25 +295,45 @@ def run(args) -> dict:
         source.close()
     if not preds:
         raise TrackerInputError("the input has no frames")
+    if box is None:
+        raise TrackerInputError(f"nothing tracked: none of the {len(preds)} frames has a readable image "
+                                "and a usable ground-truth box; pass --init x,y,w,h")
     summary = {"frames": len(preds), "cost": cost_stats(ms)}
     gt = np.array(gts)
     if np.isfinite(gt).any():
         s = evaluate_sequence(np.array(preds), gt)
         summary.update(auc=s.auc, precision=s.precision, mean_iou=s.mean_iou)
     summary["lost_frames"] = int(len(oks) - sum(oks))
+    if waiting:
+        summary["untracked_frames"] = len(waiting)
     return summary
 
 
+def _negative_init(argv):
+    """``--init -20,-10,60,50`` (a box starting left of the image) as ``--init=-20,...``:
+    argparse would take the value for an unknown option."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        v = argv[i + 1] if i + 1 < len(argv) else ""
+        if a == "--init" and len(v) > 1 and v[0] == "-" and (v[1].isdigit() or v[1] == "."):
+            out.append(f"--init={v}")
+            i += 2
+        else:
+            out.append(a)
+            i += 1
+    return out
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(_negative_init(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if args.max_frames is not None and args.max_frames < 1:
-        print("error: --max-frames must be at least 1", file=sys.stderr)
-        return 2
     try:
         s = run(args)
     except TrackerInputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        one_line = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -227,6 +341,8 @@ def main(argv=None) -> int:
     c = s["cost"]
     line = (f"frames {s['frames']}  first {c['first_ms']:.0f} ms  median {c['median_ms'] or 0:.1f} ms  "
             f"p95 {c['p95_ms'] or 0:.1f} ms  max {c['max_ms'] or 0:.1f} ms  lost {s['lost_frames']}")
+    if s.get("untracked_frames"):
+        line += f"  untracked {s['untracked_frames']}"
     if "auc" in s:
         line += f"  AUC {s['auc']:.3f}  precision@20 {s['precision']:.3f}  mean IoU {s['mean_iou']:.3f}"
     print(line)

@@ -121,7 +121,15 @@ class Tracker:
         if x2 - x1 <= 0 or y2 - y1 <= 0:
             raise TrackerInputError(f"initial box {b.tolist()} lies outside the {size[0]}x{size[1]} image")
         # Part outside the image: keep the visible part (what the first frame can show).
-        return np.array([x1, y1, x2 - x1, y2 - y1])
+        b = np.array([x1, y1, x2 - x1, y2 - y1])
+        # Every sample and candidate is at least min_size pixels a side, so a thinner box
+        # would get no positive sample (IoU >= 0.7): grow it to min_size about its centre.
+        m = self.params.min_size
+        if b[2] < m or b[3] < m:
+            c = b[:2] + b[2:] / 2
+            wh = np.maximum(b[2:], m)
+            b = np.concatenate([c - wh / 2, wh])
+        return b
 
     # -- the interface ------------------------------------------------------------------
     def init(self, image, box) -> TrackResult:

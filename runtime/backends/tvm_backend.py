@@ -36,6 +36,25 @@ def ensure_tvm(model, target_name: str, folder=None) -> Path:
     return folder
 
 
+_HOST_ARCH = {"aarch64": ("aarch64", "arm64")}
+
+
+def _check_host(folder, target: str) -> None:
+    """Refuse a set cross-compiled for another CPU architecture before loading its code."""
+    import json
+    import platform
+
+    try:
+        cross = json.loads((Path(folder) / artifacts.MANIFEST).read_text()).get("cross")
+    except (OSError, ValueError):
+        return
+    machine = platform.machine().lower()
+    if cross and machine not in _HOST_ARCH.get(cross, (cross,)):
+        raise ArtifactError(f"{folder} was cross-compiled for {cross} ({target}) and cannot run on this "
+                            f"{machine} machine; copy it to the {cross} board, or build for this CPU with: "
+                            f"python -m export --targets llvm")
+
+
 def _manifest_target(folder):
     import json
 
@@ -64,6 +83,7 @@ class TVMBackend(FeatureBackend):
             target = "llvm"
         self.folder = ensure_tvm(model, target, artifacts)
         self.target = target
+        _check_host(self.folder, target)
         self.dev = tvm.cpu() if device == "cpu" else tvm.cuda(int(device.split(":")[1]) if ":" in device else 0)
         want = "cpu" if device == "cpu" else "cuda"
         built_for = "cuda" if target.startswith("cuda") else "cpu"
@@ -77,12 +97,18 @@ class TVMBackend(FeatureBackend):
             os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
             import tvm.support.nvcc  # noqa: F401
 
-        from ..artifacts import bucket_file
+        from ..artifacts import bucket_file, rebuild_command
 
         self._tvm = tvm
         self.vms = []
         for b, shape in enumerate(self.policy.shapes):
-            lib = tvm.runtime.load_module(str(self.folder / bucket_file(b, shape, "so")))
+            path = self.folder / bucket_file(b, shape, "so")
+            try:
+                lib = tvm.runtime.load_module(str(path))
+            except Exception as e:  # the loader's reason, on one line
+                lines = str(e).strip().splitlines()
+                raise ArtifactError(f"cannot load {path} ({lines[-1] if lines else type(e).__name__}); "
+                                    f"rebuild with: {rebuild_command(model, target, self.folder)}") from None
             vm = relax.VirtualMachine(lib, self.dev)
             x = tvm.runtime.tensor(np.zeros((1, 3) + tuple(shape), np.float32), self.dev)
             vm["main"](x).numpy()  # warm-up
