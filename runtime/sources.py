@@ -544,6 +544,7 @@ class VideoSource(_CaptureSource):
             raise SequenceError(f"{path}: empty video (no frame could be decoded)")
         self._count = int(count) if count and count > 0 and math.isfinite(count) else None
         self.frame_size = (int(first.shape[1]), int(first.shape[0]))
+        self.fps = _fps(self.path)
 
     def _open(self) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(self.path)
@@ -587,6 +588,16 @@ class VideoSource(_CaptureSource):
             cap.release()
 
 
+def _fps(path) -> float | None:
+    """The container's frame rate, or None where it reports none (or nonsense)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        f = cap.get(cv2.CAP_PROP_FPS)
+    finally:
+        cap.release()
+    return float(f) if f and math.isfinite(f) and 0 < f < 1000 else None
+
+
 class CameraSource(_CaptureSource):
     """A live camera (int index, or a string of digits) or a stream URL (rtsp://, http://).
 
@@ -614,6 +625,8 @@ class CameraSource(_CaptureSource):
             kind = f"camera index {target}" if isinstance(target, int) else f"stream {target}"
             raise SequenceError(f"cannot open {kind}; check that the device exists / the URL is reachable")
         self._cap = cap
+        f = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(f) if f and math.isfinite(f) and 0 < f < 1000 else None
 
     def _frames(self) -> Iterator[Frame]:
         index = 0

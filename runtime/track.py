@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", metavar="GLOB", help="an image glob such as 'frames/*.jpg' (needs --init)")
     src.add_argument("--camera", metavar="N|URL", help="camera index or stream URL (needs --init)")
     src.add_argument("--init", metavar="X,Y,W,H", help="initial box in pixels of the first frame")
+    src.add_argument("--select", action="store_true",
+                     help="draw the initial box on the first frame with the mouse (needs a display)")
+    src.add_argument("--realtime", action="store_true",
+                     help="keep pace with the source's frame rate (camera, stream, video): frames that "
+                          "arrive while the tracker is still busy are dropped and counted")
     m = ap.add_argument_group("model and backend")
     m.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     m.add_argument("--backend", default="mxnet", choices=("mxnet", "onnxruntime", "tvm"),
@@ -60,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--jsonl", metavar="FILE", help="write one JSON object per frame: frame, box, score, ok, ms")
     o.add_argument("--save-video", metavar="FILE", help="write an annotated video (box, score, ms; ground truth when known)")
     o.add_argument("--show", action="store_true", help="show a live window (needs a display)")
+    o.add_argument("--plot", metavar="PNG", help="write a plot of the target score over the frames (failures marked)")
     o.add_argument("--max-frames", type=_positive_int, default=None, help="stop after this many frames")
     v = o.add_mutually_exclusive_group()
     v.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -79,8 +86,8 @@ def open_source(args):
         return make_sequence(n_frames=300, size=(320, 240), seed=0)
     if args.sequence:
         return sources.open_sequence_folder(args.sequence, init_box=args.init, on_bad_frame="skip")
-    if args.init is None:
-        raise TrackerInputError(f"--{given[0]} needs --init x,y,w,h (the target's box in the first frame)")
+    if args.init is None and not args.select:
+        raise TrackerInputError(f"--{given[0]} needs --init x,y,w,h or --select (the target's box in the first frame)")
     if args.video:
         return sources.VideoSource(args.video, init_box=args.init, on_bad_frame="skip")
     if args.images:
@@ -141,6 +148,21 @@ def draw(frame, box, gt, score, ok, ms, index):
     return img
 
 
+def _has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or not sys.platform.startswith("linux")
+
+
+def _select_box(image):
+    """Let the user draw the initial box (OpenCV's ROI selector; Enter/Space confirms)."""
+    import cv2
+
+    x, y, w, h = cv2.selectROI("select the target, then press Enter", image, showCrosshair=True, fromCenter=False)
+    cv2.destroyWindow("select the target, then press Enter")
+    if w <= 0 or h <= 0:
+        raise TrackerInputError("no box selected (draw a box, then press Enter or Space)")
+    return np.array([x, y, w, h], dtype=np.float64)
+
+
 def _usable(box) -> bool:
     return box is not None and bool(np.all(np.isfinite(box))) and box[2] > 0 and box[3] > 0
 
@@ -173,25 +195,33 @@ def run(args) -> dict:
     from .tracker import Tracker
 
     show = args.show
-    if show:
-        if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
-            raise TrackerInputError("--show needs a display (DISPLAY is not set); use --save-video instead")
-    for flag, path in (("--out", args.out), ("--jsonl", args.jsonl), ("--save-video", args.save_video)):
+    if show and not _has_display():
+        raise TrackerInputError("--show needs a display (DISPLAY is not set); use --save-video instead")
+    if args.select:
+        if args.init is not None:
+            raise TrackerInputError("give either --init or --select, not both")
+        if not _has_display():
+            raise TrackerInputError("--select needs a display to draw the box on (DISPLAY is not set); "
+                                    "pass --init x,y,w,h instead")
+    for flag, path in (("--out", args.out), ("--jsonl", args.jsonl), ("--save-video", args.save_video),
+                       ("--plot", args.plot)):
         if path:
             check_output_path(path, flag)
     # The input first: its errors are cheap to find, building the tracker may not be
     # (the first use of a compiled backend exports and compiles).
     source = open_source(args)
     out = jsonl = writer = bar = None
-    preds, gts, ms, oks = [], [], [], []
+    preds, gts, ms, oks, scores = [], [], [], [], []
+    pace = None  # --realtime: (clock at the first tracked frame, its index, frame period)
+    dropped = 0
     box = None
     waiting = []  # frames before tracking starts
     try:
         for w in source.warnings:
             log.warning("%s", w)
         n_warned = len(source.warnings)
-        from_gt = args.init is None
-        if source.init_box is None:
+        from_gt = args.init is None and not args.select
+        if source.init_box is None and not args.select:
             raise TrackerInputError("no initial box: the sequence has no usable ground-truth box; pass --init x,y,w,h")
         model = args.model
         if model is None:
@@ -215,9 +245,17 @@ def run(args) -> dict:
         for frame in source:
             if args.max_frames is not None and frame.index >= args.max_frames:
                 break
-            score, ok, t, tracked = float("nan"), False, 0.0, True
-            if box is None:
-                start = source.init_box if not from_gt else (frame.gt if _usable(frame.gt) else None)
+            score, ok, t, tracked, was_dropped = float("nan"), False, 0.0, True, False
+            late = pace is not None and time.perf_counter() > pace[0] + (frame.index - pace[1] + 1) * pace[2]
+            if box is not None and late and frame.image is not None:
+                # --realtime: this frame's successor is already due; drop it, keep the box
+                dropped += 1
+                shown, tracked, was_dropped = box, False, True
+            elif box is None:
+                if args.select and frame.image is not None:
+                    start = _select_box(frame.image)
+                else:
+                    start = source.init_box if not from_gt else (frame.gt if _usable(frame.gt) else None)
                 if frame.image is None or start is None:
                     if not from_gt:
                         raise TrackerInputError(f"the first frame cannot be read: {frame.error}")
@@ -233,6 +271,9 @@ def run(args) -> dict:
                         raise TrackerInputError(f"{where}{e}{hint}") from None
                     box, ok, t = r.box, True, r.ms
                     shown = box
+                    if args.realtime:
+                        fps = getattr(source, "fps", None) or 30.0
+                        pace = (time.perf_counter(), frame.index, 1.0 / fps)
                     if waiting:
                         log.warning("frames %s have no readable image or usable ground-truth box: tracking "
                                     "starts at frame %d; those frames are written as NaN",
@@ -248,15 +289,17 @@ def run(args) -> dict:
             gts.append(frame.gt if frame.gt is not None else np.full(4, np.nan))
             if tracked:
                 ms.append(t)
-            if box is not None:
+            if box is not None and tracked:
                 oks.append(ok)
+                scores.append(score)
             if out:
                 out.write(",".join(f"{v:.2f}" for v in shown))
             if jsonl:
                 jsonl.write(json.dumps({"frame": frame.index,
                                         "box": [round(float(v), 2) if np.isfinite(v) else None for v in shown],
                                         "score": None if not np.isfinite(score) else round(score, 4),
-                                        "ok": bool(ok), "ms": round(t, 3)}))
+                                        "ok": bool(ok), "ms": round(t, 3),
+                                        **({"dropped": True} if was_dropped else {})}))
             ov = float(iou(shown, frame.gt)) if frame.gt is not None and box is not None else float("nan")
             if per_frame:
                 line = f"frame {frame.index + 1}/{total or '?'}  score {score:7.3f}  {'ok  ' if ok else 'lost'}  {t:7.1f} ms"
@@ -304,6 +347,12 @@ def run(args) -> dict:
         s = evaluate_sequence(np.array(preds), gt)
         summary.update(auc=s.auc, precision=s.precision, mean_iou=s.mean_iou)
     summary["lost_frames"] = int(len(oks) - sum(oks))
+    if args.realtime:
+        summary["dropped_frames"] = dropped
+    if args.plot:
+        from .report import plot_scores
+
+        plot_scores(scores, args.plot, ok=oks, title=f"Target score: {source.name}")
     if waiting:
         summary["untracked_frames"] = len(waiting)
     return summary
@@ -341,6 +390,8 @@ def main(argv=None) -> int:
     c = s["cost"]
     line = (f"frames {s['frames']}  first {c['first_ms']:.0f} ms  median {c['median_ms'] or 0:.1f} ms  "
             f"p95 {c['p95_ms'] or 0:.1f} ms  max {c['max_ms'] or 0:.1f} ms  lost {s['lost_frames']}")
+    if "dropped_frames" in s:
+        line += f"  dropped {s['dropped_frames']}"
     if s.get("untracked_frames"):
         line += f"  untracked {s['untracked_frames']}"
     if "auc" in s:

@@ -146,3 +146,45 @@ def test_unknown_backend_is_a_usage_error(otb, capsys):
         track.main(["--sequence", str(otb), "--backend", "bogus"])
     assert e.value.code == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_select_without_display_is_a_clear_error(otb, tiny_model, monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    code = track.main(["--sequence", str(otb), "--select", "--model", str(tiny_model)])
+    _error(code, capsys.readouterr().err, "--select", "display", "--init")
+
+
+@pytest.fixture(scope="module")
+def fast_video(tmp_path_factory):
+    """A 120 fps video: the tracker cannot keep pace on a CPU, so --realtime must drop."""
+    import cv2
+
+    seq = make_sequence(n_frames=40, size=(320, 240), seed=1)
+    path = tmp_path_factory.mktemp("rt") / "fast.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 120, (320, 240))
+    for f in seq:
+        w.write(f.image)
+    w.release()
+    return path, seq.init_box
+
+
+def test_realtime_drops_and_counts_frames_and_keeps_rows_aligned(fast_video, tiny_model, tmp_path):
+    path, box = fast_video
+    init = ",".join(f"{v:.1f}" for v in box)
+    code, out, _ = _run(["--video", path, "--init", init, "--realtime", "--model", tiny_model,
+                         "--out", tmp_path / "r.txt", "--jsonl", tmp_path / "r.jsonl", "--quiet"])
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in rows] == list(range(40))  # one row per frame, dropped or not
+    dropped = [r for r in rows if r.get("dropped")]
+    assert dropped and all(r["box"] == rows[r["frame"] - 1]["box"] for r in dropped)  # keeps the last box
+    assert f"dropped {len(dropped)}" in out
+    assert len((tmp_path / "r.txt").read_text().splitlines()) == 40
+
+
+def test_plot_writes_score_png(otb, tiny_model, tmp_path):
+    code, _, _ = _run(["--sequence", otb, "--model", tiny_model, "--plot", tmp_path / "score.png",
+                       "--max-frames", 6, "--quiet"])
+    assert code == 0
+    assert (tmp_path / "score.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
