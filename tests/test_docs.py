@@ -302,14 +302,14 @@ def doc_fixtures(tmp_path):
 # --------------------------------------------------------------------------- runtime.track
 
 
-OUTPUT_FLAGS = ("--out", "--jsonl", "--save-video")
+OUTPUT_FLAGS = ("--out", "--jsonl", "--save-video", "--plot")
 
 
 def _track_argv(args, fx: DocFixtures):
     """README arguments -> (arguments to run, {output flag: path}) or (None, reason) when it cannot run."""
     if "--camera" in args:
         return None, "needs a camera"
-    if "--show" in args:
+    if "--show" in args or "--select" in args:
         return None, "needs a display"
     out, outputs, i = [], {}, 0
     while i < len(args):
@@ -328,6 +328,9 @@ def _track_argv(args, fx: DocFixtures):
             out += [a, value if glob.glob(str(ROOT / value)) else fx.images(value)]
         elif a == "--sequence" and value is not None:
             out += [a, value if (ROOT / value).is_dir() else fx.sequence(value)]
+        elif a == "--model" and value is not None:
+            # a model the block trains first (e.g. models/mine): the shipped one stands in
+            out += [a, value if (ROOT / value).is_dir() else str(ROOT / "models" / "default")]
         else:
             out.append(a)
             i += 1
