@@ -16,15 +16,35 @@ import time
 from pathlib import Path
 
 
-def tune_bucket(onnx_path, target, trials_per_task: int, total_trials: int, work_dir) -> None:
+def prepare(mod, target):
+    """The passes the build's static_shape_tuning pipeline runs before it looks up the
+    database, so that tuned workloads match the ones the build asks for."""
+    import tvm
     from tvm import relax
+
+    with target.tvm_target():
+        return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                         relax.transform.CanonicalizeBindings(),
+                                         relax.get_pipeline("zero")])(mod)
+
+
+def tune_bucket(onnx_path, target, trials_per_task: int, work_dir, build_timeout: float = 300.0) -> int:
+    """Tune every task of one bucket; returns the number of tasks."""
+    from tvm.s_tir import meta_schedule as ms
 
     from .tvm_build import import_onnx
 
-    mod = import_onnx(onnx_path)
-    with target.tvm_target():
-        relax.get_pipeline("static_shape_tuning", total_trials=total_trials, target=target.tvm_target(),
-                           work_dir=str(work_dir), max_trials_per_task=trials_per_task)(mod)
+    mod = prepare(import_onnx(onnx_path), target)
+    tasks = ms.relax_integration.extract_tasks(mod, target.tvm_target())
+    # A loaded 2-core machine compiles a candidate in tens of seconds: the default 30 s
+    # builder timeout turned every candidate into a "build error".
+    ms.relax_integration.tune_relax(
+        mod, params={}, target=target.tvm_target(), work_dir=str(work_dir),
+        max_trials_global=trials_per_task * len(tasks), max_trials_per_task=trials_per_task,
+        num_trials_per_iter=min(64, trials_per_task),
+        builder=ms.builder.LocalBuilder(timeout_sec=build_timeout),
+        runner=ms.runner.LocalRunner(timeout_sec=60.0), seed=0)
+    return len(tasks)
 
 
 def merge_database(src_dir, dst_dir) -> int:
@@ -46,7 +66,7 @@ def merge_database(src_dir, dst_dir) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.tune", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="models/default")
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     ap.add_argument("--target", default="llvm", help="llvm, llvm:MCPU or cuda:sm_XX (tune on that hardware)")
     ap.add_argument("--trials", type=int, default=64, help="trials per task (per fused kernel)")
     ap.add_argument("--buckets", default=None, help="comma-separated bucket indices (default: all)")
@@ -57,7 +77,7 @@ def main(argv=None) -> int:
 
     from .build import build_onnx
     from .targets import parse
-    from .tvm_build import import_onnx, tuning_dir
+    from .tvm_build import tuning_dir
 
     model = load_model(args.model)
     target = parse(args.target)
@@ -78,24 +98,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = build_onnx(model, Path(tmp) / "onnx", log=lambda m: None)
         from runtime.artifacts import bucket_file
-        from tvm import relax
 
         for b in buckets:
             shape = model.policy.shapes[b]
             path = onnx_dir / bucket_file(b, shape, "onnx")
             work = Path(tmp) / f"work{b}"
             t0 = time.time()
-            mod = import_onnx(path)
-            from tvm.s_tir import meta_schedule as ms
-
-            with target.tvm_target():
-                tasks = ms.relax_integration.extract_tasks(relax.get_pipeline("zero")(mod), target.tvm_target())
-            total = args.trials * len(tasks)
-            print(f"bucket {b} {shape[0]}x{shape[1]}: {len(tasks)} tasks x {args.trials} trials", flush=True)
-            tune_bucket(path, target, args.trials, total, work)
+            print(f"bucket {b} {shape[0]}x{shape[1]}: {args.trials} trials per task", flush=True)
+            n_tasks = tune_bucket(path, target, args.trials, work)
             n = merge_database(work, db)
             minutes = (time.time() - t0) / 60
-            log["buckets"][f"{shape[0]}x{shape[1]}"] = {"tasks": len(tasks), "records": n, "minutes": round(minutes, 2)}
+            log["buckets"][f"{shape[0]}x{shape[1]}"] = {"tasks": n_tasks, "records": n, "minutes": round(minutes, 2)}
             print(f"bucket {b}: {n} records merged into {db} in {minutes:.1f} min", flush=True)
             shutil.rmtree(work, ignore_errors=True)
     history = db / "tuning_log.json"
