@@ -142,13 +142,18 @@ class OnlineHead:
         for s in feat_shapes:
             self._embed_exec(s)
 
-    def embed(self, feat: np.ndarray, boxes_patch: np.ndarray):
-        """Pooled conv features (N, C*9) and trainable-layer inputs (N, D) of patch boxes."""
+    def embed(self, feat: np.ndarray, boxes_patch: np.ndarray, want_pooled: bool = True):
+        """Pooled conv features (N, C*9) and trainable-layer inputs (N, D) of patch boxes.
+
+        ``want_pooled=False`` skips copying the pooled features out (None is returned for
+        them) where only the cached layer inputs are kept, e.g. for stored samples.
+        """
         ex = self._embed_exec(feat.shape)
         ex.arg_dict["feat"][:] = feat
         n = len(boxes_patch)
-        pooled = np.empty((n, self.pooled_dim), np.float32)
-        emb = pooled if self.embed_dim == self.pooled_dim else np.empty((n, self.embed_dim), np.float32)
+        split = self.embed_dim != self.pooled_dim
+        pooled = np.empty((n, self.pooled_dim), np.float32) if (want_pooled or not split) else None
+        emb = np.empty((n, self.embed_dim), np.float32) if split else pooled
         rois = np.full((self.chunk, 5), -1.0, np.float32)  # batch index -1: ignored by RoIAlign
         for s in range(0, n, self.chunk):
             b = boxes_patch[s:s + self.chunk]
@@ -160,9 +165,10 @@ class OnlineHead:
             rois[: len(b), 4] = b[:, 1] + b[:, 3]
             ex.arg_dict["rois"][:] = rois
             ex.forward(is_train=False)
-            pooled[s:s + len(b)] = ex.outputs[0].asnumpy()[: len(b)]
-            if emb is not pooled:
-                emb[s:s + len(b)] = ex.outputs[1].asnumpy()[: len(b)]
+            if pooled is not None:
+                pooled[s:s + len(b)] = ex.outputs[0][: len(b)].asnumpy()
+            if split:
+                emb[s:s + len(b)] = ex.outputs[1][: len(b)].asnumpy()
         return pooled, emb
 
     # -- scoring ------------------------------------------------------------------------

@@ -164,8 +164,8 @@ class Tracker:
             sampling.sample_by_iou(rng, "uniform", box, half, 0.0, p.neg_iou_init, bounds, trans=1.0, scale=1.6),
             sampling.sample_by_iou(rng, "whole", box, p.n_neg_init - half, 0.0, p.neg_iou_init, bounds, scale=1.6),
         ])
-        _, pos_e = self.head.embed(feat, geom.to_patch(pos))
-        _, neg_e = self.head.embed(feat, geom.to_patch(neg))
+        _, pos_e = self.head.embed(feat, geom.to_patch(pos), want_pooled=False)
+        _, neg_e = self.head.embed(feat, geom.to_patch(neg), want_pooled=False)
         stages["head"] = (time.perf_counter() - t) * 1e3
 
         t = time.perf_counter()
@@ -230,7 +230,7 @@ class Tracker:
             neg = sampling.sample_by_iou(rng, "uniform", self.box, p.n_neg_update, 0.0, p.neg_iou_update,
                                          bounds, trans=1.5, scale=1.2)
             if len(pos) and len(neg):
-                _, e = self.head.embed(feat, geom.to_patch(np.concatenate([pos, neg])))
+                _, e = self.head.embed(feat, geom.to_patch(np.concatenate([pos, neg])), want_pooled=False)
                 # Copies, not views: a view would keep the whole array (negatives too) alive
                 # for as long as the positives stay in the long-term window.
                 self.pos_mem.append(e[: len(pos)].copy())
