@@ -173,3 +173,20 @@ def test_export_cli_reports_bad_model(tmp_path, capsys):
 
     assert main(["--model", str(tmp_path / "nope"), "--targets", "llvm"]) == 2
     assert "model folder not found" in capsys.readouterr().err
+
+
+def test_cached_build_is_redone_when_the_tuning_database_changes(one_bucket_model, tmp_path, monkeypatch, capsys):
+    from export.tvm_build import tuning_db
+    from runtime.backends.tvm_backend import ensure_tvm
+
+    monkeypatch.setenv("MDTRACK_CACHE", str(tmp_path))
+    folder = ensure_tvm(one_bucket_model, "llvm")
+    mpath = folder / "manifest.json"
+    m = json.loads(mpath.read_text())
+    assert m["tuning_db_sha256"] == tuning_db("llvm")[1]
+    m["tuning_db_sha256"] = "stale"
+    mpath.write_text(json.dumps(m))
+    capsys.readouterr()
+    ensure_tvm(one_bucket_model, "llvm")
+    assert "another tuning database" in capsys.readouterr().err
+    assert json.loads(mpath.read_text())["tuning_db_sha256"] == tuning_db("llvm")[1]

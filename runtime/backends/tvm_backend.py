@@ -19,12 +19,17 @@ def ensure_tvm(model, target_name: str, folder=None) -> Path:
         return Path(folder)
     folder = artifacts.default_dir(model, "tvm", target_name)
     try:
-        artifacts.verify(folder, model, "tvm", target_name)
-    except ArtifactError:
+        m = artifacts.verify(folder, model, "tvm", target_name)
+        from export.tvm_build import tuning_db
+
+        if m.get("tuning_db_sha256") != tuning_db(target_name)[1]:
+            # the committed tuning database changed since this cache was built
+            raise ArtifactError(f"{folder} was built with another tuning database")
+    except ArtifactError as e:
         if target_name != "llvm":
             raise
-        print(f"compiling TVM llvm artifacts for {len(model.policy.shapes)} buckets into {folder} (first use)...",
-              file=sys.stderr, flush=True)
+        print(f"compiling TVM llvm artifacts for {len(model.policy.shapes)} buckets into {folder} "
+              f"({'first use' if not folder.exists() else e})...", file=sys.stderr, flush=True)
         from export.build import build_tvm
         from export.targets import parse
 
