@@ -26,13 +26,14 @@ import cv2
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "runtime/integrations/README.md")
+DOCS = ("README.md", "runtime/integrations/README.md", "benchmarks/README.md")
 MAX_FRAMES = 5
 TIMEOUT = 180
 
 # Every command module (python -m ...) whose --help must work.
 HELP_MODULES = ("runtime.track", "export", "export.tune", "train_mx.train", "train_mx.launch", "train_mx.report",
-                "benchmarks.accuracy", "benchmarks.per_frame", "runtime.integrations.vot")
+                "benchmarks.accuracy", "benchmarks.per_frame", "benchmarks.features", "benchmarks.soak",
+                "benchmarks.gpu_pack", "runtime.integrations.vot")
 
 # What to do with a README command, keyed by module (python -m X), script (script:PATH) or program.
 #   setup: environment set-up the test already runs inside; not run
@@ -52,6 +53,9 @@ POLICY = {
     "train_mx.report": ("check", "needs finished training runs"),
     "benchmarks.accuracy": ("check", "tracks the whole development set"),
     "benchmarks.per_frame": ("check", "tracks the whole development set"),
+    "benchmarks.features": ("check", "times every bucket on every backend: minutes"),
+    "benchmarks.soak": ("check", "10,000 frames: minutes"),
+    "benchmarks.gpu_pack": ("check", "builds CUDA/llvm libraries and the native runner: minutes"),
     "runtime.integrations.vot": ("check", "started by the VOT toolkit, speaks TraX on stdin/stdout"),
     "script:examples/got10k_eval.py": ("check", "needs a benchmark dataset on disk"),
     # shell programs
