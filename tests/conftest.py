@@ -64,3 +64,14 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def artifact_cache(tmp_path_factory):
+    """One MDTRACK_CACHE for the session, so compiled backends are built once for all tests."""
+    path = tmp_path_factory.getbasetemp() / "mdtrack-cache"
+    path.mkdir(exist_ok=True)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MDTRACK_CACHE", str(path))
+    yield path
+    mp.undo()

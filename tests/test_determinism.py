@@ -28,17 +28,6 @@ SEQ = dict(n_frames=15, size=(160, 120))
 CHEAP = dict(n_pos_init=100, n_neg_init=600, iters_init=5, n_bbreg=200)
 
 
-@pytest.fixture(scope="session")
-def artifact_cache(tmp_path_factory):
-    """One MDTRACK_CACHE for the session (same path in every module that asks)."""
-    path = tmp_path_factory.getbasetemp() / "mdtrack-cache"
-    path.mkdir(exist_ok=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MDTRACK_CACHE", str(path))
-    yield path
-    mp.undo()
-
-
 @pytest.fixture(scope="module")
 def model(tiny_model):
     from runtime.model import load_model

@@ -513,17 +513,6 @@ def test_damaged_model_folder(otb, tiny_model, tmp_path, damage, words):
 # =========================================================================== compiled artifacts
 
 
-@pytest.fixture(scope="session")
-def artifact_cache(tmp_path_factory):
-    """One MDTRACK_CACHE for the session (same path as tests/test_determinism.py's)."""
-    path = tmp_path_factory.getbasetemp() / "mdtrack-cache"
-    path.mkdir(exist_ok=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MDTRACK_CACHE", str(path))
-    yield path
-    mp.undo()
-
-
 @pytest.fixture(scope="module")
 def built(model, artifact_cache):
     """The tiny model's ONNX and TVM (llvm) sets, built on first use into the session cache."""
