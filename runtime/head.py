@@ -194,8 +194,9 @@ class OnlineHead:
     # -- training -----------------------------------------------------------------------
     def hard_negatives(self, neg: np.ndarray, k: int) -> np.ndarray:
         """Indices of the ``k`` highest-scoring rows of ``neg`` (hard minibatch mining)."""
-        s = self._run(self._mine, neg) if len(neg) == self.p.mine_from else self.score(neg)
-        return np.argsort(-(s[:, 1] - s[:, 0]) if s.ndim == 2 else -s, kind="stable")[:k]
+        # the mining executor is bound for exactly mine_from rows; other sizes go in chunks
+        out = self._run(self._mine if len(neg) == self.p.mine_from else self._score, neg)
+        return np.argsort(-(out[:, 1] - out[:, 0]), kind="stable")[:k]
 
     def train_step(self, pos: np.ndarray, neg: np.ndarray) -> float:
         """One SGD step on ``batch_pos`` positives and ``batch_neg`` hard negatives mined
