@@ -17,7 +17,7 @@ from runtime.evaluation import cost_stats, evaluate_sequence
 from runtime.report import write_report
 from runtime.sources import open_sequence_folder
 
-from .common import OpenCVTracker, default_sequences, dump_json, machine, run_sequence
+from .common import resolve_sequences, OpenCVTracker, dump_json, machine, run_sequence
 
 
 def tracker_factories(names, model, backend, seed):
@@ -50,9 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/accuracy", help="report folder")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
-    seqs = args.sequences or default_sequences()
+    seqs = resolve_sequences(args.sequences)
     if not seqs:
-        print("error: no sequences (../shared is absent); pass --sequences DIR ...", file=sys.stderr)
         return 2
     factories = tracker_factories([t for t in args.trackers.split(",") if t], args.model, args.backend, args.seed)
     results = {name: {} for name in factories}

@@ -18,6 +18,17 @@ def default_sequences() -> list:
     return [str(SHARED / n) for n in DEV_SEQUENCES if (SHARED / n).is_dir()]
 
 
+def resolve_sequences(given) -> list:
+    """The folders asked for, else the development set; an empty list (after printing the
+    error) when neither exists, for the caller to exit 2."""
+    import sys
+
+    seqs = list(given or default_sequences())
+    if not seqs:
+        print("error: no sequences (../shared is absent); pass --sequences DIR ...", file=sys.stderr)
+    return seqs
+
+
 def machine() -> dict:
     import os
 

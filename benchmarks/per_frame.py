@@ -21,7 +21,7 @@ from runtime.report import markdown_table, plot_frame_costs
 from runtime.sources import open_sequence_folder
 from runtime.tracker import STAGES
 
-from .common import default_sequences, dump_json, machine
+from .common import resolve_sequences, dump_json, machine
 
 BASELINE = "mxnet-unbucketed"
 
@@ -73,9 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/per_frame")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
-    seqs = args.sequences or default_sequences()
+    seqs = resolve_sequences(args.sequences)
     if not seqs:
-        print("error: no sequences (../shared is absent); pass --sequences DIR ...", file=sys.stderr)
         return 2
     backends = [b for b in args.backends.split(",") if b]
     out = Path(args.out)
@@ -100,7 +99,7 @@ def main(argv=None) -> int:
             firsts[b].append(r["ms"][0])
             for s, v in r["stages"].items():
                 all_stages[b].setdefault(s, []).extend(v[1:])
-            curves[f"{b}"] = curves.get(b, []) + r["ms"]
+            curves.setdefault(b, []).extend(r["ms"])
             print(f"{frames.name:18s} {b:18s} first {c['first_ms']:7.0f} ms  median {c['median_ms']:6.1f}  "
                   f"p95 {c['p95_ms']:6.1f}  max {c['max_ms']:7.1f}  fps {c['fps']:5.1f}  AUC {score.auc:.3f}", flush=True)
     rows = []

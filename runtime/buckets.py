@@ -55,6 +55,17 @@ class PatchGeometry:
         out[..., 1] = b[..., 1] / self.scale + self.offset[1]
         return out
 
+    def sample_bounds(self, image_size) -> np.ndarray:
+        """The image region (x, y, w, h) where samples have features: the patch cut by the
+        image of ``(width, height)``; the whole patch where that cut is under 2 px."""
+        h, w = self.shape
+        x0, y0, pw, ph = self.to_image([0.0, 0.0, w, h])
+        x1, y1 = max(x0, 0.0), max(y0, 0.0)
+        x2, y2 = min(x0 + pw, image_size[0]), min(y0 + ph, image_size[1])
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            return np.array([x0, y0, pw, ph])
+        return np.array([x1, y1, x2 - x1, y2 - y1])
+
     def affine(self) -> np.ndarray:
         """2x3 matrix mapping image pixel coordinates to patch coordinates (for warpAffine).
 

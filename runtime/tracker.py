@@ -100,16 +100,6 @@ class Tracker:
         stages["features"] = stages.get("features", 0.0) + (time.perf_counter() - t1) * 1e3
         return feat
 
-    def _sample_bounds(self, geom, size):
-        """Samples must lie where the patch has image content: patch rect cut by the image."""
-        h, w = geom.shape
-        x0, y0, pw, ph = geom.to_image([0.0, 0.0, w, h])
-        x1, y1 = max(x0, 0.0), max(y0, 0.0)
-        x2, y2 = min(x0 + pw, size[0]), min(y0 + ph, size[1])
-        if x2 - x1 < 2 or y2 - y1 < 2:
-            return np.array([x0, y0, pw, ph])
-        return np.array([x1, y1, x2 - x1, y2 - y1])
-
     def _check_box(self, box, size):
         b = np.asarray(box, dtype=np.float64).reshape(-1)
         if b.shape != (4,) or not np.all(np.isfinite(b)):
@@ -155,7 +145,7 @@ class Tracker:
         geom = self._geometry(box)
         feat = self._features(image, geom, stages)
         t = time.perf_counter()
-        bounds = self._sample_bounds(geom, size)
+        bounds = geom.sample_bounds(size)
         rng = self.rng
         pos = sampling.sample_by_iou(rng, "gaussian", box, p.n_pos_init, p.pos_iou_init, 1.0, bounds,
                                      trans=0.1, scale=1.3)
@@ -224,7 +214,7 @@ class Tracker:
 
         t = time.perf_counter()
         if ok:
-            bounds = self._sample_bounds(geom, size)
+            bounds = geom.sample_bounds(size)
             pos = sampling.sample_by_iou(rng, "gaussian", self.box, p.n_pos_update, p.pos_iou_update, 1.0,
                                          bounds, trans=0.1, scale=1.3)
             neg = sampling.sample_by_iou(rng, "uniform", self.box, p.n_neg_update, 0.0, p.neg_iou_update,

@@ -119,10 +119,7 @@ class BatchSampler:
             region = self.policy.search_region(prev)
             geom = self.policy.select(prev, region) if bucket is None else self.policy.for_shape(prev, bucket, region)
             bucket = geom.bucket
-            h, w = geom.shape
-            x0, y0, pw, ph = geom.to_image([0.0, 0.0, w, h])
-            bounds = np.array([max(x0, 0), max(y0, 0), min(x0 + pw, image.shape[1]) - max(x0, 0),
-                               min(y0 + ph, image.shape[0]) - max(y0, 0)])
+            bounds = geom.sample_bounds((image.shape[1], image.shape[0]))
             pos = sampling.sample_by_iou(rng, "gaussian", gt, self.n_pos, 0.7, 1.0, bounds, trans=0.1, scale=1.3)
             half = self.n_neg // 2
             neg = np.concatenate([

@@ -47,6 +47,12 @@ def parse_ctx(text: str) -> list:
     return out
 
 
+def softmax_loss(prob, labels) -> float:
+    """Mean negative log-likelihood of ``labels`` (P, R) under softmax outputs (P, R, 2)."""
+    pr = np.take_along_axis(prob, labels.astype(int)[..., None], axis=2)[..., 0]
+    return float(-np.mean(np.log(np.clip(pr, 1e-12, None))))
+
+
 class Trainer:
     """The bucketing module, optimizer and hard minibatch mining loop."""
 
@@ -61,6 +67,9 @@ class Trainer:
         if mine_from < batch_neg:
             raise ValueError(f"mine_from ({mine_from}) must be at least batch_neg ({batch_neg})")
         self.batch_pos, self.batch_neg, self.mine_from = batch_pos, batch_neg, mine_from
+        # every minibatch is batch_pos positives then batch_neg negatives per patch
+        self.labels = np.concatenate([np.ones((self.P, batch_pos)), np.zeros((self.P, batch_neg))],
+                                     axis=1).astype(np.float32)
         self.feature_scale = FEATURE_SCALE[extractor]
         self.binds = 0
         self.bound_keys = []
@@ -152,28 +161,23 @@ class Trainer:
         hard = np.argsort(-prob, axis=1, kind="stable")[:, : self.batch_neg]
         neg = np.take_along_axis(batch.neg, hard[..., None], axis=1)
         rois = np.concatenate([batch.pos[:, : self.batch_pos], neg], axis=1)
-        labels = np.concatenate([np.ones((P, self.batch_pos)), np.zeros((P, self.batch_neg))], axis=1).astype(np.float32)
-        train = self._batch(batch.data, rois, labels, batch.domain)
+        train = self._batch(batch.data, rois, self.labels, batch.domain)
         self._count_bind(train.bucket_key)
         self.mod.forward_backward(train)
         self.mod.update()
         out = self.mod.get_outputs()[0].asnumpy().reshape(P, -1, 2)
-        y = labels.astype(int)
-        pr = np.take_along_axis(out, y[..., None], axis=2)[..., 0]
-        loss = float(-np.mean(np.log(np.clip(pr, 1e-12, None))))
-        acc = float(np.mean((out[..., 1] > 0.5) == (y == 1)))
-        return {"loss": loss, "acc": acc, "hard_neg_prob": float(np.take_along_axis(prob, hard, 1).mean())}
+        acc = float(np.mean((out[..., 1] > 0.5) == (self.labels == 1)))
+        return {"loss": softmax_loss(out, self.labels), "acc": acc,
+                "hard_neg_prob": float(np.take_along_axis(prob, hard, 1).mean())}
 
     def evaluate(self, batch):
         """Softmax outputs (P, R, 2) and labels for positives and a random (not mined)
         negative subset of ``batch``: the held-out measure."""
-        P = self.P
         rois = np.concatenate([batch.pos[:, : self.batch_pos], batch.neg[:, : self.batch_neg]], axis=1)
-        labels = np.concatenate([np.ones((P, self.batch_pos)), np.zeros((P, self.batch_neg))], axis=1).astype(np.float32)
-        b = self._batch(batch.data, rois, labels, batch.domain)
+        b = self._batch(batch.data, rois, self.labels, batch.domain)
         self._count_bind(b.bucket_key)
         self.mod.forward(b, is_train=False)
-        return self.mod.get_outputs()[0].asnumpy().reshape(P, -1, 2), labels
+        return self.mod.get_outputs()[0].asnumpy().reshape(self.P, -1, 2), self.labels
 
     def params(self) -> dict:
         arg, _ = self.mod.get_params()
@@ -188,9 +192,7 @@ def heldout_loss(trainer, sampler, n_batches: int) -> float:
         best = None
         for d in range(trainer.n_domains):
             batch.domain = d
-            out, labels = trainer.evaluate(batch)
-            pr = np.take_along_axis(out, labels.astype(int)[..., None], axis=2)[..., 0]
-            loss = float(-np.mean(np.log(np.clip(pr, 1e-12, None))))
+            loss = softmax_loss(*trainer.evaluate(batch))
             best = loss if best is None else min(best, loss)
         losses.append(best)
     return float(np.mean(losses))
