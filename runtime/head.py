@@ -9,9 +9,15 @@ Every graph is bound exactly once, for the fixed batch sizes it is used with:
 
 Layers before the first online-trained one are frozen, so what they output for a stored
 sample is cached once (``embed``) and never recomputed. With the default
-``online_layers=("fc5", "fc6")`` that cache is fc4's 512-d output and an update iteration
-costs a few ms; ``("fc4", "fc5", "fc6")`` is MDNet's original choice (cache = pooled
-conv features, each iteration several times dearer).
+``online_layers=("fc6",)`` that cache is fc5's 512-d output and an update iteration costs
+about 2 ms; ``("fc4", "fc5", "fc6")`` is MDNet's original choice (cache = pooled conv
+features, each iteration many times dearer).
+
+``fc4_rank`` > 0 factors fc4 (512 x C*9) into a 1x1 projection of the feature map to
+``fc4_rank`` channels and a 512 x rank*9 fc4, chosen to reconstruct fc4's output best on
+the model's feature statistics (``train_mx.feature_stats``): RoIAlign and fc4 then cost
+rank/C of the full ones. Dropout masks come from the head's own generator, so trackers
+sharing a process stay independent without reseeding MXNet every step.
 """
 from __future__ import annotations
 
@@ -22,14 +28,20 @@ LR_MULT = {"fc4_weight": 1.0, "fc4_bias": 2.0, "fc5_weight": 1.0, "fc5_bias": 2.
            "fc6_weight": 10.0, "fc6_bias": 20.0}
 
 
-def _top_symbol(first: str, dropout: float):
-    """Trainable layers from ``first`` to fc6; the input 'x' is what the layer before gives."""
+def _dropped(first: str, dropout: float) -> tuple:
+    """Layers whose input gets dropout while training (MDNet: fc5 and fc6)."""
+    return tuple(l for l in FC_LAYERS[FC_LAYERS.index(first):] if l != "fc4") if dropout else ()
+
+
+def _top_symbol(first: str, masks: tuple = ()):
+    """Trainable layers from ``first`` to fc6; the input 'x' is what the layer before gives.
+    ``masks``: layers whose input is multiplied by a ``mask_<layer>`` input (dropout)."""
     import mxnet as mx
 
     x = mx.sym.Variable("x")
     for layer in FC_LAYERS[FC_LAYERS.index(first):]:
-        if layer != "fc4" and dropout:
-            x = mx.sym.Dropout(x, p=dropout, name=f"drop_{layer}")
+        if layer in masks:
+            x = x * mx.sym.Variable(f"mask_{layer}")
         n = 2 if layer == "fc6" else 512
         x = mx.sym.FullyConnected(x, num_hidden=n, name=layer)
         if layer != "fc6":
@@ -37,19 +49,45 @@ def _top_symbol(first: str, dropout: float):
     return x
 
 
-def _embed_symbol(first: str, sample_ratio: int):
-    """(feat, rois) -> [pooled conv features, input of layer ``first``]."""
+def _embed_symbol(first: str, sample_ratio: int, rank: int = 0):
+    """(feat, rois) -> [pooled (projected) conv features, input of layer ``first``]."""
     import mxnet as mx
 
     from train_mx import network
 
-    pooled = mx.sym.flatten(network.roi_pool(mx.sym.Variable("feat"), mx.sym.Variable("rois"), sample_ratio),
-                            name="pooled")
+    feat = mx.sym.Variable("feat")
+    if rank:
+        feat = mx.sym.Convolution(feat, weight=mx.sym.Variable("proj_weight"), num_filter=rank, kernel=(1, 1),
+                                  no_bias=True, name="proj")
+    pooled = mx.sym.flatten(network.roi_pool(feat, mx.sym.Variable("rois"), sample_ratio), name="pooled")
     x = pooled
     for layer in FC_LAYERS[: FC_LAYERS.index(first)]:
         x = mx.sym.FullyConnected(x, num_hidden=512, name=layer)
         x = mx.sym.Activation(x, act_type="relu", name=f"{layer}_relu")
     return mx.sym.Group([pooled, x]) if x is not pooled else mx.sym.Group([pooled])
+
+
+def factor_fc4(w4: np.ndarray, rank: int, cov: np.ndarray | None = None):
+    """fc4 weights (512, C*9) -> (P (rank, C), W (512, rank*9)) with fc4(pool(F)) ~=
+    W pool(P F): pooling is linear per channel, so the projection commutes with it.
+
+    Minimises the expected squared error of fc4's output for features with second moment
+    ``cov`` (identity when None): whiten with cov^(1/2), keep the top ``rank`` singular
+    directions. P is scaled so that projected features keep the per-channel magnitude of
+    the originals (the box regressor's ridge penalty assumes that scale).
+    """
+    out, cols = w4.shape
+    c = cols // 9
+    m = w4.reshape(out, c, 9).transpose(0, 2, 1).reshape(out * 9, c).astype(np.float64)
+    cov = np.eye(c) if cov is None else np.asarray(cov, np.float64)
+    ev, evec = np.linalg.eigh(cov + 1e-6 * max(np.trace(cov) / c, 1e-12) * np.eye(c))
+    root = evec * np.sqrt(ev)           # cov = root root^T
+    u, sv, vt = np.linalg.svd(m @ root, full_matrices=False)
+    p = vt[:rank] @ np.linalg.inv(root)  # projected features have identity second moment
+    w = u[:, :rank] * sv[:rank]
+    g = np.sqrt(np.trace(cov) / c)
+    p, w = p * g, w / g
+    return p.astype(np.float32), w.reshape(out, 9, rank).transpose(0, 2, 1).reshape(out, rank * 9).astype(np.float32)
 
 
 class OnlineHead:
@@ -66,14 +104,19 @@ class OnlineHead:
         if self.online_layers not in (("fc4", "fc5", "fc6"), ("fc5", "fc6"), ("fc6",)):
             raise ValueError(f"online_layers must be a suffix of {FC_LAYERS}, got {self.online_layers}")
         first = self.online_layers[0]
-        self.pooled_dim = model.channels * 9
+        self.rank = int(params.fc4_rank) if 0 < int(params.fc4_rank) < model.channels else 0
+        if self.rank and first == "fc4":
+            raise ValueError("fc4_rank needs fc4 frozen: train online_layers ('fc5', 'fc6') or ('fc6',)")
+        self.pooled_dim = (self.rank or model.channels) * 9
         self.embed_dim = self.pooled_dim if first == "fc4" else 512
 
         head = model.head_params()
-        mx.random.seed(int(rng.integers(2 ** 31)), ctx=ctx)
+        if self.rank:
+            proj, w4 = factor_fc4(head["fc4_weight"], self.rank, model.feature_cov)
+            head = dict(head, fc4_weight=w4, proj_weight=proj[:, :, None, None])
         # Frozen layers keep the offline weights; fc6 starts fresh for every sequence.
         self._frozen = {k: mx.nd.array(v, ctx=ctx) for k, v in head.items()
-                        if k.split("_")[0] in FC_LAYERS[: FC_LAYERS.index(first)]}
+                        if k.split("_")[0] in FC_LAYERS[: FC_LAYERS.index(first)] + ("proj",)}
         self._init_weights = {}
         for layer in self.online_layers:
             if layer == "fc6":
@@ -85,21 +128,28 @@ class OnlineHead:
             self._init_weights[f"{layer}_bias"] = b
 
         # Embed executors (one per bucket), created on first use of a bucket and kept.
-        self._embed_sym = _embed_symbol(first, model.roi_sample_ratio)
+        self._embed_sym = _embed_symbol(first, model.roi_sample_ratio, self.rank)
         self._embed = {}
         self.chunk = int(params.n_candidates)
+        # Row counts the embed executors are bound for: candidates, and the samples stored
+        # per frame (a smaller executor: RoIAlign and fc4 cost grows with the rows bound).
+        self.chunks = tuple(sorted({self.chunk, int(params.n_pos_update) + int(params.n_neg_update)}))
 
-        top = _top_symbol(first, params.dropout)
+        top = _top_symbol(first)
+        self._dropped = _dropped(first, params.dropout)
         label = mx.sym.Variable("label")
-        train_sym = mx.sym.SoftmaxOutput(top, label=label, normalization="batch", name="softmax")
+        train_sym = mx.sym.SoftmaxOutput(_top_symbol(first, self._dropped), label=label, normalization="batch",
+                                         name="softmax")
         n_train = params.batch_pos + params.batch_neg
         self.weights = {k: mx.nd.array(v, ctx=ctx) for k, v in self._init_weights.items()}
         self.grads = {k: mx.nd.zeros(v.shape, ctx=ctx) for k, v in self.weights.items()}
         self._x_train = mx.nd.zeros((n_train, self.embed_dim), ctx=ctx)
         self._label = mx.nd.zeros((n_train,), ctx=ctx)
-        self._train = train_sym.bind(ctx, args=dict(self.weights, x=self._x_train, label=self._label),
-                                     args_grad=dict(self.grads), grad_req={**{k: "write" for k in self.weights},
-                                                                           "x": "null", "label": "null"})
+        self._masks = {f"mask_{l}": mx.nd.ones((n_train, self.embed_dim if l == first else 512), ctx=ctx)
+                       for l in self._dropped}
+        inputs = {"x": self._x_train, "label": self._label, **self._masks}
+        self._train = train_sym.bind(ctx, args=dict(self.weights, **inputs), args_grad=dict(self.grads),
+                                     grad_req={**{k: "write" for k in self.weights}, **{k: "null" for k in inputs}})
         self._score = top.bind(ctx, args=dict(self.weights, x=mx.nd.zeros((self.chunk, self.embed_dim), ctx=ctx)),
                                grad_req="null")
         self._mine = top.bind(ctx, args=dict(self.weights, x=mx.nd.zeros((params.mine_from, self.embed_dim), ctx=ctx)),
@@ -123,15 +173,15 @@ class OnlineHead:
         self.optimizer.set_learning_rate(lr)
 
     # -- features -----------------------------------------------------------------------
-    def _embed_exec(self, feat_shape):
+    def _embed_exec(self, feat_shape, rows: int):
         import mxnet as mx
 
-        key = tuple(feat_shape)
+        key = (tuple(feat_shape), rows)
         ex = self._embed.get(key)
         if ex is None:
             args = dict(self._frozen)
-            args["feat"] = mx.nd.zeros(key, ctx=self.ctx)
-            args["rois"] = mx.nd.zeros((self.chunk, 5), ctx=self.ctx)
+            args["feat"] = mx.nd.zeros(key[0], ctx=self.ctx)
+            args["rois"] = mx.nd.zeros((rows, 5), ctx=self.ctx)
             ex = self._embed_sym.bind(self.ctx, args=args, grad_req="null")
             self._embed[key] = ex
             self.binds += 1
@@ -140,7 +190,8 @@ class OnlineHead:
     def prepare(self, feat_shapes) -> None:
         """Bind the embed executors for every bucket's feature shape up front."""
         for s in feat_shapes:
-            self._embed_exec(s)
+            for rows in self.chunks:
+                self._embed_exec(s, rows)
 
     def embed(self, feat: np.ndarray, boxes_patch: np.ndarray, want_pooled: bool = True):
         """Pooled conv features (N, C*9) and trainable-layer inputs (N, D) of patch boxes.
@@ -148,17 +199,20 @@ class OnlineHead:
         ``want_pooled=False`` skips copying the pooled features out (None is returned for
         them) where only the cached layer inputs are kept, e.g. for stored samples.
         """
-        ex = self._embed_exec(feat.shape)
-        ex.arg_dict["feat"][:] = feat
         n = len(boxes_patch)
+        rows = next((c for c in self.chunks if c >= n), self.chunks[-1])
+        ex = self._embed_exec(feat.shape, rows)
+        ex.arg_dict["feat"][:] = feat
         split = self.embed_dim != self.pooled_dim
         pooled = np.empty((n, self.pooled_dim), np.float32) if (want_pooled or not split) else None
         emb = np.empty((n, self.embed_dim), np.float32) if split else pooled
-        rois = np.full((self.chunk, 5), -1.0, np.float32)  # batch index -1: ignored by RoIAlign
-        for s in range(0, n, self.chunk):
-            b = boxes_patch[s:s + self.chunk]
-            rois[:] = -1.0
-            rois[: len(b), 0] = 0.0
+        # Rows past the boxes get a valid dummy box whose output is discarded: MXNet's CPU
+        # RoIAlign does not skip a batch index of -1, and such a row corrupted other rows.
+        pad = np.array([0.0, 0.0, 0.0, 1.0, 1.0], np.float32)
+        rois = np.tile(pad, (rows, 1))
+        for s in range(0, n, rows):
+            b = boxes_patch[s:s + rows]
+            rois[:] = pad
             rois[: len(b), 1] = b[:, 0]
             rois[: len(b), 2] = b[:, 1]
             rois[: len(b), 3] = b[:, 0] + b[:, 2]
@@ -201,8 +255,6 @@ class OnlineHead:
     def train_step(self, pos: np.ndarray, neg: np.ndarray) -> float:
         """One SGD step on ``batch_pos`` positives and ``batch_neg`` hard negatives mined
         from ``mine_from`` candidates; returns the minibatch loss."""
-        import mxnet as mx
-
         p = self.p
         pi = self.rng.choice(len(pos), p.batch_pos, replace=len(pos) < p.batch_pos)
         ni = self.rng.choice(len(neg), p.mine_from, replace=len(neg) < p.mine_from)
@@ -212,9 +264,9 @@ class OnlineHead:
         y = np.concatenate([np.ones(p.batch_pos), np.zeros(p.batch_neg)]).astype(np.float32)
         self._x_train[:] = x
         self._label[:] = y
-        # Dropout draws from MXNet's process-wide generator: seed it from this head's own
-        # stream before every step, so trackers sharing a process stay independent.
-        mx.random.seed(int(self.rng.integers(2 ** 31)), ctx=self.ctx)
+        keep = 1.0 - p.dropout
+        for m in self._masks.values():
+            m[:] = (self.rng.random(m.shape, np.float32) < keep) / np.float32(keep)
         self._train.forward(is_train=True)
         self._train.backward()
         for i, name in enumerate(self._names):

@@ -19,6 +19,8 @@ from .errors import ModelError
 
 CONFIG = "config.json"
 WEIGHTS = "weights.params"
+# Statistics of the model's features, stored beside the weights (not network parameters).
+FEATURE_COV = "stats_feature_cov"
 MANIFEST = "manifest.json"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -63,8 +65,15 @@ class Model:
     def channels(self) -> int:
         return int(self.config["feature_channels"])
 
+    @property
+    def feature_cov(self):
+        """(C, C) second moment of the extractor's features over the training sequences, or
+        None (``python -m train_mx.feature_stats`` adds it); the head's fc4 factorisation
+        weighs its approximation error by it."""
+        return self.params.get(FEATURE_COV)
+
     def extractor_params(self) -> dict:
-        return {k: v for k, v in self.params.items() if not k.startswith("fc")}
+        return {k: v for k, v in self.params.items() if not k.startswith(("fc", "stats_"))}
 
     def head_params(self) -> dict:
         return {k: v for k, v in self.params.items() if k.startswith("fc")}

@@ -262,6 +262,7 @@ class FakeModel:
         rng = np.random.default_rng(seed)
         self.channels = channels
         self.roi_sample_ratio = 2
+        self.feature_cov = None
         self._p = {"fc4_weight": rng.normal(0, 0.05, (512, channels * 9)), "fc4_bias": rng.normal(0, 0.1, 512),
                    "fc5_weight": rng.normal(0, 0.05, (512, 512)), "fc5_bias": rng.normal(0, 0.1, 512)}
         self._p = {k: v.astype(np.float32) for k, v in self._p.items()}
@@ -277,7 +278,7 @@ def _head(**kw):
 
 @pytest.mark.parametrize("n", [64, 40])  # mine_from rows (mine executor) and any other count (score)
 def test_online_head_hard_negatives(n):
-    head = _head()
+    head = _head(online_layers=("fc5", "fc6"))
     rng = np.random.default_rng(1)
     head.weights["fc6_weight"][:] = rng.normal(0, 0.2, (2, 512)).astype(np.float32)
     neg = rng.normal(0, 1, (n, 512)).astype(np.float32)

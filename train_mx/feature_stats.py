@@ -1,0 +1,86 @@
+"""Feature statistics of a trained model: ``python -m train_mx.feature_stats --model DIR``.
+
+Stores the second moment of the extractor's features, measured on the model's own
+training sequences (``config.json`` names them), in the model folder. The online head
+uses it to factor fc4 into a 1x1 channel projection and a smaller fc4 whose error is
+smallest on the features the model actually sees (data-driven low-rank approximation, as
+in He et al. 2017, "Channel Pruning for Accelerating Very Deep Neural Networks"): RoIAlign
+and fc4 then run on ``fc4_rank`` channels instead of all of them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import ModelError
+from runtime.model import FEATURE_COV, Model, load_model, save_model
+
+SEQUENCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sequences"
+
+
+def feature_moment(model: Model, domains, every: int = 10) -> tuple:
+    """(C, C) mean of f f^T over every feature-map cell of target-centred patches, one
+    frame in ``every`` of each domain; returns (moment, number of cells)."""
+    from runtime.backends import make_backend
+    from runtime.buckets import crop_patch
+    from runtime.sources import read_image
+
+    backend = make_backend("mxnet", model)
+    policy, mean = model.policy, model.mean.reshape(1, 1, 3)
+    acc = np.zeros((model.channels, model.channels))
+    cells = 0
+    for d in domains:
+        for path, box in list(zip(d.frames, d.boxes))[::every]:
+            geom = policy.select(box)
+            patch = crop_patch(read_image(path), geom, fill=model.mean)
+            x = np.ascontiguousarray((patch.astype(np.float32) - mean).transpose(2, 0, 1)[None])
+            f = backend.extract(geom.bucket, x)[0].reshape(model.channels, -1).astype(np.float64)
+            acc += f @ f.T
+            cells += f.shape[1]
+    if not cells:
+        raise ValueError("no usable frames to measure feature statistics on")
+    return acc / cells, cells
+
+
+def add_feature_stats(model_dir, sequences=None, every: int = 10) -> Path:
+    """Measure the statistics and rewrite the model folder with them (new manifest)."""
+    from .data import load_domains
+
+    model = load_model(model_dir)
+    names = model.config.get("training", {}).get("domains")
+    if sequences is None:
+        if not names:
+            raise ValueError(f"{model_dir}: config.json names no training sequences; pass --sequences")
+        sequences = [SEQUENCES / n for n in names]
+    missing = [str(s) for s in sequences if not Path(s).is_dir()]
+    if missing:
+        raise ValueError(f"sequence folder(s) not found: {', '.join(missing)}")
+    cov, cells = feature_moment(model, load_domains(sequences), every)
+    params = dict(model.params)
+    params[FEATURE_COV] = cov.astype(np.float32)
+    config = dict(model.config)
+    config["feature_stats"] = {"sequences": [Path(s).name for s in sequences], "every": every, "cells": cells}
+    return save_model(model_dir, config, params)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train_mx.feature_stats", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="model folder to add the statistics to (rewritten in place)")
+    ap.add_argument("--sequences", nargs="+", default=None,
+                    help="sequence folders (default: the model's training sequences in ../shared)")
+    ap.add_argument("--every", type=int, default=10, help="use one frame in this many")
+    args = ap.parse_args(argv)
+    try:
+        path = add_feature_stats(args.model, args.sequences, args.every)
+    except (ValueError, OSError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"feature statistics written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
