@@ -9,8 +9,8 @@ Every graph is bound exactly once, for the fixed batch sizes it is used with:
 
 Layers before the first online-trained one are frozen, so what they output for a stored
 sample is cached once (``embed``) and never recomputed. With the default
-``online_layers=("fc6",)`` that cache is fc5's 512-d output and an update iteration costs
-about 2 ms; ``("fc4", "fc5", "fc6")`` is MDNet's original choice (cache = pooled conv
+``online_layers=("fc5", "fc6")`` that cache is fc4's 512-d output and an update iteration
+costs a few ms; ``("fc4", "fc5", "fc6")`` is MDNet's original choice (cache = pooled conv
 features, each iteration many times dearer).
 
 ``fc4_rank`` > 0 factors fc4 (512 x C*9) into a 1x1 projection of the feature map to
