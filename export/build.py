@@ -49,7 +49,7 @@ def build_tvm(model, target, onnx_dir, out, log=print) -> Path:
             f"{' (tuned)' if db_dir else ' (untuned)'}")
     extra = {"tuning_db": str(db_dir.relative_to(Path(__file__).resolve().parents[1])) if db_dir else None,
              "tuning_db_sha256": db_hash, "device": target.device, "cross": target.cross}
-    artifacts.write_manifest(out, model, "tvm", target.name, target.target, files, extra)
+    artifacts.write_manifest(out, model, "tvm", target.name, target.resolved(), files, extra)
     return out
 
 

@@ -21,10 +21,26 @@ class CompileTarget:
     device: str     # "cpu" or "cuda": where the artifact runs
     cross: str | None = None  # "aarch64" when compiled for another machine
 
+    def resolved(self) -> dict:
+        """The target dict with ``mcpu: native`` replaced by this machine's CPU name (for
+        the host part too). LLVM 22 rejects "native" and falls back to generic x86-64 (no
+        AVX) with only a log line: every llvm build before this fix ran without SIMD."""
+        from tvm.target import codegen
+
+        def fix(t):
+            t = dict(t)
+            if t.get("mcpu") == "native":
+                t["mcpu"] = codegen.llvm_get_system_cpu()
+            if isinstance(t.get("host"), dict):
+                t["host"] = fix(t["host"])
+            return t
+
+        return fix(self.target)
+
     def tvm_target(self):
         import tvm
 
-        return tvm.target.Target(self.target)
+        return tvm.target.Target(self.resolved())
 
 
 def parse(name: str, mcpu: str | None = None) -> CompileTarget:

@@ -32,6 +32,7 @@ TIMEOUT = 180
 
 # Every command module (python -m ...) whose --help must work.
 HELP_MODULES = ("runtime.track", "export", "export.tune", "train_mx.train", "train_mx.launch", "train_mx.report",
+                "train_mx.feature_stats",
                 "benchmarks.accuracy", "benchmarks.per_frame", "benchmarks.features", "benchmarks.soak",
                 "benchmarks.gpu_pack", "runtime.integrations.vot")
 
@@ -51,6 +52,7 @@ POLICY = {
     "train_mx.train": ("check", "offline training: hours"),
     "train_mx.launch": ("check", "distributed training; the arguments after -- are checked against the worker module"),
     "train_mx.report": ("check", "needs finished training runs"),
+    "train_mx.feature_stats": ("check", "rewrites a model folder after a training run"),
     "benchmarks.accuracy": ("check", "tracks the whole development set"),
     "benchmarks.per_frame": ("check", "tracks the whole development set"),
     "benchmarks.features": ("check", "times every bucket on every backend: minutes"),

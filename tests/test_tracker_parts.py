@@ -390,9 +390,10 @@ def test_partly_outside_box_is_clipped_and_formats_accepted(model):
 
 def test_params_replace_rejects_unknown_names(model):
     p = TrackerParams()
+    before = (p.top_k, p.trans)
     q = p.replace(top_k=3, trans=0.5)
-    assert (q.top_k, q.trans) == (3, 0.5)
-    assert (p.top_k, p.trans) == (5, 1.0)  # replace() returns a copy; the original keeps its values
+    assert (q.top_k, q.trans) == (3, 0.5) != before
+    assert (p.top_k, p.trans) == before  # replace() returns a copy; the original keeps its values
     with pytest.raises(ValueError, match="bogus"):
         p.replace(bogus=1)
     with pytest.raises(ValueError, match="unknown tracker parameter"):

@@ -50,11 +50,14 @@ def add_feature_stats(model_dir, sequences=None, every: int = 10) -> Path:
     from .data import load_domains
 
     model = load_model(model_dir)
-    names = model.config.get("training", {}).get("domains")
+    training = model.config.get("training", {})
+    names = training.get("domains")
     if sequences is None:
         if not names:
             raise ValueError(f"{model_dir}: config.json names no training sequences; pass --sequences")
-        sequences = [SEQUENCES / n for n in names]
+        # the folders given to train_mx.train (--sequences), else ../shared's of those names
+        given = {Path(f).name: Path(f) for f in training.get("sequences") or []}
+        sequences = [given.get(n, SEQUENCES / n) for n in names]
     missing = [str(s) for s in sequences if not Path(s).is_dir()]
     if missing:
         raise ValueError(f"sequence folder(s) not found: {', '.join(missing)}")
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train_mx.feature_stats", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="model folder to add the statistics to (rewritten in place)")
     ap.add_argument("--sequences", nargs="+", default=None,
-                    help="sequence folders (default: the model's training sequences in ../shared)")
+                    help="sequence folders (default: the model's training sequences, from its config.json)")
     ap.add_argument("--every", type=int, default=10, help="use one frame in this many")
     args = ap.parse_args(argv)
     try:

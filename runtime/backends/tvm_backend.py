@@ -22,9 +22,13 @@ def ensure_tvm(model, target_name: str, folder=None) -> Path:
         m = artifacts.verify(folder, model, "tvm", target_name)
         from export.tvm_build import tuning_db
 
+        from export.targets import parse
+
         if m.get("tuning_db_sha256") != tuning_db(target_name)[1]:
             # the committed tuning database changed since this cache was built
             raise ArtifactError(f"{folder} was built with another tuning database")
+        if target_name == "llvm" and m.get("target_dict") != parse("llvm").resolved():
+            raise ArtifactError(f"{folder} was built for another CPU ({m.get('target_dict')})")
     except ArtifactError as e:
         if target_name != "llvm":
             raise
