@@ -112,7 +112,11 @@ class OnlineHead:
 
         head = model.head_params()
         if self.rank:
-            proj, w4 = factor_fc4(head["fc4_weight"], self.rank, model.feature_cov)
+            # one factorisation per model and rank (an SVD, ~50 ms), not one per target
+            cache = model.__dict__.setdefault("_fc4_factors", {})
+            if self.rank not in cache:
+                cache[self.rank] = factor_fc4(head["fc4_weight"], self.rank, model.feature_cov)
+            proj, w4 = cache[self.rank]
             head = dict(head, fc4_weight=w4, proj_weight=proj[:, :, None, None])
         # Frozen layers keep the offline weights; fc6 starts fresh for every sequence.
         self._frozen = {k: mx.nd.array(v, ctx=ctx) for k, v in head.items()
@@ -127,7 +131,7 @@ class OnlineHead:
             self._init_weights[f"{layer}_weight"] = w
             self._init_weights[f"{layer}_bias"] = b
 
-        # Embed executors (one per bucket), created on first use of a bucket and kept.
+        # Embed executors, one per (bucket, row count), bound by prepare() and kept.
         self._embed_sym = _embed_symbol(first, model.roi_sample_ratio, self.rank)
         self._embed = {}
         self.chunk = int(params.n_candidates)

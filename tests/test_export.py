@@ -168,6 +168,20 @@ def test_target_names_parse_and_reject():
             parse(bad)
 
 
+def test_native_cpu_resolves_to_a_cpu_llvm_knows():
+    """LLVM 22 rejects mcpu=native and silently compiles generic x86-64 code (no SIMD)."""
+    from tvm.target import codegen
+
+    from export.targets import parse
+
+    cpu = parse("llvm").resolved()["mcpu"]
+    assert cpu != "native" and cpu == codegen.llvm_get_system_cpu()
+    assert parse("llvm").tvm_target().attrs["mcpu"] == cpu
+    assert parse("llvm:znver3").resolved()["mcpu"] == "znver3"  # an explicit CPU is kept
+    host = parse("cuda:sm_87").resolved()["host"]
+    assert host["kind"] == "llvm" and host.get("mcpu", "generic") != "native"
+
+
 def test_export_cli_reports_bad_model(tmp_path, capsys):
     from export.__main__ import main
 
