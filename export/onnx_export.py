@@ -47,6 +47,9 @@ def onnx_session(path, device: str = "cpu"):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # ORT's workers spin after each run; in the tracker MXNet's head runs next on the same
+    # cores, and the spinning slowed it 1.5x (benchmarks/README.md).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
