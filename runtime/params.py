@@ -42,14 +42,15 @@ class TrackerParams:
     long_frames: int = 100      # positives of the last N frames
     short_frames: int = 20      # negatives (and short-term positives) of the last N frames
     # MDNet: 15 iterations at lr 1e-3. Here 10 at 2e-3, one per frame, so that a long-term
-    # update fills the 10 frames until the next one (0.47 against 0.40 for 15 at 1e-3).
+    # update fills the 10 frames until the next one: 10 instead of 15 cost 0.016 AUC at lr
+    # 1e-3, and lr 2e-3 gained 0.014 back (four-seed means, benchmarks/README.md).
     iters_update: int = 10
     lr_update: float = 2e-3
     # How many update iterations run per frame: an update is spread over the following
     # frames so that no single frame stalls (0 = run the whole update at once, as MDNet).
     update_iters_per_frame: int = 1
-    # minibatch and hard minibatch mining (MDNet mines 96 of 1024; 512 measured the same
-    # AUC and halves the mining cost)
+    # minibatch and hard minibatch mining (MDNet mines 96 of 1024; 512 measured no worse,
+    # 0.421 against 0.401, and halves the mining cost)
     batch_pos: int = 32
     batch_neg: int = 96
     mine_from: int = 512
@@ -64,7 +65,8 @@ class TrackerParams:
     online_layers: tuple = ("fc5", "fc6")
     # fc4 factored through a 1x1 projection of the feature map to this many channels (0 =
     # exact fc4): RoIAlign and fc4 cost rank/C of the full ones (runtime.head.factor_fc4).
-    # 64 of 256 channels: 0.398 against 0.405 for the exact fc4, 13 ms less per frame.
+    # 64 of 256 channels: 0.398 against 0.405 for 128 with the same other settings, 5 ms
+    # less per frame (the exact fc4 was measured only with the previous settings: 0.405).
     fc4_rank: int = 64
     # bounding-box regression (ridge, on pooled conv features of the first frame)
     bbreg: bool = True

@@ -20,9 +20,8 @@ def ensure_tvm(model, target_name: str, folder=None) -> Path:
     folder = artifacts.default_dir(model, "tvm", target_name)
     try:
         m = artifacts.verify(folder, model, "tvm", target_name)
-        from export.tvm_build import tuning_db
-
         from export.targets import parse
+        from export.tvm_build import tuning_db
 
         if m.get("tuning_db_sha256") != tuning_db(target_name)[1]:
             # the committed tuning database changed since this cache was built
