@@ -8,11 +8,13 @@ compiled ahead of time with nvcc into ``kernels/<sha256 of its CUDA source>.fatb
 0.27 stores CUDA kernels as source when the build machine has no CUDA driver and compiles
 them when the library is loaded: the native runner answers that from ``kernels/`` and needs no
 compiler on the GPU machine); the native runner (CMake, x86-64) with the TVM runtime libraries
-and every non-system library they load (libcudart); a random patch per bucket with MXNet's
-features for it; the extractor's weights as ``weights.npz``; ``run.sh`` and ``torch_ref.py``.
+and every non-system library they load (libcudart); one patch per bucket cropped around the
+target of a real frame (``--sequence``, a development sequence of ../shared when there is one;
+random values otherwise) with MXNet's features for it; the extractor's weights as ``weights.npz``; ``run.sh`` and ``torch_ref.py``.
 
 On the GPU machine ``./run.sh [RESULTS_DIR]`` runs the native runner per bucket on the CPU
-(llvm libraries) and on CUDA, compares both with the MXNet reference, rebuilds the same
+(llvm libraries; ``--no-cpu`` leaves them out of a pack that must stay small) and on CUDA
+(``CUDA_LIBS=DIR`` times other CUDA libraries, e.g. ones built there with a new tuning database), compares both with the MXNet reference, rebuilds the same
 extractor in PyTorch from ``weights.npz`` and prints a JSON table of per-bucket median ms,
 TVM-CUDA vs PyTorch (cuDNN). It says so plainly, and still runs the CPU part, when the TVM
 runtime cannot use CUDA there (no driver, a driver older than CUDA 13, no GPU).
@@ -165,8 +167,36 @@ def folder_bytes(path: Path) -> int:
 # ----------------------------------------------------------------------------- the pack
 
 
+def sample_patches(model, sequence=None, seed=0):
+    """One extractor input per bucket, prepared as the tracker prepares its patch: cropped
+    around the first ground-truth box of ``sequence`` (default: the first development
+    sequence in ../shared) and mean-subtracted. Random values when no sequence is found."""
+    from runtime.buckets import crop_patch
+
+    if sequence is None:
+        from .common import default_sequences
+
+        found = default_sequences()
+        sequence = found[0] if found else None
+    if sequence is not None:
+        from runtime.sources import open_sequence_folder
+
+        with open_sequence_folder(sequence) as src:
+            frame = next(iter(src))
+            box = np.asarray(src.init_box, dtype=np.float64)
+        mean = model.mean.reshape(1, 1, 3)
+        out = []
+        for b in range(len(model.policy.shapes)):
+            patch = crop_patch(frame.image, model.policy.for_shape(box, b), fill=model.mean)
+            out.append(np.ascontiguousarray((patch.astype(np.float32) - mean).transpose(2, 0, 1)[None]))
+        return out, f"{Path(sequence).name} frame 0, cropped around its ground-truth box"
+    rng = np.random.default_rng(seed)
+    return ([rng.uniform(-128, 128, (1, 3) + tuple(s)).astype(np.float32) for s in model.policy.shapes],
+            f"uniform random in [-128, 128] (seed {seed}; no sequence found)")
+
+
 def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buckets=None, build_dir=None,
-               max_mb=60.0, seed=0) -> dict:
+               max_mb=60.0, seed=0, with_cpu=True, sequence=None) -> dict:
     from export.build import build_onnx, build_tvm
     from export.targets import parse
     from runtime.artifacts import bucket_file
@@ -190,7 +220,8 @@ def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buck
         onnx_dir = build_onnx(model, tmp / "onnx", log=lambda m: log("  " + m))
         log(f"[2/6] TVM {cuda_t.name} and {cpu_t.name} libraries")
         build_tvm(model, cuda_t, onnx_dir, out / "cuda", log=lambda m: log("  " + m))
-        build_tvm(model, cpu_t, onnx_dir, out / "cpu", log=lambda m: log("  " + m))
+        if with_cpu:
+            build_tvm(model, cpu_t, onnx_dir, out / "cpu", log=lambda m: log("  " + m))
 
         log(f"[3/6] CUDA kernels for {arch}, compiled ahead of time")
         nvcc = find_nvcc()
@@ -219,12 +250,12 @@ def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buck
         (out / "patches").mkdir()
         (out / "reference").mkdir()
         ref = MXNetBackend(model)
-        rng = np.random.default_rng(seed)
+        patches, source = sample_patches(model, sequence, seed)
+        log(f"  patches: {source}")
         for b, shape in enumerate(shapes):
-            x = rng.uniform(-128, 128, (1, 3) + shape).astype(np.float32)
             name = bucket_file(b, shape, "npy")
-            np.save(out / "patches" / name, x)
-            np.save(out / "reference" / name, ref.extract(b, x))
+            np.save(out / "patches" / name, patches[b])
+            np.save(out / "reference" / name, ref.extract(b, patches[b]))
         np.savez(out / "weights.npz", **{k: np.asarray(v, np.float32) for k, v in model.extractor_params().items()})
 
         log("[6/6] run.sh, torch_ref.py, pack.json")
@@ -245,6 +276,8 @@ def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buck
             "buckets": [{"name": n, "shape": list(s), "kernels": (f"kernels/{kernels[b]}.fatbin" if kernels[b] else None)}
                         for b, (n, s) in enumerate(zip(names, shapes))],
             "tolerance_rel": 1e-4,
+            "patches": source,
+            "cpu_libraries": with_cpu,
             "needs": "x86-64 Linux with glibc >= 2.34 and libstdc++ from GCC >= 11; for CUDA an NVIDIA driver "
                      "for CUDA 13 (>= 580); python3 with numpy (and torch for the PyTorch side)",
         }
@@ -268,6 +301,9 @@ def main(argv=None) -> int:
     ap.add_argument("--buckets", default=None, help="comma-separated bucket indices (default: all)")
     ap.add_argument("--build-dir", default=None, help="CMake build folder to use (default: a temporary one)")
     ap.add_argument("--max-mb", type=float, default=60.0, help="fail when the pack is larger (default 60)")
+    ap.add_argument("--no-cpu", action="store_true", help="leave out the CPU (llvm) libraries and their check")
+    ap.add_argument("--sequence", default=None,
+                    help="sequence folder whose first frame gives the patches (default: a development sequence)")
     args = ap.parse_args(argv)
     buckets = None
     if args.buckets:
@@ -278,7 +314,8 @@ def main(argv=None) -> int:
     if not args.arch.startswith("sm_") or not args.arch[3:].isdigit():
         ap.error(f"--arch takes sm_XX, got {args.arch!r}")
     try:
-        build_pack(args.model, args.out, args.arch, args.cpu_target, buckets, args.build_dir, args.max_mb)
+        build_pack(args.model, args.out, args.arch, args.cpu_target, buckets, args.build_dir, args.max_mb,
+                   with_cpu=not args.no_cpu, sequence=args.sequence)
     except (RuntimeError, ValueError, IndexError) as e:  # ModelError / ArtifactError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -289,7 +326,8 @@ def main(argv=None) -> int:
 
 RUN_SH = r"""#!/usr/bin/env bash
 # mdtrack GPU pack: checks and times the TVM-CUDA feature extractor on this machine.
-#   ./run.sh [RESULTS_DIR]      (default: ./results; REPEAT=50 WARMUP=10 PYTHON=python3)
+#   ./run.sh [RESULTS_DIR]      (default: ./results; REPEAT=50 WARMUP=10 PYTHON=python3;
+#                               CUDA_LIBS=DIR times the CUDA libraries in DIR instead of cuda/)
 # 1. the native runner on the CPU (TVM llvm libraries) vs the MXNet reference features;
 # 2. the native runner on CUDA (TVM CUDA libraries, kernels precompiled in kernels/) vs the same;
 # 3. torch_ref.py: the same extractor in PyTorch (cuDNN) from weights.npz, its features vs the
@@ -304,6 +342,7 @@ PY="${PYTHON:-python3}"
 REPEAT="${REPEAT:-50}"
 WARMUP="${WARMUP:-10}"
 RUNNER="$HERE/bin/mdtrack_features"
+CUDA_LIBS="${CUDA_LIBS:-$HERE/cuda}"
 BUCKETS="@BUCKETS@"
 mkdir -p "$RES/cpu" "$RES/cuda"
 status=0
@@ -323,7 +362,8 @@ if ! "$RUNNER" --help >/dev/null 2>"$RES/runner_start.err"; then
 fi
 
 echo "== CPU: native runner, TVM llvm libraries, vs MXNet reference"
-for b in $BUCKETS; do
+[ -d "$HERE/cpu" ] || echo "  (no CPU libraries in this pack)"
+[ -d "$HERE/cpu" ] && for b in $BUCKETS; do
   if "$RUNNER" --lib "$HERE/cpu/$b.so" --input "$HERE/patches/$b.npy" --output "$RES/cpu/$b.npy" \
       --repeat 3 --warmup 1 >"$RES/cpu/$b.json" 2>"$RES/cpu/$b.err"; then
     echo "  $b: ok"
@@ -332,10 +372,10 @@ for b in $BUCKETS; do
   fi
 done
 
-echo "== CUDA: native runner, TVM CUDA libraries"
+echo "== CUDA: native runner, TVM CUDA libraries of $CUDA_LIBS"
 cuda_ok=1
 first="${BUCKETS%% *}"
-if ! "$RUNNER" --lib "$HERE/cuda/$first.so" --input "$HERE/patches/$first.npy" --device cuda \
+if ! "$RUNNER" --lib "$CUDA_LIBS/$first.so" --input "$HERE/patches/$first.npy" --device cuda \
     --kernels "$HERE/kernels" --repeat 0 >/dev/null 2>"$RES/cuda/probe.err"; then
   cuda_ok=0
   echo "  CUDA NOT AVAILABLE to the TVM runtime here; the CUDA check and timing are skipped:"
@@ -344,7 +384,7 @@ if ! "$RUNNER" --lib "$HERE/cuda/$first.so" --input "$HERE/patches/$first.npy" -
 fi
 if [ "$cuda_ok" = 1 ]; then
   for b in $BUCKETS; do
-    if "$RUNNER" --lib "$HERE/cuda/$b.so" --input "$HERE/patches/$b.npy" --output "$RES/cuda/$b.npy" \
+    if "$RUNNER" --lib "$CUDA_LIBS/$b.so" --input "$HERE/patches/$b.npy" --output "$RES/cuda/$b.npy" \
         --device cuda --kernels "$HERE/kernels" --repeat "$REPEAT" --warmup "$WARMUP" \
         >"$RES/cuda/$b.json" 2>"$RES/cuda/$b.err"; then
       echo "  $b: $(cat "$RES/cuda/$b.json")"

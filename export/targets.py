@@ -12,6 +12,11 @@ CROSS_CC = {"aarch64": "aarch64-linux-gnu-g++"}
 AARCH64_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
 JETSON_ARCHS = ("sm_72", "sm_87")
 DATACENTER_ARCHS = ("sm_80", "sm_90")
+# Per-block limits shared by every architecture from sm_70 on (without opting in to more
+# shared memory), as TVM's own Jetson and datacenter target tags state them. MetaSchedule's
+# GPU rules need them and a GPU-less build machine cannot ask a device for them.
+CUDA_LIMITS = {"max_shared_memory_per_block": 49152, "max_threads_per_block": 1024,
+               "registers_per_block": 65536}
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ def parse(name: str, mcpu: str | None = None) -> CompileTarget:
         arch = spec.split(":", 1)[1] if ":" in spec else "sm_80"
         if not arch.startswith("sm_") or not arch[3:].isdigit():
             raise ValueError(f"bad CUDA architecture {arch!r}; use e.g. cuda:sm_87")
-        t = {"kind": "cuda", "arch": arch}
+        t = {"kind": "cuda", "arch": arch, **CUDA_LIMITS}
         if host == "aarch64":
             t["host"] = dict(AARCH64_HOST)
             return CompileTarget(f"cuda-{arch}-aarch64", t, "cuda", cross="aarch64")

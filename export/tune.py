@@ -3,12 +3,16 @@
 Tunes the extractor of every bucket (or ``--buckets``) and merges the records into the
 committed database ``export/tuning/<target>/``, which every later build applies without
 tuning. Needs the ``tune`` extra (xgboost, psutil, cloudpickle). GPU targets tune on the
-GPU machine itself.
+GPU machine itself; there ``--onnx-dir`` takes the ONNX set that ``python -m export`` wrote
+elsewhere, so that the GPU machine needs TVM and onnx but not MXNet. ``--max-minutes``
+bounds a session on borrowed hardware: each bucket's records are merged as soon as it is
+done, and no bucket is started that the time left cannot hold.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -43,8 +47,16 @@ def tune_bucket(onnx_path, target, trials_per_task: int, work_dir, build_timeout
         max_trials_global=trials_per_task * len(tasks), max_trials_per_task=trials_per_task,
         num_trials_per_iter=min(64, trials_per_task),
         builder=ms.builder.LocalBuilder(timeout_sec=build_timeout),
-        runner=ms.runner.LocalRunner(timeout_sec=60.0), seed=0)
+        runner=ms.runner.LocalRunner(timeout_sec=60.0, evaluator_config=_evaluator(target)), seed=0)
     return len(tasks)
+
+
+def _evaluator(target):
+    """GPU kernels of these shapes run in microseconds: 20 ms of repeats per candidate measure
+    them as steadily as MetaSchedule's default 100 ms and leave a short GPU lease more trials."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.runner.EvaluatorConfig(min_repeat_ms=20 if target.device == "cuda" else 100)
 
 
 def merge_database(src_dir, dst_dir) -> int:
@@ -64,6 +76,22 @@ def merge_database(src_dir, dst_dir) -> int:
     return n
 
 
+ONNX_NAME = re.compile(r"^bucket(\d+)_(\d+)x(\d+)\.onnx$")
+
+
+def onnx_buckets(onnx_dir) -> dict:
+    """{bucket index: (shape, path)} of an ONNX artifact set's ``bucket{i}_{H}x{W}.onnx`` files."""
+    found = {}
+    for f in sorted(Path(onnx_dir).glob("*.onnx")):
+        m = ONNX_NAME.match(f.name)
+        if m:
+            found[int(m.group(1))] = ((int(m.group(2)), int(m.group(3))), f)
+    if not found:
+        raise ValueError(f"{onnx_dir} holds no bucket<i>_<H>x<W>.onnx files: write them with "
+                         "python -m export --model DIR --targets llvm --out DIR (its onnx/ folder)")
+    return found
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.tune", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
@@ -71,16 +99,21 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=64, help="trials per task (per fused kernel)")
     ap.add_argument("--buckets", default=None, help="comma-separated bucket indices (default: all)")
     ap.add_argument("--db", default=None, help="database folder (default: export/tuning/<target>)")
+    ap.add_argument("--onnx-dir", default=None,
+                    help="tune this ONNX set (python -m export's onnx/ folder) instead of exporting the model")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="start no bucket that would end after this many minutes (estimated from the last one)")
     args = ap.parse_args(argv)
 
-    from runtime.model import load_model
-
-    from .build import build_onnx
     from .targets import parse
     from .tvm_build import tuning_dir
 
-    model = load_model(args.model)
-    target = parse(args.target)
+    try:
+        target = parse(args.target)
+        given = onnx_buckets(args.onnx_dir) if args.onnx_dir else None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if target.device == "cpu":
         # MetaSchedule needs the core count; records are looked up by workload, so builds
         # without this attribute still find them.
@@ -93,29 +126,63 @@ def main(argv=None) -> int:
         print("error: cross targets cannot be tuned here; tune on the board and copy the database", file=sys.stderr)
         return 2
     db = Path(args.db) if args.db else tuning_dir(target.name)
-    buckets = [int(b) for b in args.buckets.split(",")] if args.buckets else list(range(len(model.policy.shapes)))
     log = {"target": target.name, "trials_per_task": args.trials, "buckets": {}}
+    if target.device == "cuda":
+        log["device"] = _gpu_name()
+    start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_dir = build_onnx(model, Path(tmp) / "onnx", log=lambda m: None)
-        from runtime.artifacts import bucket_file
+        if given is None:
+            from runtime.artifacts import bucket_file
+            from runtime.model import load_model
 
+            from .build import build_onnx
+
+            model = load_model(args.model)
+            onnx_dir = build_onnx(model, Path(tmp) / "onnx", log=lambda m: None)
+            given = {b: (tuple(s), onnx_dir / bucket_file(b, s, "onnx")) for b, s in enumerate(model.policy.shapes)}
+        try:
+            buckets = [int(b) for b in args.buckets.split(",")] if args.buckets else sorted(given)
+            missing = [b for b in buckets if b not in given]
+        except ValueError:
+            buckets, missing = [], [args.buckets]
+        if missing:
+            print(f"error: no bucket {missing[0]} (buckets: {', '.join(map(str, sorted(given)))})", file=sys.stderr)
+            return 2
+        last = 0.0
         for b in buckets:
-            shape = model.policy.shapes[b]
-            path = onnx_dir / bucket_file(b, shape, "onnx")
+            shape, path = given[b]
+            spent = (time.time() - start) / 60
+            if args.max_minutes is not None and spent + last > args.max_minutes:
+                print(f"bucket {b} {shape[0]}x{shape[1]}: not tuned ({spent:.1f} of {args.max_minutes} min spent, "
+                      f"the last bucket took {last:.1f})", flush=True)
+                log["buckets"][f"{shape[0]}x{shape[1]}"] = {"skipped": "time budget"}
+                continue
             work = Path(tmp) / f"work{b}"
             t0 = time.time()
             print(f"bucket {b} {shape[0]}x{shape[1]}: {args.trials} trials per task", flush=True)
             n_tasks = tune_bucket(path, target, args.trials, work)
             n = merge_database(work, db)
-            minutes = (time.time() - t0) / 60
-            log["buckets"][f"{shape[0]}x{shape[1]}"] = {"tasks": n_tasks, "records": n, "minutes": round(minutes, 2)}
-            print(f"bucket {b}: {n} records merged into {db} in {minutes:.1f} min", flush=True)
+            last = (time.time() - t0) / 60
+            log["buckets"][f"{shape[0]}x{shape[1]}"] = {"tasks": n_tasks, "records": n, "minutes": round(last, 2)}
+            print(f"bucket {b}: {n} records merged into {db} in {last:.1f} min", flush=True)
             shutil.rmtree(work, ignore_errors=True)
     history = db / "tuning_log.json"
     old = json.loads(history.read_text()) if history.is_file() else []
     old.append(log)
     history.write_text(json.dumps(old, indent=1) + "\n")
     return 0
+
+
+def _gpu_name():
+    """The GPU's name as the CUDA driver gives it (None without one)."""
+    try:
+        import subprocess
+
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=20)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 if __name__ == "__main__":
