@@ -204,3 +204,53 @@ def test_cached_build_is_redone_when_the_tuning_database_changes(one_bucket_mode
     ensure_tvm(one_bucket_model, "llvm")
     assert "another tuning database" in capsys.readouterr().err
     assert json.loads(mpath.read_text())["tuning_db_sha256"] == tuning_db("llvm")[1]
+
+
+def test_cuda_targets_state_the_block_limits_metaschedule_needs():
+    from export.targets import CUDA_LIMITS, parse
+
+    for name in ("cuda:sm_90", "cuda:sm_87@aarch64"):
+        attrs = dict(parse(name).tvm_target().attrs)
+        for k, v in CUDA_LIMITS.items():
+            assert int(attrs[k]) == v, (name, k)
+
+
+def test_tune_takes_an_onnx_set_and_keeps_to_its_time_budget(tmp_path, monkeypatch, capsys):
+    """--onnx-dir needs no model or MXNet; --max-minutes starts no bucket that the time left
+    cannot hold (estimated from the last bucket), and the log says which were skipped."""
+    from export import tune
+
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    for name in ("bucket0_64x64.onnx", "bucket1_64x96.onnx", "bucket2_96x96.onnx", "notes.txt"):
+        (onnx_dir / name).write_bytes(b"")
+    assert {b: s for b, (s, _) in tune.onnx_buckets(onnx_dir).items()} == {0: (64, 64), 1: (64, 96), 2: (96, 96)}
+
+    clock = [1000.0]
+    tuned = []
+
+    def fake_tune(path, target, trials, work):  # each bucket "takes" two minutes
+        tuned.append(Path(path).name)
+        clock[0] += 120.0
+        return 7
+
+    monkeypatch.setattr(tune.time, "time", lambda: clock[0])
+    monkeypatch.setattr(tune, "tune_bucket", fake_tune)
+    monkeypatch.setattr(tune, "merge_database", lambda work, db: 3)
+    db = tmp_path / "db"
+    db.mkdir()
+    rc = tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir), "--buckets", "2,0,1", "--trials", "4",
+                    "--db", str(db), "--max-minutes", "3"])
+    assert rc == 0
+    assert tuned == ["bucket2_96x96.onnx"]  # after it, 2 min spent + 2 min estimate > 3
+    log = json.loads((db / "tuning_log.json").read_text())[-1]
+    assert log["buckets"]["96x96"] == {"tasks": 7, "records": 3, "minutes": 2.0}
+    assert log["buckets"]["64x64"] == {"skipped": "time budget"}
+    assert "not tuned" in capsys.readouterr().out
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert tune.main(["--target", "llvm", "--onnx-dir", str(empty)]) == 2
+    assert "no bucket<i>_<H>x<W>.onnx files" in capsys.readouterr().err
+    assert tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir), "--buckets", "5"]) == 2
+    assert "no bucket 5" in capsys.readouterr().err
