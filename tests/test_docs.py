@@ -66,6 +66,7 @@ POLICY = {
     "sh:cmake": ("skip", "native build against TVM's C++ runtime: not built by the Python test suite"),
     "sh:ctest": ("skip", "native tests: not built by the Python test suite"),
     "sh:make": ("skip", "native build: not built by the Python test suite"),
+    "sh:run.sh": ("skip", "the GPU pack's script: runs on a GPU machine (its CPU part is tested in test_native)"),
 }
 
 # Python blocks matching a pattern are compiled and their imports resolved, but not run.
