@@ -2,8 +2,10 @@
 
     python -m benchmarks.features [--model models/default] [--backends mxnet,onnxruntime,tvm] [--repeat 50]
 
-Each backend runs the same random patch of every bucket ``--repeat`` times after warm-up;
-reports the median and p95 ms per bucket and the ratio to MXNet (features.json / .md).
+Every backend runs the same random patch of every bucket ``--repeat`` times after warm-up,
+interleaved (each round times every backend on every bucket once), so that a machine whose
+speed drifts during the run slows all backends alike; reports the median and p95 ms per
+bucket and the ratio to MXNet (features.json / .md).
 """
 from __future__ import annotations
 
@@ -20,19 +22,24 @@ from runtime.report import markdown_table
 from .common import dump_json, machine
 
 
-def time_backend(backend, model, repeat, warmup=5) -> dict:
-    out = {}
-    for b, shape in enumerate(model.policy.shapes):
-        x = np.random.default_rng(b).uniform(-128, 128, (1, 3) + tuple(shape)).astype(np.float32)
-        for _ in range(warmup):
-            backend.extract(b, x)
-        ms = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            backend.extract(b, x)
-            ms.append((time.perf_counter() - t) * 1e3)
-        out[f"{shape[0]}x{shape[1]}"] = {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
-    return out
+def time_interleaved(backends: dict, model, repeat, warmup=5) -> dict:
+    """{backend: {bucket: {median_ms, p95_ms}}}, each round timing every (bucket, backend) once."""
+    shapes = [tuple(s) for s in model.policy.shapes]
+    xs = [np.random.default_rng(b).uniform(-128, 128, (1, 3) + s).astype(np.float32) for b, s in enumerate(shapes)]
+    for be in backends.values():
+        for b, x in enumerate(xs):
+            for _ in range(warmup):
+                be.extract(b, x)
+    ms = {(n, b): [] for n in backends for b in range(len(xs))}
+    for _ in range(repeat):
+        for b, x in enumerate(xs):
+            for n, be in backends.items():
+                t = time.perf_counter()
+                be.extract(b, x)
+                ms[(n, b)].append((time.perf_counter() - t) * 1e3)
+    return {n: {f"{s[0]}x{s[1]}": {"median_ms": float(np.median(ms[(n, b)])),
+                                   "p95_ms": float(np.percentile(ms[(n, b)], 95))}
+                for b, s in enumerate(shapes)} for n in backends}
 
 
 def main(argv=None) -> int:
@@ -49,16 +56,17 @@ def main(argv=None) -> int:
     names = [b for b in args.backends.split(",") if b]
     res = {"machine": machine(), "command": "python -m benchmarks.features " + " ".join(argv or sys.argv[1:]),
            "backends": {}}
+    backends = {}
     for name in names:
         kw = {"artifacts": args.artifacts} if (name == "tvm" and args.artifacts) else {}
-        be = make_backend(name, model, **kw)
+        backends[name] = make_backend(name, model, **kw)
         if name == "tvm":
             import json
 
-            m = json.loads((Path(be.folder) / "manifest.json").read_text())
+            m = json.loads((Path(backends[name].folder) / "manifest.json").read_text())
             res["tvm_tuning_db"] = m.get("tuning_db")
-        res["backends"][name] = time_backend(be, model, args.repeat)
-        del be
+    res["backends"] = time_interleaved(backends, model, args.repeat)
+    del backends
     buckets = list(res["backends"][names[0]])
     rows = []
     for bk in buckets:

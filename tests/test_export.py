@@ -229,7 +229,7 @@ def test_tune_takes_an_onnx_set_and_keeps_to_its_time_budget(tmp_path, monkeypat
     clock = [1000.0]
     tuned = []
 
-    def fake_tune(path, target, trials, work):  # each bucket "takes" two minutes
+    def fake_tune(path, target, trials, work, top=None):  # each bucket "takes" two minutes
         tuned.append(Path(path).name)
         clock[0] += 120.0
         return 7
@@ -254,3 +254,24 @@ def test_tune_takes_an_onnx_set_and_keeps_to_its_time_budget(tmp_path, monkeypat
     assert "no bucket<i>_<H>x<W>.onnx files" in capsys.readouterr().err
     assert tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir), "--buckets", "5"]) == 2
     assert "no bucket 5" in capsys.readouterr().err
+
+
+def test_top_tasks_are_the_heaviest_convolutions(one_bucket_model, tmp_path):
+    """--top N tunes the N kernels with the most FLOPs x occurrences: for the SqueezeNet
+    extractor, 3x3 expand convolutions and the first conv, never a pool or a concat."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+    from tvm.s_tir.meta_schedule import relax_integration as ri
+
+    from export.build import build_onnx
+    from export.targets import parse
+    from export.tune import heaviest, prepare
+    from export.tvm_build import import_onnx
+
+    onnx_dir = build_onnx(one_bucket_model, tmp_path / "onnx", log=lambda m: None)
+    target = parse("llvm")
+    tasks = ri.extract_tasks(prepare(import_onnx(next(onnx_dir.glob("*.onnx"))), target), target.tvm_target())
+    work = {t.task_name: float(estimate_tir_flops(t.dispatched[0])) * t.weight for t in tasks}
+    top = [t.task_name for t in heaviest(tasks, 3)]
+    assert len(top) == 3 and all("conv2d" in n for n in top)
+    assert [work[n] for n in top] == sorted(work.values(), reverse=True)[:3]
+    assert len(heaviest(tasks, None)) == len(tasks)
