@@ -45,7 +45,7 @@ def heaviest(tasks, n: int | None):
 
 
 def tune_bucket(onnx_path, target, trials_per_task: int, work_dir, build_timeout: float = 300.0,
-                top: int | None = None) -> int:
+                top: int | None = None, seed: int = 0) -> int:
     """Tune every task (or the ``top`` heaviest) of one bucket; returns the number tuned."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule import relax_integration as ri
@@ -54,7 +54,7 @@ def tune_bucket(onnx_path, target, trials_per_task: int, work_dir, build_timeout
 
     mod = prepare(import_onnx(onnx_path), target)
     tasks = heaviest(ri.extract_tasks(mod, target.tvm_target()), top)
-    contexts, weights = ri.extracted_tasks_to_tune_contexts(extracted_tasks=tasks, work_dir=str(work_dir), seed=0)
+    contexts, weights = ri.extracted_tasks_to_tune_contexts(extracted_tasks=tasks, work_dir=str(work_dir), seed=seed)
     # A loaded 2-core machine compiles a candidate in tens of seconds: the default 30 s
     # builder timeout turned every candidate into a "build error".
     ri.tune_tasks(
@@ -118,6 +118,8 @@ def main(argv=None) -> int:
                     help="tune this ONNX set (python -m export's onnx/ folder) instead of exporting the model")
     ap.add_argument("--top", type=int, default=None,
                     help="tune only the N tasks with the most FLOPs of each bucket (default: every task)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="search seed: a later session with another seed explores other candidates")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="start no bucket that would end after this many minutes (estimated from the last one)")
     args = ap.parse_args(argv)
@@ -146,6 +148,8 @@ def main(argv=None) -> int:
     log = {"target": target.name, "trials_per_task": args.trials, "buckets": {}}
     if args.top is not None:
         log["top_tasks"] = args.top
+    if args.seed:
+        log["seed"] = args.seed
     if target.device == "cuda":
         log["device"] = _gpu_name()
     start = time.time()
@@ -179,7 +183,7 @@ def main(argv=None) -> int:
             work = Path(tmp) / f"work{b}"
             t0 = time.time()
             print(f"bucket {b} {shape[0]}x{shape[1]}: {args.trials} trials per task", flush=True)
-            n_tasks = tune_bucket(path, target, args.trials, work, top=args.top)
+            n_tasks = tune_bucket(path, target, args.trials, work, top=args.top, seed=args.seed)
             n = merge_database(work, db)
             last = (time.time() - t0) / 60
             log["buckets"][f"{shape[0]}x{shape[1]}"] = {"tasks": n_tasks, "records": n, "minutes": round(last, 2)}

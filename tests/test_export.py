@@ -229,7 +229,7 @@ def test_tune_takes_an_onnx_set_and_keeps_to_its_time_budget(tmp_path, monkeypat
     clock = [1000.0]
     tuned = []
 
-    def fake_tune(path, target, trials, work, top=None):  # each bucket "takes" two minutes
+    def fake_tune(path, target, trials, work, top=None, seed=0):  # each bucket "takes" two minutes
         tuned.append(Path(path).name)
         clock[0] += 120.0
         return 7
