@@ -1,11 +1,14 @@
 """Feature-extraction time per bucket, backend by backend, in one run.
 
-    python -m benchmarks.features [--model models/default] [--backends mxnet,onnxruntime,tvm] [--repeat 50]
+    python -m benchmarks.features [--model models/default] [--backends mxnet,onnxruntime,tvm] [--repeat 100]
 
-Every backend runs the same random patch of every bucket ``--repeat`` times after warm-up,
-interleaved (each round times every backend on every bucket once), so that a machine whose
-speed drifts during the run slows all backends alike; reports the median and p95 ms per
-bucket and the ratio to MXNet (features.json / .md).
+Each backend runs alone in its own process, as in the tracker: measured in one process,
+MXNet's oneDNN ran up to 1.4x slower beside the ONNX Runtime and TVM thread pools. The
+processes alternate in rounds (one per backend per round, order rotated), each timing
+``BLOCK`` calls of every bucket after warm-up, so that a machine whose speed drifts during
+the run (this shared 2-core VM's does, by up to 1.5x over an hour) slows all backends alike.
+Reports the median and p95 ms per bucket over all rounds and the ratio to MXNet
+(features.json / .md).
 """
 from __future__ import annotations
 
@@ -22,24 +25,60 @@ from runtime.report import markdown_table
 from .common import dump_json, machine
 
 
-def time_interleaved(backends: dict, model, repeat, warmup=5) -> dict:
-    """{backend: {bucket: {median_ms, p95_ms}}}, each round timing every (bucket, backend) once."""
-    shapes = [tuple(s) for s in model.policy.shapes]
-    xs = [np.random.default_rng(b).uniform(-128, 128, (1, 3) + s).astype(np.float32) for b, s in enumerate(shapes)]
-    for be in backends.values():
-        for b, x in enumerate(xs):
-            for _ in range(warmup):
-                be.extract(b, x)
-    ms = {(n, b): [] for n in backends for b in range(len(xs))}
-    for _ in range(repeat):
-        for b, x in enumerate(xs):
-            for n, be in backends.items():
-                t = time.perf_counter()
-                be.extract(b, x)
-                ms[(n, b)].append((time.perf_counter() - t) * 1e3)
-    return {n: {f"{s[0]}x{s[1]}": {"median_ms": float(np.median(ms[(n, b)])),
-                                   "p95_ms": float(np.percentile(ms[(n, b)], 95))}
-                for b, s in enumerate(shapes)} for n in backends}
+BLOCK = 10
+
+
+def time_alone(name, model_dir, artifacts, calls, warmup=5) -> dict:
+    """{bucket: [ms, ...]} of ``calls`` timed calls per bucket of one backend (this process)."""
+    from runtime.backends import make_backend
+
+    model = load_model(model_dir)
+    kw = {"artifacts": artifacts} if (name == "tvm" and artifacts) else {}
+    be = make_backend(name, model, **kw)
+    out = {"tvm_tuning_db": None, "ms": {}}
+    if name == "tvm":
+        import json
+
+        out["tvm_tuning_db"] = json.loads((Path(be.folder) / "manifest.json").read_text()).get("tuning_db")
+    for b, shape in enumerate(model.policy.shapes):
+        x = np.random.default_rng(b).uniform(-128, 128, (1, 3) + tuple(shape)).astype(np.float32)
+        for _ in range(warmup):
+            be.extract(b, x)
+        ms = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            be.extract(b, x)
+            ms.append((time.perf_counter() - t) * 1e3)
+        out["ms"][f"{shape[0]}x{shape[1]}"] = ms
+    return out
+
+
+def time_rounds(names, model_dir, artifacts, repeat) -> tuple:
+    """({backend: {bucket: {median_ms, p95_ms}}}, tuning db) from alternating worker processes."""
+    import json
+    import subprocess
+
+    raw = {n: {} for n in names}
+    db = None
+    rounds = max(1, -(-repeat // BLOCK))
+    for r in range(rounds):
+        calls = min(BLOCK, repeat - r * BLOCK)
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            cmd = [sys.executable, "-m", "benchmarks.features", "--worker", n, "--repeat", str(calls)]
+            if model_dir:
+                cmd += ["--model", str(model_dir)]
+            if artifacts:
+                cmd += ["--artifacts", str(artifacts)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(Path(__file__).resolve().parents[1]))
+            if proc.returncode != 0:
+                raise RuntimeError(f"{n} worker failed: {proc.stderr.strip().splitlines()[-1:]}")
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+            db = got["tvm_tuning_db"] or db
+            for bk, ms in got["ms"].items():
+                raw[n].setdefault(bk, []).extend(ms)
+    stats = {n: {bk: {"median_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95))}
+                 for bk, v in raw[n].items()} for n in names}
+    return stats, db
 
 
 def main(argv=None) -> int:
@@ -47,26 +86,22 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     ap.add_argument("--backends", default="mxnet,onnxruntime,tvm")
     ap.add_argument("--artifacts", default=None, help="prebuilt TVM set (default: the llvm cache)")
-    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=100, help="timed calls per bucket and backend (default 100: 10 rounds)")
     ap.add_argument("--out", default="benchmarks/results/features")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one backend, JSON on stdout
     args = ap.parse_args(argv)
-    from runtime.backends import make_backend
+    if args.worker:
+        import json
 
-    model = load_model(args.model)
+        print(json.dumps(time_alone(args.worker, args.model, args.artifacts, args.repeat)))
+        return 0
+
     names = [b for b in args.backends.split(",") if b]
     res = {"machine": machine(), "command": "python -m benchmarks.features " + " ".join(argv or sys.argv[1:]),
+           "timing": f"each backend alone in its own process; rounds of {BLOCK} calls per bucket, alternating",
            "backends": {}}
-    backends = {}
-    for name in names:
-        kw = {"artifacts": args.artifacts} if (name == "tvm" and args.artifacts) else {}
-        backends[name] = make_backend(name, model, **kw)
-        if name == "tvm":
-            import json
-
-            m = json.loads((Path(backends[name].folder) / "manifest.json").read_text())
-            res["tvm_tuning_db"] = m.get("tuning_db")
-    res["backends"] = time_interleaved(backends, model, args.repeat)
-    del backends
+    load_model(args.model)  # a bad --model fails here, before any worker starts
+    res["backends"], res["tvm_tuning_db"] = time_rounds(names, args.model, args.artifacts, args.repeat)
     buckets = list(res["backends"][names[0]])
     rows = []
     for bk in buckets:
