@@ -13,6 +13,8 @@ Reports the median and p95 ms per bucket over all rounds and the ratio to MXNet
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,8 +39,6 @@ def time_alone(name, model_dir, artifacts, calls, warmup=5) -> dict:
     be = make_backend(name, model, **kw)
     out = {"tvm_tuning_db": None, "ms": {}}
     if name == "tvm":
-        import json
-
         out["tvm_tuning_db"] = json.loads((Path(be.folder) / "manifest.json").read_text()).get("tuning_db")
     for b, shape in enumerate(model.policy.shapes):
         x = np.random.default_rng(b).uniform(-128, 128, (1, 3) + tuple(shape)).astype(np.float32)
@@ -55,9 +55,6 @@ def time_alone(name, model_dir, artifacts, calls, warmup=5) -> dict:
 
 def time_rounds(names, model_dir, artifacts, repeat) -> tuple:
     """({backend: {bucket: {median_ms, p95_ms}}}, tuning db) from alternating worker processes."""
-    import json
-    import subprocess
-
     raw = {n: {} for n in names}
     db = None
     rounds = max(1, -(-repeat // BLOCK))
@@ -91,8 +88,6 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one backend, JSON on stdout
     args = ap.parse_args(argv)
     if args.worker:
-        import json
-
         print(json.dumps(time_alone(args.worker, args.model, args.artifacts, args.repeat)))
         return 0
 

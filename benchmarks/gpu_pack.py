@@ -171,7 +171,7 @@ def sample_patches(model, sequence=None, seed=0):
     """One extractor input per bucket, prepared as the tracker prepares its patch: cropped
     around the first ground-truth box of ``sequence`` (default: the first development
     sequence in ../shared) and mean-subtracted. Random values when no sequence is found."""
-    from runtime.buckets import crop_patch
+    from runtime.buckets import extractor_input
 
     if sequence is None:
         from .common import default_sequences
@@ -184,11 +184,8 @@ def sample_patches(model, sequence=None, seed=0):
         with open_sequence_folder(sequence) as src:
             frame = next(iter(src))
             box = np.asarray(src.init_box, dtype=np.float64)
-        mean = model.mean.reshape(1, 1, 3)
-        out = []
-        for b in range(len(model.policy.shapes)):
-            patch = crop_patch(frame.image, model.policy.for_shape(box, b), fill=model.mean)
-            out.append(np.ascontiguousarray((patch.astype(np.float32) - mean).transpose(2, 0, 1)[None]))
+        out = [extractor_input(frame.image, model.policy.for_shape(box, b), model.mean)
+               for b in range(len(model.policy.shapes))]
         return out, f"{Path(sequence).name} frame 0, cropped around its ground-truth box"
     rng = np.random.default_rng(seed)
     return ([rng.uniform(-128, 128, (1, 3) + tuple(s)).astype(np.float32) for s in model.policy.shapes],

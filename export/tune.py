@@ -133,6 +133,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        wanted = [int(b) for b in args.buckets.split(",")] if args.buckets else None
+    except ValueError:
+        print(f"error: --buckets takes indices like 0,3, got {args.buckets!r}", file=sys.stderr)
+        return 2
     if target.device == "cpu":
         # MetaSchedule needs the core count; records are looked up by workload, so builds
         # without this attribute still find them.
@@ -163,11 +168,8 @@ def main(argv=None) -> int:
             model = load_model(args.model)
             onnx_dir = build_onnx(model, Path(tmp) / "onnx", log=lambda m: None)
             given = {b: (tuple(s), onnx_dir / bucket_file(b, s, "onnx")) for b, s in enumerate(model.policy.shapes)}
-        try:
-            buckets = [int(b) for b in args.buckets.split(",")] if args.buckets else sorted(given)
-            missing = [b for b in buckets if b not in given]
-        except ValueError:
-            buckets, missing = [], [args.buckets]
+        buckets = wanted if wanted is not None else sorted(given)
+        missing = [b for b in buckets if b not in given]
         if missing:
             print(f"error: no bucket {missing[0]} (buckets: {', '.join(map(str, sorted(given)))})", file=sys.stderr)
             return 2

@@ -217,3 +217,11 @@ def crop_patch(image: np.ndarray, geom: PatchGeometry, fill=(0, 0, 0)) -> np.nda
         image, geom.affine(), (w, h), flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(float(v) for v in fill),
     )
+
+
+def extractor_input(image: np.ndarray, geom: PatchGeometry, mean) -> np.ndarray:
+    """The conv extractor's input for ``geom``: the patch cropped with the model's ``mean``
+    as border fill, mean-subtracted, as a (1, 3, H, W) float32 array (BGR channel order)."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(3)
+    patch = crop_patch(image, geom, fill=mean)
+    return np.ascontiguousarray((patch.astype(np.float32) - mean).transpose(2, 0, 1)[None])

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import sampling
 from .bbreg import BBoxRegressor
-from .buckets import crop_patch
+from .buckets import extractor_input
 from .errors import TrackerInputError
 from .geometry import iou, keep_center_inside
 from .imageops import to_bgr8
@@ -82,7 +82,6 @@ class Tracker:
         self.bucketed = bucketed
         self.head = None
         self.frame = -1
-        self._mean = self.model.mean.reshape(1, 1, 3)
 
     # -- helpers ------------------------------------------------------------------------
     def _geometry(self, box, region=None):
@@ -92,8 +91,7 @@ class Tracker:
 
     def _features(self, image, geom, stages):
         t = time.perf_counter()
-        patch = crop_patch(image, geom, fill=self.model.mean)
-        x = np.ascontiguousarray((patch.astype(np.float32) - self._mean).transpose(2, 0, 1)[None])
+        x = extractor_input(image, geom, self.model.mean)
         t1 = time.perf_counter()
         feat = self.backend.extract(geom.bucket, x) if self.bucketed else self.backend.extract_any(x)
         stages["crop"] = stages.get("crop", 0.0) + (t1 - t) * 1e3

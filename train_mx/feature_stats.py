@@ -25,18 +25,17 @@ def feature_moment(model: Model, domains, every: int = 10) -> tuple:
     """(C, C) mean of f f^T over every feature-map cell of target-centred patches, one
     frame in ``every`` of each domain; returns (moment, number of cells)."""
     from runtime.backends import make_backend
-    from runtime.buckets import crop_patch
+    from runtime.buckets import extractor_input
     from runtime.sources import read_image
 
     backend = make_backend("mxnet", model)
-    policy, mean = model.policy, model.mean.reshape(1, 1, 3)
+    policy = model.policy
     acc = np.zeros((model.channels, model.channels))
     cells = 0
     for d in domains:
         for path, box in list(zip(d.frames, d.boxes))[::every]:
             geom = policy.select(box)
-            patch = crop_patch(read_image(path), geom, fill=model.mean)
-            x = np.ascontiguousarray((patch.astype(np.float32) - mean).transpose(2, 0, 1)[None])
+            x = extractor_input(read_image(path), geom, model.mean)
             f = backend.extract(geom.bucket, x)[0].reshape(model.channels, -1).astype(np.float64)
             acc += f @ f.T
             cells += f.shape[1]
