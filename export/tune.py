@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -91,19 +90,35 @@ def merge_database(src_dir, dst_dir) -> int:
     return n
 
 
-ONNX_NAME = re.compile(r"^bucket(\d+)_(\d+)x(\d+)\.onnx$")
-
-
 def onnx_buckets(onnx_dir) -> dict:
-    """{bucket index: (shape, path)} of an ONNX artifact set's ``bucket{i}_{H}x{W}.onnx`` files."""
+    """{bucket index: (shape, path)} of an ONNX artifact set, read from the manifest that
+    ``python -m export`` wrote beside the files, each file checked against its sha256."""
+    from runtime.artifacts import MANIFEST, bucket_file
+    from runtime.model import sha256_file
+
+    folder = Path(onnx_dir)
+    fix = "write one with python -m export --model DIR --targets llvm --out DIR (its onnx/ folder)"
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise ValueError(f"{folder} is not an ONNX artifact set (no {MANIFEST}); {fix}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{mpath} is unreadable ({e}); {fix}") from None
+    if manifest.get("kind") != "onnx":
+        raise ValueError(f"{folder} holds a {manifest.get('kind')!r} artifact set, not an ONNX one; {fix}")
+    files = manifest.get("files", {})
     found = {}
-    for f in sorted(Path(onnx_dir).glob("*.onnx")):
-        m = ONNX_NAME.match(f.name)
-        if m:
-            found[int(m.group(1))] = ((int(m.group(2)), int(m.group(3))), f)
+    for i, shape in enumerate(manifest.get("buckets", [])):
+        name = bucket_file(i, shape, "onnx")
+        path = folder / name
+        if name not in files or not path.is_file():
+            raise ValueError(f"{path} is missing from the ONNX set its manifest describes; {fix}")
+        if sha256_file(path) != files[name]:
+            raise ValueError(f"{path} does not match its sha256 in the manifest (corrupt or modified); {fix}")
+        found[i] = ((int(shape[0]), int(shape[1])), path)
     if not found:
-        raise ValueError(f"{onnx_dir} holds no bucket<i>_<H>x<W>.onnx files: write them with "
-                         "python -m export --model DIR --targets llvm --out DIR (its onnx/ folder)")
+        raise ValueError(f"the manifest of {folder} lists no buckets; {fix}")
     return found
 
 
@@ -157,6 +172,15 @@ def main(argv=None) -> int:
         log["seed"] = args.seed
     if target.device == "cuda":
         log["device"] = _gpu_name()
+    history = db / "tuning_log.json"
+    entries = json.loads(history.read_text()) if history.is_file() else []
+    entries.append(log)
+
+    def save_log():
+        # after every bucket, so a run stopped by a time limit keeps the line for what it merged
+        db.mkdir(parents=True, exist_ok=True)
+        history.write_text(json.dumps(entries, indent=1) + "\n")
+
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         if given is None:
@@ -181,6 +205,7 @@ def main(argv=None) -> int:
                 print(f"bucket {b} {shape[0]}x{shape[1]}: not tuned ({spent:.1f} of {args.max_minutes} min spent, "
                       f"the last bucket took {last:.1f})", flush=True)
                 log["buckets"][f"{shape[0]}x{shape[1]}"] = {"skipped": "time budget"}
+                save_log()
                 continue
             work = Path(tmp) / f"work{b}"
             t0 = time.time()
@@ -189,12 +214,9 @@ def main(argv=None) -> int:
             n = merge_database(work, db)
             last = (time.time() - t0) / 60
             log["buckets"][f"{shape[0]}x{shape[1]}"] = {"tasks": n_tasks, "records": n, "minutes": round(last, 2)}
+            save_log()
             print(f"bucket {b}: {n} records merged into {db} in {last:.1f} min", flush=True)
             shutil.rmtree(work, ignore_errors=True)
-    history = db / "tuning_log.json"
-    old = json.loads(history.read_text()) if history.is_file() else []
-    old.append(log)
-    history.write_text(json.dumps(old, indent=1) + "\n")
     return 0
 
 

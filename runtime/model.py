@@ -62,6 +62,11 @@ class Model:
         return int(self.config.get("roi_sample_ratio", 2))
 
     @property
+    def roi_shrink(self) -> float:
+        """Patch pixels the network takes off each RoI side before pooling (0: models trained before it existed)."""
+        return float(self.config.get("roi_shrink", 0.0))
+
+    @property
     def channels(self) -> int:
         return int(self.config["feature_channels"])
 

@@ -1,4 +1,5 @@
 """The compiled fast path: ONNX per bucket, TVM per target, manifests, backend parity."""
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -222,8 +223,13 @@ def test_tune_takes_an_onnx_set_and_keeps_to_its_time_budget(tmp_path, monkeypat
 
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()
-    for name in ("bucket0_64x64.onnx", "bucket1_64x96.onnx", "bucket2_96x96.onnx", "notes.txt"):
-        (onnx_dir / name).write_bytes(b"")
+    shapes = [[64, 64], [64, 96], [96, 96]]
+    names = [f"bucket{i}_{h}x{w}.onnx" for i, (h, w) in enumerate(shapes)]
+    for i, name in enumerate(names):
+        (onnx_dir / name).write_bytes(bytes([i]))
+    manifest = {"kind": "onnx", "buckets": shapes,
+                "files": {n: hashlib.sha256(bytes([i])).hexdigest() for i, n in enumerate(names)}}
+    (onnx_dir / "manifest.json").write_text(json.dumps(manifest))
     assert {b: s for b, (s, _) in tune.onnx_buckets(onnx_dir).items()} == {0: (64, 64), 1: (64, 96), 2: (96, 96)}
 
     clock = [1000.0]
@@ -248,12 +254,33 @@ def test_tune_takes_an_onnx_set_and_keeps_to_its_time_budget(tmp_path, monkeypat
     assert log["buckets"]["64x64"] == {"skipped": "time budget"}
     assert "not tuned" in capsys.readouterr().out
 
+    # a run stopped part-way (a time limit, Ctrl-C) keeps the log line of what it merged
+    def stopped(path, target, trials, work, top=None, seed=0):
+        if tuned:
+            raise KeyboardInterrupt
+        return fake_tune(path, target, trials, work, top, seed)
+
+    tuned.clear()
+    monkeypatch.setattr(tune, "tune_bucket", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir), "--buckets", "0,1", "--db", str(db)])
+    logs = json.loads((db / "tuning_log.json").read_text())
+    assert len(logs) == 2 and logs[-1]["buckets"] == {"64x64": {"tasks": 7, "records": 3, "minutes": 2.0}}
+
     empty = tmp_path / "empty"
     empty.mkdir()
+    (empty / "bucket0_64x64.onnx").write_bytes(b"")  # files without a manifest are not a set
     assert tune.main(["--target", "llvm", "--onnx-dir", str(empty)]) == 2
-    assert "no bucket<i>_<H>x<W>.onnx files" in capsys.readouterr().err
+    assert "not an ONNX artifact set (no manifest.json)" in capsys.readouterr().err
     assert tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir), "--buckets", "5"]) == 2
     assert "no bucket 5" in capsys.readouterr().err
+    (onnx_dir / names[1]).write_bytes(b"changed")
+    assert tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir)]) == 2
+    assert "does not match its sha256" in capsys.readouterr().err
+    manifest["kind"] = "tvm"
+    (onnx_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir)]) == 2
+    assert "not an ONNX one" in capsys.readouterr().err
 
 
 def test_top_tasks_are_the_heaviest_convolutions(one_bucket_model, tmp_path):

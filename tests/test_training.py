@@ -135,6 +135,20 @@ def test_roialign_half_cell_shift_is_visible():
     np.testing.assert_allclose(out[0, 0, 0], [5.5, 6.5, 7.5], rtol=1e-5)
 
 
+def test_roialign_shrink_pools_the_inner_box():
+    """shrink=s pools exactly what the RoI with s px cut off each side pools, and a RoI
+    narrower than 2s + 1 px shrinks to 1 px about its centre, never inverts."""
+    rng = np.random.default_rng(0)
+    feat = mx.nd.array(rng.normal(0, 1, (1, 3, 12, 16)).astype(np.float32))
+    rois = np.array([[0, 10, 12, 90, 70], [0, 40, 30, 50, 36]], np.float32)
+    inner = np.array([[0, 22, 24, 78, 58], [0, 44.5, 32.5, 45.5, 33.5]], np.float32)
+    sym = lambda shrink: network.roi_pool(mx.sym.Variable("feat"), mx.sym.Variable("rois"), 2, shrink)
+    a = sym(12.0).eval(feat=feat, rois=mx.nd.array(rois))[0].asnumpy()
+    b = sym(0.0).eval(feat=feat, rois=mx.nd.array(inner))[0].asnumpy()
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a, sym(0.0).eval(feat=feat, rois=mx.nd.array(rois))[0].asnumpy())
+
+
 # --------------------------------------------------------------------------- bucket policy
 
 _coord = st.floats(-2000, 2000, allow_nan=False)
@@ -261,7 +275,7 @@ class FakeModel:
     def __init__(self, channels=8, seed=0):
         rng = np.random.default_rng(seed)
         self.channels = channels
-        self.roi_sample_ratio = 2
+        self.roi_sample_ratio, self.roi_shrink = 2, 0.0
         self.feature_cov = None
         self._p = {"fc4_weight": rng.normal(0, 0.05, (512, channels * 9)), "fc4_bias": rng.normal(0, 0.1, 512),
                    "fc5_weight": rng.normal(0, 0.05, (512, 512)), "fc5_bias": rng.normal(0, 0.1, 512)}
@@ -274,6 +288,20 @@ class FakeModel:
 def _head(**kw):
     params = TrackerParams(n_candidates=16, mine_from=64, batch_pos=8, batch_neg=8, **kw)
     return OnlineHead(FakeModel(), mx.cpu(), params, np.random.default_rng(0))
+
+
+def test_online_head_pools_with_the_models_roi_shrink():
+    """The head pools candidates the way the model was trained: a model recording
+    roi_shrink=8 embeds a box as a shrink-free model embeds the box 8 px smaller a side."""
+    params = TrackerParams(n_candidates=16, mine_from=64, batch_pos=8, batch_neg=8, fc4_rank=0)
+    shrunk, plain = FakeModel(), FakeModel()
+    shrunk.roi_shrink = 8.0
+    feat = np.random.default_rng(2).normal(0, 1, (1, 8, 12, 16)).astype(np.float32)
+    boxes = np.array([[10.0, 12.0, 60.0, 50.0], [30.0, 20.0, 40.0, 40.0]])
+    inner = boxes + np.array([8.0, 8.0, -16.0, -16.0])
+    a, _ = OnlineHead(shrunk, mx.cpu(), params, np.random.default_rng(0)).embed(feat, boxes)
+    b, _ = OnlineHead(plain, mx.cpu(), params, np.random.default_rng(0)).embed(feat, inner)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("n", [64, 40])  # mine_from rows (mine executor) and any other count (score)

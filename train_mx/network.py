@@ -75,12 +75,22 @@ def extractor(name: str, data=None, feature_scale: float = 1.0):
     return feat, c
 
 
-def roi_pool(feat, rois, sample_ratio: int = 2):
+def roi_pool(feat, rois, sample_ratio: int = 2, shrink: float = 0.0):
     """RoIAlign 3x3 at 1/8 scale; rois are (K, 5) rows (batch index, x1, y1, x2, y2) in patch px.
 
     ``sample_ratio``: bilinear samples per bin side (2 -> 4 per bin); the model config
     records it so that tracking pools the way training did, or cheaper where measured.
+    ``shrink``: pixels taken off each side of every RoI before pooling (at most down to a
+    1-px box), as RT-MDNet shrinks RoIs by the receptive field: a stride-8 cell sees about
+    63 px of the patch, so an unshrunk 3x3 grid over a 64-px target pools mostly background.
+    Part of the graph, so training and tracking always pool the same way.
     """
+    if shrink:
+        idx = mx.sym.slice_axis(rois, axis=1, begin=0, end=1)
+        lo = mx.sym.slice_axis(rois, axis=1, begin=1, end=3)
+        hi = mx.sym.slice_axis(rois, axis=1, begin=3, end=5)
+        d = mx.sym.clip((hi - lo - 1.0) * 0.5, 0.0, float(shrink))
+        rois = mx.sym.concat(idx, lo + d, hi - d, dim=1)
     return mx.sym.contrib.ROIAlign(feat, rois, pooled_size=POOLED, spatial_scale=1.0 / STRIDE,
                                    sample_ratio=int(sample_ratio), aligned=True, name="roi_align")
 
@@ -105,7 +115,8 @@ def fc_head(pooled, n_out: int = 2, dropout: float = 0.5, fc6_lr_mult: float = 1
     return mx.sym.FullyConnected(x, weight=w6, bias=b6, num_hidden=n_out, name="fc6")
 
 
-def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5, feature_scale: float = 1.0):
+def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5, feature_scale: float = 1.0,
+                    roi_shrink: float = 0.0):
     """Whole multi-domain training graph.
 
     Inputs carry the patch axis first so that data-parallel slicing hands every device
@@ -115,7 +126,7 @@ def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5, f
     each RoI's branch so that only its own domain's fc6 receives gradient.
     """
     feat, _ = extractor(extractor_name, feature_scale=feature_scale)
-    pooled = roi_pool(feat, mx.sym.reshape(mx.sym.Variable("rois"), shape=(-1, 5)))
+    pooled = roi_pool(feat, mx.sym.reshape(mx.sym.Variable("rois"), shape=(-1, 5)), shrink=roi_shrink)
     scores = fc_head(pooled, n_out=2 * n_domains, dropout=dropout)
     scores = mx.sym.reshape(scores, shape=(-1, n_domains, 2))
     mask = mx.sym.reshape(mx.sym.Variable("domain_mask"), shape=(-1, n_domains, 1))

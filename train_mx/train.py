@@ -58,8 +58,9 @@ class Trainer:
 
     def __init__(self, extractor, n_domains, policy, contexts, lr=1e-4, fc_lr_mult=10.0, wd=5e-4,
                  momentum=0.9, clip=10.0, freeze=(), kvstore="local", batch_pos=32, batch_neg=96,
-                 mine_from=1024, seed=0):
+                 mine_from=1024, seed=0, roi_shrink=0.0):
         self.extractor = extractor
+        self.roi_shrink = float(roi_shrink)
         self.n_domains = n_domains
         self.policy = policy
         self.contexts = contexts
@@ -73,7 +74,8 @@ class Trainer:
         self.feature_scale = FEATURE_SCALE[extractor]
         self.binds = 0
         self.bound_keys = []
-        sym = network.training_symbol(extractor, n_domains, feature_scale=self.feature_scale)
+        sym = network.training_symbol(extractor, n_domains, feature_scale=self.feature_scale,
+                                      roi_shrink=self.roi_shrink)
         self.arg_names = sym.list_arguments()
         params = [n for n in self.arg_names if n not in ("data", "rois", "domain_mask", "label")]
         self.fixed = [n for n in params if any(n.startswith(f + "_") or n == f for f in freeze)]
@@ -198,9 +200,10 @@ def heldout_loss(trainer, sampler, n_batches: int) -> float:
     return float(np.mean(losses))
 
 
-def model_config(extractor, policy, args=None) -> dict:
+def model_config(extractor, policy, args=None, roi_shrink: float = 0.0) -> dict:
     return {
         "extractor": extractor,
+        "roi_shrink": float(roi_shrink),
         "feature_channels": 512 if extractor == "vggm" else 256,
         "feature_scale": FEATURE_SCALE[extractor],
         "mean_bgr": MEAN[extractor],
@@ -223,6 +226,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fc-lr-mult", type=float, default=10.0)
     ap.add_argument("--freeze", default=None, help="comma-separated layer prefixes not trained (default per extractor)")
     ap.add_argument("--mine-from", type=int, default=1024)
+    ap.add_argument("--roi-shrink", type=float, default=0.0,
+                    help="patch pixels taken off each side of every RoI before pooling, as RT-MDNet shrinks RoIs by the receptive field (recorded in the model; 0 = the shipped model)")
     ap.add_argument("--ctx", default="cpu:0", help="cpu:0,cpu:1 or gpu:0,gpu:1 (data parallel)")
     ap.add_argument("--kvstore", default="local", help="local, device or dist_sync (with train_mx.launch)")
     ap.add_argument("--out", default="runs/train", help="checkpoint folder")
@@ -247,7 +252,8 @@ def main(argv=None) -> int:
     contexts = parse_ctx(args.ctx)
     freeze = FREEZE[args.extractor] if args.freeze is None else [f for f in args.freeze.split(",") if f]
     trainer = Trainer(args.extractor, len(domains), policy, contexts, lr=args.lr, fc_lr_mult=args.fc_lr_mult,
-                      freeze=freeze, kvstore=args.kvstore, mine_from=args.mine_from, seed=args.seed)
+                      freeze=freeze, kvstore=args.kvstore, mine_from=args.mine_from, seed=args.seed,
+                      roi_shrink=args.roi_shrink)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rank = trainer.kvstore.rank if not isinstance(trainer.kvstore, str) else 0
@@ -272,7 +278,7 @@ def main(argv=None) -> int:
                            seed=args.seed * 1000 + 7919 * rank + start)
     held_sampler = BatchSampler(held, policy, MEAN[args.extractor], n_neg=args.mine_from, patches=len(contexts),
                                 seed=12345) if held else None
-    config = model_config(args.extractor, policy, {k: v for k, v in vars(args).items()})
+    config = model_config(args.extractor, policy, {k: v for k, v in vars(args).items()}, args.roi_shrink)
     t_start = time.time()
     it = start
     bar = tqdm(total=args.iterations, initial=start, disable=args.quiet or not sys.stderr.isatty(), unit="it")
