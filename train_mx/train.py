@@ -226,6 +226,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fc-lr-mult", type=float, default=10.0)
     ap.add_argument("--freeze", default=None, help="comma-separated layer prefixes not trained (default per extractor)")
     ap.add_argument("--mine-from", type=int, default=1024)
+    ap.add_argument("--target-size", type=float, default=64.0,
+                    help="target's side in patch pixels (the bucket policy's scale; recorded in the model)")
     ap.add_argument("--roi-shrink", type=float, default=0.0,
                     help="patch pixels taken off each side of every RoI before pooling, as RT-MDNet shrinks RoIs by the receptive field (recorded in the model; 0 = the shipped model)")
     ap.add_argument("--ctx", default="cpu:0", help="cpu:0,cpu:1 or gpu:0,gpu:1 (data parallel)")
@@ -243,7 +245,7 @@ def main(argv=None) -> int:
     seqs = args.sequences or sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "sequences").iterdir()
                                     if p.is_dir())
     holdout = {h for h in args.holdout.split(",") if h}
-    policy = BucketPolicy()
+    policy = BucketPolicy(target_size=args.target_size)
     domains = load_domains([s for s in seqs if Path(s).name not in holdout])
     held = load_domains([s for s in seqs if Path(s).name in holdout]) if holdout else []
     if not domains:
