@@ -431,6 +431,20 @@ def test_set_params_survives_the_first_multi_device_update(synthetic):
         np.testing.assert_allclose(dev["fc5_weight"], w, atol=1e-3)
 
 
+def test_train_records_target_size_and_roi_shrink_in_the_model(sequences, tmp_path):
+    """The crop scale and the RoI shrink a model was trained with travel in its config, so
+    the tracker crops and pools the same way."""
+    from runtime.model import load_model
+    from train_mx import train
+
+    rc = train.main(["--sequences", *sequences, "--iterations", "2", "--epoch-size", "2", "--pretrained", "",
+                     "--target-size", "48", "--roi-shrink", "4", "--out", str(tmp_path / "run"),
+                     "--save-model", str(tmp_path / "model"), "--quiet"])
+    assert rc == 0
+    model = load_model(tmp_path / "model")
+    assert model.policy.target_size == 48.0 and model.roi_shrink == 4.0
+
+
 WORKER = textwrap.dedent('''
     """Runs train_mx.train and dumps this worker's final parameters and batch hashes."""
     import hashlib, json, os, sys
