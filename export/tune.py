@@ -93,30 +93,18 @@ def merge_database(src_dir, dst_dir) -> int:
 def onnx_buckets(onnx_dir) -> dict:
     """{bucket index: (shape, path)} of an ONNX artifact set, read from the manifest that
     ``python -m export`` wrote beside the files, each file checked against its sha256."""
-    from runtime.artifacts import MANIFEST, bucket_file
-    from runtime.model import sha256_file
+    from runtime.artifacts import bucket_file, check_files, read_manifest
 
     folder = Path(onnx_dir)
     fix = "write one with python -m export --model DIR --targets llvm --out DIR (its onnx/ folder)"
-    mpath = folder / MANIFEST
-    if not mpath.is_file():
-        raise ValueError(f"{folder} is not an ONNX artifact set (no {MANIFEST}); {fix}")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{mpath} is unreadable ({e}); {fix}") from None
-    if manifest.get("kind") != "onnx":
-        raise ValueError(f"{folder} holds a {manifest.get('kind')!r} artifact set, not an ONNX one; {fix}")
-    files = manifest.get("files", {})
+    manifest = read_manifest(folder, "onnx", fix)
+    check_files(folder, manifest, fix)
     found = {}
     for i, shape in enumerate(manifest.get("buckets", [])):
         name = bucket_file(i, shape, "onnx")
-        path = folder / name
-        if name not in files or not path.is_file():
-            raise ValueError(f"{path} is missing from the ONNX set its manifest describes; {fix}")
-        if sha256_file(path) != files[name]:
-            raise ValueError(f"{path} does not match its sha256 in the manifest (corrupt or modified); {fix}")
-        found[i] = ((int(shape[0]), int(shape[1])), path)
+        if name not in manifest.get("files", {}):
+            raise ValueError(f"{folder / name} is missing from the ONNX set its manifest describes; {fix}")
+        found[i] = ((int(shape[0]), int(shape[1])), folder / name)
     if not found:
         raise ValueError(f"the manifest of {folder} lists no buckets; {fix}")
     return found

@@ -69,14 +69,9 @@ def _versions(kind: str) -> dict:
     return out
 
 
-def verify(folder, model, kind: str, target: str) -> dict:
-    """Check a set against the model, bucket set, target, installed TVM and file hashes.
-
-    Returns the manifest; raises :class:`ArtifactError` naming the mismatch and the
-    command that rebuilds the set.
-    """
+def read_manifest(folder, kind: str, fix: str) -> dict:
+    """The manifest of an artifact set of ``kind``; :class:`ArtifactError` ending in ``fix``."""
     folder = Path(folder)
-    fix = f"rebuild with: {rebuild_command(model, target, folder)}"
     mpath = folder / MANIFEST
     if not mpath.is_file():
         raise ArtifactError(f"no {MANIFEST} in {folder}; {fix}")
@@ -86,6 +81,28 @@ def verify(folder, model, kind: str, target: str) -> dict:
         raise ArtifactError(f"{mpath} is not valid JSON ({e}); {fix}") from None
     if m.get("kind") != kind:
         raise ArtifactError(f"{folder} holds {m.get('kind')} artifacts, not {kind}; {fix}")
+    return m
+
+
+def check_files(folder, manifest: dict, fix: str) -> None:
+    """Every file the manifest lists is there and matches its sha256."""
+    for name, digest in manifest.get("files", {}).items():
+        f = Path(folder) / name
+        if not f.is_file():
+            raise ArtifactError(f"{f} is missing; {fix}")
+        if sha256_file(f) != digest:
+            raise ArtifactError(f"{f} does not match its sha256 in the manifest (corrupt or modified); {fix}")
+
+
+def verify(folder, model, kind: str, target: str) -> dict:
+    """Check a set against the model, bucket set, target, installed TVM and file hashes.
+
+    Returns the manifest; raises :class:`ArtifactError` naming the mismatch and the
+    command that rebuilds the set.
+    """
+    folder = Path(folder)
+    fix = f"rebuild with: {rebuild_command(model, target, folder)}"
+    m = read_manifest(folder, kind, fix)
     if m.get("model_hash") != model.model_hash:
         raise ArtifactError(f"{folder} was built for another model ({str(m.get('model_hash'))[:12]}, "
                             f"this is {model.model_hash[:12]}); {fix}")
@@ -99,12 +116,7 @@ def verify(folder, model, kind: str, target: str) -> dict:
         built = m.get("versions", {}).get("tvm")
         if built != tvm.__version__:
             raise ArtifactError(f"{folder} was built with TVM {built}, installed is {tvm.__version__}; {fix}")
-    for name, digest in m.get("files", {}).items():
-        f = folder / name
-        if not f.is_file():
-            raise ArtifactError(f"{f} is missing; {fix}")
-        if sha256_file(f) != digest:
-            raise ArtifactError(f"{f} does not match its sha256 in the manifest (corrupt or modified); {fix}")
+    check_files(folder, m, fix)
     for b, shape in enumerate(model.policy.shapes):
         name = bucket_file(b, shape, "onnx" if kind == "onnx" else "so")
         if name not in m.get("files", {}):

@@ -60,7 +60,6 @@ class Trainer:
                  momentum=0.9, clip=10.0, freeze=(), kvstore="local", batch_pos=32, batch_neg=96,
                  mine_from=1024, seed=0, roi_shrink=0.0):
         self.extractor = extractor
-        self.roi_shrink = float(roi_shrink)
         self.n_domains = n_domains
         self.policy = policy
         self.contexts = contexts
@@ -75,7 +74,7 @@ class Trainer:
         self.binds = 0
         self.bound_keys = []
         sym = network.training_symbol(extractor, n_domains, feature_scale=self.feature_scale,
-                                      roi_shrink=self.roi_shrink)
+                                      roi_shrink=float(roi_shrink))
         self.arg_names = sym.list_arguments()
         params = [n for n in self.arg_names if n not in ("data", "rois", "domain_mask", "label")]
         self.fixed = [n for n in params if any(n.startswith(f + "_") or n == f for f in freeze)]
