@@ -302,3 +302,24 @@ def test_top_tasks_are_the_heaviest_convolutions(one_bucket_model, tmp_path):
     assert len(top) == 3 and all("conv2d" in n for n in top)
     assert [work[n] for n in top] == sorted(work.values(), reverse=True)[:3]
     assert len(heaviest(tasks, None)) == len(tasks)
+
+
+def test_tuning_builder_builds_candidates_in_its_workers(one_bucket_model, tmp_path):
+    """The builder's workers build a real candidate with ``build_candidate`` (picklable, and
+    without the 16 s tensor-intrinsic import of MetaSchedule's default build)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule import relax_integration as ri
+
+    from export.build import build_onnx
+    from export.targets import parse
+    from export.tune import build_candidate, heaviest, prepare
+    from export.tvm_build import import_onnx
+
+    onnx_dir = build_onnx(one_bucket_model, tmp_path / "onnx", log=lambda m: None)
+    target = parse("llvm")
+    task = heaviest(ri.extract_tasks(prepare(import_onnx(next(onnx_dir.glob("*.onnx"))), target),
+                                     target.tvm_target()), 1)[0]
+    builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=120, f_build=build_candidate)
+    (result,) = builder.build([ms.builder.BuilderInput(task.dispatched[0], target.tvm_target())])
+    assert result.error_msg is None, result.error_msg
+    assert Path(result.artifact_path).is_file() and Path(result.artifact_path).stat().st_size > 0
