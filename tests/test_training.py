@@ -86,6 +86,33 @@ def test_training_symbol_shapes():
     assert out == [(20, 2)]
 
 
+def test_instance_loss_output_and_labels():
+    """With RT-MDNet's instance loss the symbol gives a second output, a softmax over the
+    domains' positive logits per RoI, and reads inst_label (domain or -1)."""
+    sym = network.training_symbol("squeezenet", n_domains=3, instance_weight=0.1)
+    assert "inst_label" in sym.list_arguments()
+    _, out, _ = sym.infer_shape(data=(2, 3, 64, 96), rois=(2, 10, 5), domain_mask=(2, 10, 3), label=(2, 10),
+                                inst_label=(2, 10))
+    assert out == [(20, 2), (20, 3)]
+
+
+def test_instance_loss_trains_the_own_branch_above_the_others(synthetic):
+    """Steps on one domain's batches raise that domain's share of the positives' instance
+    softmax; the negatives carry no instance label."""
+    rng = np.random.default_rng(0)
+    trainer = tiny_trainer(instance_weight=1.0, lr=1e-3)
+    batch = frame_batch(synthetic, SMALL, 0, 1, rng, domain=1)
+    built = trainer._batch(batch.data, batch.pos[:, :4], np.ones((1, 4), np.float32), 1)
+    np.testing.assert_array_equal(built.label[1].asnumpy(), [[1, 1, 1, 1]])
+    built = trainer._batch(batch.data, batch.neg[:, :4], np.zeros((1, 4), np.float32), 1)
+    np.testing.assert_array_equal(built.label[1].asnumpy(), [[-1, -1, -1, -1]])
+    first = [trainer.step(batch)["instance_loss"]]
+    for _ in range(15):
+        first.append(trainer.step(batch)["instance_loss"])
+    assert first[0] == pytest.approx(np.log(2), abs=0.2)  # two domains, fc6 starts near zero
+    assert first[-1] < 0.5 * first[0]
+
+
 # --------------------------------------------------------------------------- RoIAlign
 
 
@@ -438,11 +465,12 @@ def test_train_records_target_size_and_roi_shrink_in_the_model(sequences, tmp_pa
     from train_mx import train
 
     rc = train.main(["--sequences", *sequences, "--iterations", "2", "--epoch-size", "2", "--pretrained", "",
-                     "--target-size", "48", "--roi-shrink", "4", "--out", str(tmp_path / "run"),
+                     "--target-size", "48", "--roi-shrink", "4", "--instance-loss", "0.1", "--out", str(tmp_path / "run"),
                      "--save-model", str(tmp_path / "model"), "--quiet"])
     assert rc == 0
     model = load_model(tmp_path / "model")
     assert model.policy.target_size == 48.0 and model.roi_shrink == 4.0
+    assert model.config["training"]["instance_loss"] == 0.1
 
 
 WORKER = textwrap.dedent('''

@@ -116,7 +116,7 @@ def fc_head(pooled, n_out: int = 2, dropout: float = 0.5, fc6_lr_mult: float = 1
 
 
 def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5, feature_scale: float = 1.0,
-                    roi_shrink: float = 0.0):
+                    roi_shrink: float = 0.0, instance_weight: float = 0.0):
     """Whole multi-domain training graph.
 
     Inputs carry the patch axis first so that data-parallel slicing hands every device
@@ -124,15 +124,28 @@ def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5, f
     index is local to the device (0 with one patch per device), domain_mask (P, R, D)
     one-hot, label (P, R) in {0, 1}. fc6 has one 2-way branch per domain; the mask picks
     each RoI's branch so that only its own domain's fc6 receives gradient.
+
+    ``instance_weight`` > 0 adds RT-MDNet's instance embedding loss as a second output: for
+    every positive RoI, a softmax over the domains' positive logits whose target is the
+    RoI's own domain (``inst_label`` (P, R): the domain index, -1 for negatives, ignored).
+    It trains the shared layers to tell this target from the other training targets, not
+    only from background, and pushes the other branches' scores of it down.
     """
     feat, _ = extractor(extractor_name, feature_scale=feature_scale)
     pooled = roi_pool(feat, mx.sym.reshape(mx.sym.Variable("rois"), shape=(-1, 5)), shrink=roi_shrink)
     scores = fc_head(pooled, n_out=2 * n_domains, dropout=dropout)
     scores = mx.sym.reshape(scores, shape=(-1, n_domains, 2))
     mask = mx.sym.reshape(mx.sym.Variable("domain_mask"), shape=(-1, n_domains, 1))
-    scores = mx.sym.sum(mx.sym.broadcast_mul(scores, mask), axis=1, name="domain_scores")
+    own = mx.sym.sum(mx.sym.broadcast_mul(scores, mask), axis=1, name="domain_scores")
     label = mx.sym.reshape(mx.sym.Variable("label"), shape=(-1,))
-    return mx.sym.SoftmaxOutput(scores, label=label, normalization="batch", name="softmax")
+    binary = mx.sym.SoftmaxOutput(own, label=label, normalization="batch", name="softmax")
+    if not instance_weight:
+        return binary
+    positive = mx.sym.reshape(mx.sym.slice_axis(scores, axis=2, begin=1, end=2), shape=(-1, n_domains))
+    inst_label = mx.sym.reshape(mx.sym.Variable("inst_label"), shape=(-1,))
+    instance = mx.sym.SoftmaxOutput(positive, label=inst_label, use_ignore=True, ignore_label=-1,
+                                    normalization="valid", grad_scale=float(instance_weight), name="instance")
+    return mx.sym.Group([binary, instance])
 
 
 def head_param_names() -> list:

@@ -58,7 +58,7 @@ class Trainer:
 
     def __init__(self, extractor, n_domains, policy, contexts, lr=1e-4, fc_lr_mult=10.0, wd=5e-4,
                  momentum=0.9, clip=10.0, freeze=(), kvstore="local", batch_pos=32, batch_neg=96,
-                 mine_from=1024, seed=0, roi_shrink=0.0):
+                 mine_from=1024, seed=0, roi_shrink=0.0, instance_weight=0.0):
         self.extractor = extractor
         self.n_domains = n_domains
         self.policy = policy
@@ -73,14 +73,16 @@ class Trainer:
         self.feature_scale = FEATURE_SCALE[extractor]
         self.binds = 0
         self.bound_keys = []
+        self.instance = float(instance_weight) > 0
         sym = network.training_symbol(extractor, n_domains, feature_scale=self.feature_scale,
-                                      roi_shrink=float(roi_shrink))
+                                      roi_shrink=float(roi_shrink), instance_weight=float(instance_weight))
         self.arg_names = sym.list_arguments()
-        params = [n for n in self.arg_names if n not in ("data", "rois", "domain_mask", "label")]
+        self.label_names = ("label", "inst_label") if self.instance else ("label",)
+        params = [n for n in self.arg_names if n not in ("data", "rois", "domain_mask") + self.label_names]
         self.fixed = [n for n in params if any(n.startswith(f + "_") or n == f for f in freeze)]
 
         def sym_gen(key):
-            return sym, ("data", "rois", "domain_mask"), ("label",)
+            return sym, ("data", "rois", "domain_mask"), self.label_names
 
         biggest = max(range(len(policy.shapes)), key=lambda b: policy.shapes[b][0] * policy.shapes[b][1])
         self.default_key = self._key(biggest, max(mine_from, batch_pos + batch_neg))
@@ -121,7 +123,7 @@ class Trainer:
                 mx.io.DataDesc("domain_mask", (self.P, r, self.n_domains))]
 
     def _label_shapes(self, key):
-        return [mx.io.DataDesc("label", (self.P, key[2]))]
+        return [mx.io.DataDesc(n, (self.P, key[2])) for n in self.label_names]
 
     def _count_bind(self, key):
         if key not in self.bound_keys:
@@ -146,8 +148,11 @@ class Trainer:
         rois[..., 3:5] = rois_xywh[..., :2] + rois_xywh[..., 2:]
         mask = np.zeros((p, r, self.n_domains), np.float32)
         mask[..., domain] = 1.0
+        label = [mx.nd.array(labels)]
+        if self.instance:  # positives name their domain; negatives are ignored (-1)
+            label.append(mx.nd.array(np.where(labels > 0, float(domain), -1.0).astype(np.float32)))
         return mx.io.DataBatch(data=[mx.nd.array(data), mx.nd.array(rois), mx.nd.array(mask)],
-                               label=[mx.nd.array(labels)], bucket_key=(data.shape[2], data.shape[3], r),
+                               label=label, bucket_key=(data.shape[2], data.shape[3], r),
                                provide_data=self._data_shapes((data.shape[2], data.shape[3], r)),
                                provide_label=self._label_shapes((data.shape[2], data.shape[3], r)))
 
@@ -166,10 +171,15 @@ class Trainer:
         self._count_bind(train.bucket_key)
         self.mod.forward_backward(train)
         self.mod.update()
-        out = self.mod.get_outputs()[0].asnumpy().reshape(P, -1, 2)
+        outputs = self.mod.get_outputs()
+        out = outputs[0].asnumpy().reshape(P, -1, 2)
         acc = float(np.mean((out[..., 1] > 0.5) == (self.labels == 1)))
-        return {"loss": softmax_loss(out, self.labels), "acc": acc,
-                "hard_neg_prob": float(np.take_along_axis(prob, hard, 1).mean())}
+        stats = {"loss": softmax_loss(out, self.labels), "acc": acc,
+                 "hard_neg_prob": float(np.take_along_axis(prob, hard, 1).mean())}
+        if self.instance:  # NLL of the own domain among all branches, positives only
+            inst = outputs[1].asnumpy().reshape(P, -1, self.n_domains)[:, : self.batch_pos, batch.domain]
+            stats["instance_loss"] = float(-np.mean(np.log(np.clip(inst, 1e-12, None))))
+        return stats
 
     def evaluate(self, batch):
         """Softmax outputs (P, R, 2) and labels for positives and a random (not mined)
@@ -229,6 +239,8 @@ def main(argv=None) -> int:
                     help="target's side in patch pixels (the bucket policy's scale; recorded in the model)")
     ap.add_argument("--roi-shrink", type=float, default=0.0,
                     help="patch pixels taken off each side of every RoI before pooling, as RT-MDNet shrinks RoIs by the receptive field (recorded in the model; 0 = the shipped model)")
+    ap.add_argument("--instance-loss", type=float, default=0.0,
+                    help="weight of RT-MDNet's instance embedding loss (0 = off, the shipped model; RT-MDNet uses 0.1)")
     ap.add_argument("--ctx", default="cpu:0", help="cpu:0,cpu:1 or gpu:0,gpu:1 (data parallel)")
     ap.add_argument("--kvstore", default="local", help="local, device or dist_sync (with train_mx.launch)")
     ap.add_argument("--out", default="runs/train", help="checkpoint folder")
@@ -254,7 +266,7 @@ def main(argv=None) -> int:
     freeze = FREEZE[args.extractor] if args.freeze is None else [f for f in args.freeze.split(",") if f]
     trainer = Trainer(args.extractor, len(domains), policy, contexts, lr=args.lr, fc_lr_mult=args.fc_lr_mult,
                       freeze=freeze, kvstore=args.kvstore, mine_from=args.mine_from, seed=args.seed,
-                      roi_shrink=args.roi_shrink)
+                      roi_shrink=args.roi_shrink, instance_weight=args.instance_loss)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rank = trainer.kvstore.rank if not isinstance(trainer.kvstore, str) else 0
@@ -294,11 +306,15 @@ def main(argv=None) -> int:
         entry = {"iteration": it, "loss": float(np.mean([s["loss"] for s in stats])),
                  "acc": float(np.mean([s["acc"] for s in stats])), "seconds": time.time() - t0,
                  "binds": trainer.binds}
+        if trainer.instance:
+            entry["instance_loss"] = float(np.mean([s["instance_loss"] for s in stats]))
         if held_sampler is not None and (it % (args.epoch_size * 5) == 0 or it >= args.iterations):
             entry["heldout_loss"] = heldout_loss(trainer, held_sampler, args.heldout_batches)
         log.append(entry)
         msg = (f"epoch {len(log):3d} iter {it:6d} loss {entry['loss']:.4f} acc {entry['acc']:.3f} "
                f"time {entry['seconds']:.1f}s binds {trainer.binds}")
+        if "instance_loss" in entry:
+            msg += f" inst {entry['instance_loss']:.4f}"
         if "heldout_loss" in entry:
             msg += f" heldout {entry['heldout_loss']:.4f}"
         bar.write(msg) if not bar.disable else print(msg, flush=True)
