@@ -473,6 +473,24 @@ def test_train_records_target_size_and_roi_shrink_in_the_model(sequences, tmp_pa
     assert model.config["training"]["instance_loss"] == 0.1
 
 
+def test_resume_refuses_a_changed_recipe(sequences, tmp_path, capsys):
+    """--resume continues the checkpoint's run: an option that defines it (here the RoI
+    shrink) given differently is refused with the option named, not silently switched."""
+    from train_mx import train
+
+    base = ["--sequences", *sequences, "--epoch-size", "2", "--pretrained", "", "--out", str(tmp_path / "run"),
+            "--quiet", "--roi-shrink", "4"]
+    assert train.main(base + ["--iterations", "2"]) == 0
+    capsys.readouterr()
+    changed = [a if a != "4" else "0" for a in base]
+    assert train.main(changed + ["--iterations", "4", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--roi-shrink 0.0 (checkpoint: 4.0)" in err and "new --out" in err
+    assert train.main(base + ["--iterations", "4", "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["iteration"] == 4
+
+
 WORKER = textwrap.dedent('''
     """Runs train_mx.train and dumps this worker's final parameters and batch hashes."""
     import hashlib, json, os, sys

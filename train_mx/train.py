@@ -209,6 +209,24 @@ def heldout_loss(trainer, sampler, n_batches: int) -> float:
     return float(np.mean(losses))
 
 
+# Options that define what a run trains; a resumed run must keep them.
+RECIPE = ("extractor", "target_size", "roi_shrink", "instance_loss", "lr", "fc_lr_mult", "freeze", "mine_from",
+          "holdout")
+
+
+def resume_mismatch(config: dict, args, parser) -> str | None:
+    """The first recipe option given differently from the checkpoint's run, as
+    '--name NEW (checkpoint: OLD)', or None. Options a checkpoint predates count as their
+    default."""
+    recorded = config.get("training", {})
+    for name in RECIPE:
+        old = recorded.get(name, parser.get_default(name))
+        new = getattr(args, name)
+        if old != new and not (isinstance(new, float) and old is not None and float(old) == new):
+            return f"--{name.replace('_', '-')} {new} (checkpoint: {old})"
+    return None
+
+
 def model_config(extractor, policy, args=None, roi_shrink: float = 0.0) -> dict:
     return {
         "extractor": extractor,
@@ -275,6 +293,11 @@ def main(argv=None) -> int:
     ckpt = out / "checkpoint"
     if args.resume and (ckpt / "manifest.json").is_file():
         m = load_model(ckpt)
+        changed = resume_mismatch(m.config, args, ap)
+        if changed:
+            print(f"error: {changed} differs from the checkpoint in {ckpt}; resume with the checkpoint's "
+                  f"values or train into a new --out", file=sys.stderr)
+            return 2
         trainer.set_params(m.params)
         state = json.loads((out / "state.json").read_text())
         start, log = state["iteration"], state["log"]
