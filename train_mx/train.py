@@ -222,7 +222,7 @@ def resume_mismatch(config: dict, args, parser) -> str | None:
     for name in RECIPE:
         old = recorded.get(name, parser.get_default(name))
         new = getattr(args, name)
-        if old != new and not (isinstance(new, float) and old is not None and float(old) == new):
+        if old != new:
             return f"--{name.replace('_', '-')} {new} (checkpoint: {old})"
     return None
 
@@ -271,6 +271,15 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
+    out = Path(args.out)
+    ckpt = out / "checkpoint"
+    # A refused resume should cost nothing: check before the data and the network are built.
+    resumed = load_model(ckpt) if args.resume and (ckpt / "manifest.json").is_file() else None
+    changed = resume_mismatch(resumed.config, args, ap) if resumed is not None else None
+    if changed:
+        print(f"error: {changed} differs from the checkpoint in {ckpt}; resume with the checkpoint's "
+              f"values or train into a new --out", file=sys.stderr)
+        return 2
     seqs = args.sequences or sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "sequences").iterdir()
                                     if p.is_dir())
     holdout = {h for h in args.holdout.split(",") if h}
@@ -285,20 +294,12 @@ def main(argv=None) -> int:
     trainer = Trainer(args.extractor, len(domains), policy, contexts, lr=args.lr, fc_lr_mult=args.fc_lr_mult,
                       freeze=freeze, kvstore=args.kvstore, mine_from=args.mine_from, seed=args.seed,
                       roi_shrink=args.roi_shrink, instance_weight=args.instance_loss)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rank = trainer.kvstore.rank if not isinstance(trainer.kvstore, str) else 0
     start = 0
     log = []
-    ckpt = out / "checkpoint"
-    if args.resume and (ckpt / "manifest.json").is_file():
-        m = load_model(ckpt)
-        changed = resume_mismatch(m.config, args, ap)
-        if changed:
-            print(f"error: {changed} differs from the checkpoint in {ckpt}; resume with the checkpoint's "
-                  f"values or train into a new --out", file=sys.stderr)
-            return 2
-        trainer.set_params(m.params)
+    if resumed is not None:
+        trainer.set_params(resumed.params)
         state = json.loads((out / "state.json").read_text())
         start, log = state["iteration"], state["log"]
         print(f"resumed from {ckpt} at iteration {start}")
