@@ -16,6 +16,7 @@ from .errors import ArtifactError
 from .model import sha256_file
 
 MANIFEST = "manifest.json"
+BACKEND_OF = {"onnx": "onnxruntime", "tvm": "tvm"}  # artifact kind -> the backend that loads it
 
 
 def cache_root() -> Path:
@@ -25,6 +26,14 @@ def cache_root() -> Path:
 
 def default_dir(model, kind: str, target: str) -> Path:
     return cache_root() / "artifacts" / model.model_hash[:16] / (kind if kind == "onnx" else target)
+
+
+def _inside(path, root) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def bucket_file(bucket: int, shape, ext: str) -> str:
@@ -79,8 +88,16 @@ def read_manifest(folder, kind: str, fix: str) -> dict:
         m = json.loads(mpath.read_text())
     except ValueError as e:
         raise ArtifactError(f"{mpath} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(m, dict):
+        raise ArtifactError(f"{mpath} is not an artifact manifest (a JSON object); {fix}")
     if m.get("kind") != kind:
-        raise ArtifactError(f"{folder} holds {m.get('kind')} artifacts, not {kind}; {fix}")
+        other = BACKEND_OF.get(m.get("kind"))
+        if other:  # a valid set of the other kind: rebuilding over it would destroy it
+            targets = "onnx" if kind == "onnx" else "llvm (or cuda:sm_XX)"
+            raise ArtifactError(f"{folder} holds {m.get('kind')} artifacts, not {kind}: use it with --backend {other}, "
+                                f"or build a set for --backend {BACKEND_OF[kind]} into a new folder: "
+                                f"python -m export --targets {targets} --out NEW_FOLDER")
+        raise ArtifactError(f"{folder} holds no {kind} artifacts (manifest kind {m.get('kind')!r}); {fix}")
     return m
 
 
@@ -104,8 +121,11 @@ def verify(folder, model, kind: str, target: str) -> dict:
     fix = f"rebuild with: {rebuild_command(model, target, folder)}"
     m = read_manifest(folder, kind, fix)
     if m.get("model_hash") != model.model_hash:
+        # A cache folder belongs to the model whose hash names it: build this model's own.
+        own = default_dir(model, kind, target) if _inside(folder, cache_root()) else folder
         raise ArtifactError(f"{folder} was built for another model ({str(m.get('model_hash'))[:12]}, "
-                            f"this is {model.model_hash[:12]}); {fix}")
+                            f"this is {model.model_hash[:12]}); pass the model it was built for with --model, "
+                            f"or build this model's set with: {rebuild_command(model, target, own)}")
     if m.get("buckets") != [list(s) for s in model.policy.shapes]:
         raise ArtifactError(f"{folder} was built for another bucket set {m.get('buckets')}; {fix}")
     if m.get("target") != target:

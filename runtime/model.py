@@ -132,4 +132,34 @@ def load_model(path=None) -> Model:
         lines = str(e).strip().splitlines()  # MXNet errors carry a C++ traceback: keep the last line
         reason = lines[-1] if lines else type(e).__name__
         raise ModelError(f"{path}: cannot read the model ({reason}); retrain or restore it") from None
+    _check_config(path / CONFIG, config)
     return Model(path=path, config=config, params=params, model_hash=_model_hash(files))
+
+
+def _check_config(cpath: Path, config) -> None:
+    """The config keys every part of the runtime reads, present and well-formed, so a damaged
+    config fails here with its name instead of deep inside the tracker."""
+    def bad(what):
+        return ModelError(f"{cpath}: {what}; restore the model folder or retrain")
+
+    if not isinstance(config, dict):
+        raise bad("is not a JSON object")
+    for key in ("extractor", "buckets", "mean_bgr", "feature_channels"):
+        if key not in config:
+            raise bad(f"lacks {key!r}")
+    from train_mx.network import EXTRACTORS
+
+    if config["extractor"] not in EXTRACTORS:
+        raise bad(f"names extractor {config['extractor']!r}, not one of {', '.join(EXTRACTORS)}")
+    try:
+        BucketPolicy.from_dict(config["buckets"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad(f"has an unusable 'buckets' entry ({e})") from None
+    try:
+        mean = np.asarray(config["mean_bgr"], dtype=np.float32)
+        channels = int(config["feature_channels"])
+    except (TypeError, ValueError) as e:
+        raise bad(f"has an unusable 'mean_bgr' or 'feature_channels' ({e})") from None
+    if mean.shape != (3,) or channels < 1:
+        raise bad(f"'mean_bgr' must hold 3 numbers and 'feature_channels' be positive, got "
+                  f"{config['mean_bgr']!r} and {config['feature_channels']!r}")

@@ -379,6 +379,18 @@ class FileSequenceSource(SequenceSource):
         for i in range(len(self.frame_paths)):
             yield self.read_frame(i)
 
+    def _load_groundtruth(self, gt_path: Path, allow_polygon: bool) -> None:
+        """Read the folder's ground truth. Unreadable, it stops the sequence unless an initial
+        box was given: then the ground truth only scores the run, so it is dropped with a warning."""
+        try:
+            gt = load_groundtruth(gt_path, allow_polygon=allow_polygon)
+        except SequenceError as exc:
+            if self._user_box is None:
+                raise SequenceError(f"{exc}; fix the file, or pass --init x,y,w,h to track without it") from None
+            self.warnings.append(f"{exc}; tracking from the given initial box without ground truth")
+            return
+        self._gt = self._align_groundtruth(gt, gt_path)
+
     def _align_groundtruth(self, gt: np.ndarray, gt_path: Path) -> np.ndarray:
         """Pad with NaN rows / drop extra rows so ``gt`` has one row per frame, with a warning."""
         n, rows = len(self.frame_paths), len(gt)
@@ -439,8 +451,7 @@ class OTBSequence(FileSequenceSource):
         if self.groundtruth_path is None:
             self.warnings.append(f"{folder} has no groundtruth_rect.txt; the sequence has no ground truth")
         else:
-            gt = load_groundtruth(self.groundtruth_path)
-            self._gt = self._align_groundtruth(gt, self.groundtruth_path)
+            self._load_groundtruth(self.groundtruth_path, allow_polygon=False)
 
 
 class VOTSequence(FileSequenceSource):
@@ -464,8 +475,7 @@ class VOTSequence(FileSequenceSource):
         if self.groundtruth_path is None:
             self.warnings.append(f"{folder} has no groundtruth.txt; the sequence has no ground truth")
         else:
-            gt = load_groundtruth(gt_path, allow_polygon=True)
-            self._gt = self._align_groundtruth(gt, gt_path)
+            self._load_groundtruth(gt_path, allow_polygon=True)
 
 
 def open_sequence_folder(folder, init_box=None, on_bad_frame: str = "raise") -> FileSequenceSource:

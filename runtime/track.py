@@ -38,6 +38,15 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _device(text: str) -> str:
+    from .devices import parse_device
+
+    try:
+        return parse_device(text)
+    except TrackerInputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m runtime.track", description="MDNet-family single-object tracker.",
                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -58,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     m.add_argument("--backend", default="mxnet", choices=("mxnet", "onnxruntime", "tvm"),
                    help="feature backend (default mxnet); the fc head always runs in MXNet")
-    m.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    m.add_argument("--device", default="cpu", type=_device, help="cpu or cuda[:N] (default cpu)")
     m.add_argument("--artifacts", metavar="DIR", default=None, help="prebuilt compiled artifact set (onnxruntime/tvm)")
     m.add_argument("--seed", type=int, default=0, help="random seed (same seed, same boxes)")
     o = ap.add_argument_group("output")
@@ -96,16 +105,40 @@ def open_source(args):
     return sources.CameraSource(cam, init_box=args.init, on_bad_frame="skip")
 
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v", ".mkv")  # containers OpenCV writes with the mp4v codec
+
+
 def check_output_path(path, flag: str) -> None:
     """Refuse an output path that cannot be written, before anything slow runs."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise TrackerInputError(f"{flag} {p} is a folder; give a file path")
+    if flag == "--save-video" and p.suffix.lower() not in VIDEO_SUFFIXES:
+        raise TrackerInputError(f"--save-video {p}: OpenCV cannot write a video named {p.suffix or 'without an extension'}; "
+                                f"use {' or '.join(VIDEO_SUFFIXES[:2])}")
     parent = p.parent
     if not parent.is_dir():
         raise TrackerInputError(f"{flag} {p}: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise TrackerInputError(f"{flag} {p}: folder {parent} is not writable")
+
+
+def check_outputs_apart(outputs, source) -> None:
+    """Refuse two outputs on one file, or an output on one of the input's files (the ground
+    truth, a frame, the video): either would silently destroy what is there."""
+    named = {}
+    for flag, path in outputs:
+        p = Path(path).expanduser().resolve()
+        if p in named:
+            raise TrackerInputError(f"{named[p]} and {flag} both name {p}; give each output its own file")
+        named[p] = flag
+    inputs = [getattr(source, "path", None), getattr(source, "groundtruth_path", None),
+              *getattr(source, "frame_paths", ())]
+    inputs = {Path(p).resolve() for p in inputs if p}
+    for p, flag in named.items():
+        if p in inputs:
+            raise TrackerInputError(f"{flag} {p} is one of the input files and would be overwritten; "
+                                    "write the output somewhere else")
 
 
 class LineWriter:
@@ -211,11 +244,18 @@ def run(args) -> dict:
     # (the first use of a compiled backend exports and compiles).
     source = open_source(args)
     out = jsonl = writer = bar = None
+    try:
+        check_outputs_apart([(f, p) for f, p in (("--out", args.out), ("--jsonl", args.jsonl),
+                                                 ("--save-video", args.save_video), ("--plot", args.plot)) if p], source)
+    except TrackerInputError:
+        source.close()
+        raise
     preds, gts, ms, oks, scores = [], [], [], [], []
     pace = None  # --realtime: (clock at the first tracked frame, its index, frame period)
     dropped = 0
     box = None
-    waiting = []  # frames before tracking starts
+    size = None  # (h, w) of the first tracked frame
+    waiting = []  # (index, why) of the frames before tracking starts
     try:
         for w in source.warnings:
             log.warning("%s", w)
@@ -259,7 +299,7 @@ def run(args) -> dict:
                 if frame.image is None or start is None:
                     if not from_gt:
                         raise TrackerInputError(f"the first frame cannot be read: {frame.error}")
-                    waiting.append(frame.index)
+                    waiting.append((frame.index, frame.error if frame.image is None else None))
                     tracked = False
                     shown = np.full(4, np.nan)
                 else:
@@ -271,15 +311,20 @@ def run(args) -> dict:
                         raise TrackerInputError(f"{where}{e}{hint}") from None
                     box, ok, t = r.box, True, r.ms
                     shown = box
+                    size = frame.image.shape[:2]
                     if args.realtime:
                         fps = getattr(source, "fps", None) or 30.0
                         pace = (time.perf_counter(), frame.index, 1.0 / fps)
                     if waiting:
-                        log.warning("frames %s have no readable image or usable ground-truth box: tracking "
-                                    "starts at frame %d; those frames are written as NaN",
-                                    _ranges(waiting), frame.index)
+                        log.warning("tracking starts at frame %d; NaN rows for %s %s (%s)", frame.index,
+                                    "frames" if len(waiting) > 1 else "frame", _ranges([i for i, _ in waiting]),
+                                    _why_waiting(waiting))
             elif frame.image is None:
                 log.warning("frame %d skipped: %s (keeping the last box)", frame.index, frame.error)
+                shown, tracked = box, False
+            elif frame.image.shape[:2] != size:
+                log.warning("frame %d skipped: %dx%d pixels, not the sequence's %dx%d (keeping the last box)",
+                            frame.index, frame.image.shape[1], frame.image.shape[0], size[1], size[0])
                 shown, tracked = box, False
             else:
                 r = tracker.update(frame.image)
@@ -302,7 +347,9 @@ def run(args) -> dict:
                                         **({"dropped": True} if was_dropped else {})}))
             ov = float(iou(shown, frame.gt)) if frame.gt is not None and box is not None else float("nan")
             if per_frame:
-                line = f"frame {frame.index + 1}/{total or '?'}  score {score:7.3f}  {'ok  ' if ok else 'lost'}  {t:7.1f} ms"
+                state = ("ok  " if ok else "lost") if tracked else ("drop" if was_dropped else "skip")
+                line = (f"frame {frame.index} ({frame.index + 1}/{total or '?'})  score {score:7.3f}  {state}  "
+                        f"{t:7.1f} ms")
                 if np.isfinite(ov):
                     line += f"  iou {ov:.3f}"
                 print(line, flush=True)
@@ -339,8 +386,13 @@ def run(args) -> dict:
     if not preds:
         raise TrackerInputError("the input has no frames")
     if box is None:
-        raise TrackerInputError(f"nothing tracked: none of the {len(preds)} frames has a readable image "
-                                "and a usable ground-truth box; pass --init x,y,w,h")
+        unread = [w for w in waiting if w[1] is not None]
+        if len(unread) == len(waiting):
+            raise TrackerInputError(f"nothing tracked: none of the {len(preds)} frames could be read "
+                                    f"(first: {unread[0][1]})")
+        hint = f"; {len(unread)} could not be read (first: {unread[0][1]})" if unread else ""
+        raise TrackerInputError(f"nothing tracked: no readable frame has a usable ground-truth box{hint}; "
+                                "pass --init x,y,w,h")
     summary = {"frames": len(preds), "cost": cost_stats(ms)}
     gt = np.array(gts)
     if np.isfinite(gt).any():
@@ -355,7 +407,22 @@ def run(args) -> dict:
         plot_scores(scores, args.plot, ok=oks, title=f"Target score: {source.name}")
     if waiting:
         summary["untracked_frames"] = len(waiting)
+    summary["skipped_frames"] = len(preds) - len(waiting) - len(ms) - dropped
     return summary
+
+
+def _why_waiting(waiting, show: int = 3) -> str:
+    """Why the frames before the start were not tracked: decode errors, missing boxes."""
+    parts = [f"frame {i}: {why}" for i, why in waiting if why is not None][:show]
+    boxless = [i for i, why in waiting if why is None]
+    if boxless:
+        parts.append(f"{'frames' if len(boxless) > 1 else 'frame'} {_ranges(boxless)}: no usable ground-truth box")
+    more = sum(why is not None for _, why in waiting) - show
+    return "; ".join(parts) + (f"; {more} more unreadable" if more > 0 else "")
+
+
+def _ms(v) -> str:
+    return "n/a" if v is None else f"{v:.1f} ms"
 
 
 def _negative_init(argv):
@@ -376,6 +443,9 @@ def _negative_init(argv):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # OpenCV's own log lines (a codec it lacks, a camera index out of range) would precede
+    # this tool's one-line messages; set before OpenCV loads. OPENCV_LOG_LEVEL=INFO shows them.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     args = build_parser().parse_args(_negative_init(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
@@ -388,8 +458,10 @@ def main(argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     c = s["cost"]
-    line = (f"frames {s['frames']}  first {c['first_ms']:.0f} ms  median {c['median_ms'] or 0:.1f} ms  "
-            f"p95 {c['p95_ms'] or 0:.1f} ms  max {c['max_ms'] or 0:.1f} ms  lost {s['lost_frames']}")
+    line = (f"frames {s['frames']}  first {c['first_ms']:.0f} ms  median {_ms(c['median_ms'])}  "
+            f"p95 {_ms(c['p95_ms'])}  max {_ms(c['max_ms'])}  lost {s['lost_frames']}")
+    if s.get("skipped_frames"):
+        line += f"  skipped {s['skipped_frames']}"
     if "dropped_frames" in s:
         line += f"  dropped {s['dropped_frames']}"
     if s.get("untracked_frames"):

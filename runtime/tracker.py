@@ -66,11 +66,16 @@ class Tracker:
                  params: TrackerParams | None = None, artifacts=None, bucketed: bool = True, **params_kw):
         from .backends import make_backend
         from .backends.mxnet_backend import mx_context
+        from .devices import parse_device
 
         # model=None: the shipped models/default, found from the package, not the cwd
         self.model: Model = model if isinstance(model, Model) else load_model(model)
         self.params = (params or TrackerParams()).replace(**params_kw) if params_kw else (params or TrackerParams())
         self.policy = self.model.policy
+        device = parse_device(device)
+        if artifacts is not None and backend == "mxnet":
+            raise TrackerInputError("artifacts are compiled sets for the onnxruntime and tvm backends; "
+                                    "the mxnet backend takes none (drop --artifacts or pick --backend)")
         kw = {"artifacts": artifacts} if artifacts is not None and backend != "mxnet" else {}
         self.backend = make_backend(backend, self.model, device=device, **kw)
         self.ctx = mx_context(device) if backend == "mxnet" else mx_context("cpu")
@@ -132,6 +137,7 @@ class Tracker:
         self.head = OnlineHead(self.model, self.ctx, p, self.rng)
         self.head.prepare([(1, self.model.channels) + self.policy.feature_shape(b) for b in range(len(self.policy.shapes))])
         self.frame = 0
+        self.size = size
         self.box = box.copy()
         self.trans_f = p.trans
         self.pos_mem = deque(maxlen=p.long_frames)
@@ -181,6 +187,10 @@ class Tracker:
         p = self.params
         image = to_bgr8(image)
         size = (image.shape[1], image.shape[0])
+        if size != self.size:
+            # boxes are image pixels: a resized frame would silently move and shrink them
+            raise TrackerInputError(f"frame is {size[0]}x{size[1]} but the tracker was initialised on a "
+                                    f"{self.size[0]}x{self.size[1]} image; resize it, or call init for a new sequence")
         self.frame += 1
         stages = {}
         rng = self.rng

@@ -66,3 +66,18 @@ def test_features_benchmark_schema(tiny_model, tmp_path):
     r = json.loads((out / "features.json").read_text())
     assert len(r["backends"]["mxnet"]) == 8
     assert all(v["median_ms"] > 0 for v in r["backends"]["mxnet"].values())
+
+
+def test_oracle_diagnosis_finds_a_lone_target(tmp_path):
+    """With right labels and no look-alikes, the shipped head's best box sits on the target."""
+    from benchmarks.oracle import diagnose, main
+    from runtime.sources import open_sequence_folder
+
+    seq = write_otb(make_sequence(n_frames=16, size=(240, 180), seed=6, distractors=0), tmp_path / "syn16")
+    r = diagnose(open_sequence_folder(seq), frames=15)
+    assert r["frames"] == 15
+    assert r["head_near"] >= 0.8 and r["truth_positive"] >= 0.8, r
+    out = tmp_path / "oracle"
+    assert main(["--sequences", str(seq), "--frames", "5", "--out", str(out)]) == 0
+    rows = json.loads((out / "oracle.json").read_text())["sequences"]
+    assert rows["syn16"]["frames"] == 5 and "| syn16 | 5 |" in (out / "oracle.md").read_text()

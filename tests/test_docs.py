@@ -34,7 +34,7 @@ TIMEOUT = 180
 HELP_MODULES = ("runtime.track", "export", "export.tune", "train_mx.train", "train_mx.launch", "train_mx.report",
                 "train_mx.feature_stats",
                 "benchmarks.accuracy", "benchmarks.per_frame", "benchmarks.features", "benchmarks.soak",
-                "benchmarks.gpu_pack", "runtime.integrations.vot")
+                "benchmarks.gpu_pack", "benchmarks.oracle", "runtime.integrations.vot")
 
 # What to do with a README command, keyed by module (python -m X), script (script:PATH) or program.
 #   setup: environment set-up the test already runs inside; not run
@@ -58,6 +58,7 @@ POLICY = {
     "benchmarks.features": ("check", "times every bucket on every backend: minutes"),
     "benchmarks.soak": ("check", "10,000 frames: minutes"),
     "benchmarks.gpu_pack": ("check", "builds CUDA/llvm libraries and the native runner: minutes"),
+    "benchmarks.oracle": ("check", "tracks the whole development set"),
     "runtime.integrations.vot": ("check", "started by the VOT toolkit, speaks TraX on stdin/stdout"),
     "script:examples/got10k_eval.py": ("check", "needs a benchmark dataset on disk"),
     # shell programs

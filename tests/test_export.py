@@ -133,6 +133,25 @@ def test_stale_or_foreign_manifest_is_refused_with_rebuild_command(built, tmp_pa
         make_backend("tvm", model, artifacts=d)
 
 
+def test_set_of_the_other_kind_or_no_manifest_object_refused(built, tmp_path):
+    from runtime.backends import make_backend
+
+    model, done = built
+    # an ONNX set given to the TVM backend (and the reverse): name the backend that loads it,
+    # and never advise rebuilding over it
+    for backend, folder, other in (("tvm", done["onnx"], "onnxruntime"), ("onnxruntime", done["llvm"], "tvm")):
+        with pytest.raises(ArtifactError) as e:
+            make_backend(backend, model, artifacts=folder)
+        msg = str(e.value)
+        assert f"--backend {other}" in msg and f"--out {folder}" not in msg, msg
+    d = tmp_path / "list"
+    d.mkdir()
+    (d / "manifest.json").write_text("[1, 2]")
+    for backend in ("tvm", "onnxruntime"):
+        with pytest.raises(ArtifactError, match="not an artifact manifest"):
+            make_backend(backend, model, artifacts=d)
+
+
 def _elf_machine(path: Path) -> int:
     head = path.read_bytes()[:20]
     assert head[:4] == b"\x7fELF", f"{path} is not an ELF file"

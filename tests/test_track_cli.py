@@ -188,3 +188,126 @@ def test_plot_writes_score_png(otb, tiny_model, tmp_path):
                        "--max-frames", 6, "--quiet"])
     assert code == 0
     assert (tmp_path / "score.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- bad input found in review: each a one-line error (or a warning) and nothing lost ------------
+
+@pytest.mark.parametrize("device", ["cuda:x", "tpu", "gpu:-1"])
+def test_malformed_device_is_a_usage_error(otb, device, capsys):
+    with pytest.raises(SystemExit) as e:
+        track.main(["--sequence", str(otb), "--device", device])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert device in err and "cuda:N" in err and "Traceback" not in err
+
+
+def test_parse_device_normalises():
+    from runtime.devices import parse_device
+
+    assert [parse_device(d) for d in ("cpu", "CUDA", "cuda:1", "gpu", "gpu:2")] == \
+        ["cpu", "cuda:0", "cuda:1", "cuda:0", "cuda:2"]
+
+
+def test_model_config_missing_a_key(otb, tiny_model, tmp_path, capsys):
+    from runtime.model import load_model, save_model
+
+    m = load_model(tiny_model)
+    config = {k: v for k, v in m.config.items() if k != "buckets"}
+    bad = save_model(tmp_path / "model", config, m.params)  # hashes match: only the content is wrong
+    code = track.main(["--sequence", str(otb), "--model", str(bad)])
+    _error(code, capsys.readouterr().err, "config.json", "'buckets'", "retrain")
+
+
+@pytest.mark.parametrize("flags", [("--out", "--jsonl"), ("--out", "--plot")])
+def test_two_outputs_on_one_file_refused(otb, tiny_model, tmp_path, capsys, flags):
+    same = tmp_path / "same.txt"
+    code = track.main(["--sequence", str(otb), "--model", str(tiny_model), flags[0], str(same), flags[1], str(same)])
+    _error(code, capsys.readouterr().err, flags[0], flags[1], "own file")
+    assert not same.exists()
+
+
+def test_output_over_an_input_file_refused(otb, tiny_model, tmp_path, capsys):
+    seq = tmp_path / "seq"
+    shutil.copytree(otb, seq)
+    gt = seq / "groundtruth_rect.txt"
+    before = gt.read_bytes()
+    code = track.main(["--sequence", str(seq), "--model", str(tiny_model), "--out", str(gt)])
+    _error(code, capsys.readouterr().err, "input files")
+    assert gt.read_bytes() == before
+    frame = seq / "img" / "0003.png"
+    code = track.main(["--sequence", str(seq), "--model", str(tiny_model), "--jsonl", str(frame)])
+    _error(code, capsys.readouterr().err, "--jsonl", "0003.png")
+
+
+def test_save_video_needs_a_video_extension(otb, tiny_model, tmp_path, capsys):
+    code = track.main(["--sequence", str(otb), "--model", str(tiny_model), "--save-video", str(tmp_path / "v.txt")])
+    _error(code, capsys.readouterr().err, "--save-video", ".mp4")
+
+
+def test_frame_of_another_size_is_skipped(otb, tiny_model, tmp_path, caplog):
+    import cv2
+
+    seq = tmp_path / "seq"
+    shutil.copytree(otb, seq)
+    cv2.imwrite(str(seq / "img" / "0006.png"), np.zeros((40, 100, 3), np.uint8))
+    out = tmp_path / "res.txt"
+    with caplog.at_level("WARNING"):
+        code, stdout, err = _run(["--sequence", seq, "--model", tiny_model, "--out", out, "--quiet"])
+    assert code == 0, err
+    lines, boxes = _boxes(out)
+    assert len(lines) == N_FRAMES and lines[5] == lines[4]
+    assert "100x40" in caplog.text and "skipped 1" in stdout
+    assert boxes[6:, 2:].min() > 4  # tracking goes on at the sequence's size
+
+
+def test_tracker_refuses_a_resized_frame(tiny_model):
+    from runtime.errors import TrackerInputError
+    from runtime.tracker import Tracker
+
+    seq = make_sequence(n_frames=2, size=(160, 120), seed=2)
+    t = Tracker(tiny_model, seed=0)
+    f0 = seq.read_frame(0)
+    t.init(f0.image, f0.gt)
+    with pytest.raises(TrackerInputError, match="160x120"):
+        t.update(np.zeros((60, 80, 3), np.uint8))
+
+
+def test_unreadable_frames_before_the_start_are_named(otb, tiny_model, tmp_path, capsys):
+    seq = tmp_path / "seq"
+    shutil.copytree(otb, seq)
+    for p in (seq / "img").iterdir():
+        p.write_bytes(b"garbage")
+    code = track.main(["--sequence", str(seq), "--model", str(tiny_model), "--quiet"])
+    err = capsys.readouterr().err
+    _error(code, err, "could be read", "0001.png")
+    assert "--init" not in err  # an initial box cannot help when nothing decodes
+
+
+def test_malformed_groundtruth_with_init_tracks_without_it(otb, tiny_model, tmp_path, caplog):
+    seq = tmp_path / "seq"
+    shutil.copytree(otb, seq)
+    gt = seq / "groundtruth_rect.txt"
+    rows = gt.read_text().splitlines()
+    first = rows[0]
+    rows[3] = "oops"
+    gt.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "res.txt"
+    code, stdout, err = _run(["--sequence", seq, "--model", tiny_model, "--out", out, "--quiet"])
+    assert code == 2 and "groundtruth_rect.txt:4" in err and "--init" in err
+    with caplog.at_level("WARNING"):
+        code, stdout, err = _run(["--sequence", seq, "--model", tiny_model, "--out", out, "--quiet",
+                                  "--init", first])
+    assert code == 0, err
+    assert len(out.read_text().splitlines()) == N_FRAMES
+    assert "without ground truth" in caplog.text and "AUC" not in stdout
+
+
+def test_artifacts_with_the_mxnet_backend_refused(otb, tiny_model, tmp_path, capsys):
+    code = track.main(["--sequence", str(otb), "--model", str(tiny_model), "--artifacts", str(tmp_path)])
+    _error(code, capsys.readouterr().err, "--artifacts", "mxnet")
+
+
+def test_one_frame_summary_says_n_a(otb, tiny_model):
+    code, stdout, err = _run(["--sequence", otb, "--model", tiny_model, "--max-frames", 1, "--quiet"])
+    assert code == 0, err
+    assert "median n/a" in stdout and "0.0 ms" not in stdout

@@ -11,8 +11,10 @@ BACKENDS = ("mxnet", "onnxruntime", "tvm")
 
 
 def make_backend(name: str, model, device: str = "cpu", **kw) -> FeatureBackend:
+    from ..devices import parse_device
     from ..errors import TrackerInputError
 
+    device = parse_device(device)
     if name == "mxnet":
         from .mxnet_backend import MXNetBackend
 

@@ -9,16 +9,16 @@ from .base import FeatureBackend
 def mx_context(device: str):
     import mxnet as mx
 
+    from ..devices import device_index, parse_device
     from ..errors import TrackerInputError
 
+    device = parse_device(device)
     if device == "cpu":
         return mx.cpu()
-    if device.startswith("cuda") or device.startswith("gpu"):
-        idx = int(device.split(":")[1]) if ":" in device else 0
-        if mx.context.num_gpus() <= idx:
-            raise TrackerInputError(f"device {device!r} asked for, but MXNet sees {mx.context.num_gpus()} GPU(s); use --device cpu")
-        return mx.gpu(idx)
-    raise TrackerInputError(f"unknown device {device!r}; use cpu or cuda[:N]")
+    idx = device_index(device)
+    if mx.context.num_gpus() <= idx:
+        raise TrackerInputError(f"device {device!r} asked for, but MXNet sees {mx.context.num_gpus()} GPU(s); use --device cpu")
+    return mx.gpu(idx)
 
 
 class MXNetBackend(FeatureBackend):

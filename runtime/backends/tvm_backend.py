@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import artifacts
+from ..devices import device_index
 from ..errors import ArtifactError, TrackerInputError
 from .base import FeatureBackend
 
@@ -67,9 +68,11 @@ def _manifest_target(folder):
     import json
 
     try:
-        return json.loads((Path(folder) / artifacts.MANIFEST).read_text()).get("target")
+        m = json.loads((Path(folder) / artifacts.MANIFEST).read_text())
     except (OSError, ValueError):
         return None  # verify() reports the missing or broken manifest
+    # only a TVM set names a TVM target; verify() reports any other manifest
+    return m.get("target") if isinstance(m, dict) and m.get("kind") == "tvm" else None
 
 
 class TVMBackend(FeatureBackend):
@@ -92,7 +95,7 @@ class TVMBackend(FeatureBackend):
         self.folder = ensure_tvm(model, target, artifacts)
         self.target = target
         _check_host(self.folder, target)
-        self.dev = tvm.cpu() if device == "cpu" else tvm.cuda(int(device.split(":")[1]) if ":" in device else 0)
+        self.dev = tvm.cpu() if device == "cpu" else tvm.cuda(device_index(device))
         want = "cpu" if device == "cpu" else "cuda"
         built_for = "cuda" if target.startswith("cuda") else "cpu"
         if want != built_for:

@@ -1,0 +1,125 @@
+"""Oracle-label diagnosis: can the online head pick the target when every label is right?
+
+The tracker runs with its box forced to the ground truth after every frame, so every sample
+it stores and every update it makes is labelled correctly. Before each update, boxes of the
+true size on a grid around the truth (+-15 x +-8 steps of 8% of the target size) are scored
+by the head. Per sequence: how often the best-scoring box lies within 0.36 target sizes of
+the truth (``head_near``), how often the true box scores above 0 (``truth_positive``), and
+how often the pooled features most similar to the previous frame's true box lie that near
+(``similarity_near``). A tracker that loses a sequence whose ``head_near`` is high drifts
+on its own labels; one whose ``head_near`` is low is beaten by its features.
+
+    python -m benchmarks.oracle --frames 150 --out benchmarks/results/oracle
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+NEAR = 0.36  # target sizes: a box this close to the truth overlaps it by IoU >= ~0.5
+STEP = 0.08  # grid step in target sizes
+
+
+@contextlib.contextmanager
+def _box_follows(truth: dict):
+    """Make the tracker's box (and so its samples and next search) the ground truth."""
+    import runtime.tracker as T
+
+    orig = T.keep_center_inside
+    T.keep_center_inside = lambda box, size, min_size: truth["box"].copy()
+    try:
+        yield
+    finally:
+        T.keep_center_inside = orig
+
+
+def _grid(gt: np.ndarray) -> np.ndarray:
+    k = STEP * gt[2:].mean()
+    xs, ys = np.arange(-15, 16) * k, np.arange(-8, 9) * k
+    return np.array([[gt[0] + dx, gt[1] + dy, gt[2], gt[3]] for dy in ys for dx in xs])
+
+
+def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
+    """The three shares for one sequence (frames with ground truth after the first)."""
+    from runtime.buckets import extractor_input
+    from runtime.tracker import Tracker
+
+    t = Tracker(model, seed=seed)
+    truth, prev = {}, None
+    n = head_near = positive = sim_near = n_sim = 0
+    with _box_follows(truth):
+        for frame in seq:
+            if frames is not None and frame.index > frames:
+                break
+            if frame.index == 0:
+                t.init(frame.image, seq.init_box)
+                continue
+            gt = np.asarray(frame.gt, float) if frame.gt is not None else np.full(4, np.nan)
+            if frame.image is None or not (np.all(np.isfinite(gt)) and gt[2] > 0 and gt[3] > 0):
+                continue  # no truth to force: skip the frame, as evaluation does
+            geom = t._geometry(t.box, t.policy.search_region(t.box))
+            feat = t.backend.extract(geom.bucket, extractor_input(frame.image, geom, t.model.mean))
+            boxes = _grid(gt)
+            scores, pooled = [], []
+            for i in range(0, len(boxes), t.head.chunk):
+                p, e = t.head.embed(feat, geom.to_patch(boxes[i:i + t.head.chunk]))
+                scores.append(t.head.score(e))
+                pooled.append(p)
+            s = np.concatenate(scores)
+            p = np.concatenate(pooled)
+            p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+            c = len(boxes) // 2  # the true box
+            near = np.hypot(*(boxes[:, :2] - boxes[c, :2]).T) <= NEAR * gt[2:].mean()
+            n += 1
+            head_near += bool(near[np.argmax(s)])
+            positive += bool(s[c] > 0)
+            if prev is not None:
+                n_sim += 1
+                sim_near += bool(near[np.argmax(p @ prev)])
+            prev = p[c].copy()
+            truth["box"] = gt
+            t.update(frame.image)
+    return {"frames": n, "head_near": head_near / max(n, 1), "truth_positive": positive / max(n, 1),
+            "similarity_near": sim_near / max(n_sim, 1)}
+
+
+def main(argv=None) -> int:
+    from benchmarks.common import dump_json, machine, resolve_sequences
+    from runtime.sources import open_sequence_folder
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.oracle", description=__doc__.splitlines()[0])
+    ap.add_argument("--sequences", nargs="*", help="sequence folders (default: the development set in ../shared)")
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
+    ap.add_argument("--frames", type=int, default=150, help="frames per sequence after the first")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="folder for oracle.json and oracle.md")
+    args = ap.parse_args(argv)
+    seqs = resolve_sequences(args.sequences)
+    if not seqs:
+        return 2
+    rows = {}
+    for path in seqs:
+        seq = open_sequence_folder(path)
+        rows[seq.name] = diagnose(seq, args.model, args.frames, args.seed)
+        r = rows[seq.name]
+        print(f"{seq.name:16s} frames {r['frames']:4d}  head near truth {r['head_near']:.2f}  "
+              f"truth scored > 0 {r['truth_positive']:.2f}  similarity near truth {r['similarity_near']:.2f}",
+              flush=True)
+    if args.out:
+        out = Path(args.out)
+        dump_json({"machine": machine(), "frames": args.frames, "seed": args.seed, "sequences": rows},
+                  out / "oracle.json")
+        lines = ["| sequence | frames | head's best box near the truth | true box scored > 0 | "
+                 "similarity to the previous true box near the truth |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {r['frames']} | {r['head_near']:.2f} | {r['truth_positive']:.2f} | "
+                  f"{r['similarity_near']:.2f} |" for k, r in rows.items()]
+        (out / "oracle.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
