@@ -17,12 +17,20 @@ from runtime.evaluation import cost_stats, evaluate_sequence
 from runtime.report import write_report
 from runtime.sources import open_sequence_folder
 
-from .common import resolve_sequences, OpenCVTracker, dump_json, machine, run_sequence
+from runtime.errors import TrackerInputError
+
+from .common import (OpenCVTracker, check_inputs, dump_json, machine, reports_user_errors, resolve_sequences,
+                     run_sequence)
+
+PEERS = ("csrt", "kcf", "mil")
 
 
 def tracker_factories(names, model, backend, seed):
     out = {}
     for name in names:
+        if not (name in ("ours",) + PEERS or name.startswith("ours:")):
+            raise TrackerInputError(f"unknown tracker {name!r} in --trackers; use ours, ours:MODEL_DIR, "
+                                    f"{', '.join(PEERS)}")
         if name == "ours" or name.startswith("ours:"):
             path = model if name == "ours" else name.split(":", 1)[1]
             label = "ours" if name == "ours" else f"ours[{Path(path).name}]"
@@ -38,6 +46,7 @@ def tracker_factories(names, model, backend, seed):
     return out
 
 
+@reports_user_errors
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0])
     ap.add_argument("--sequences", nargs="+", default=None, help="sequence folders (default: the dev set in ../shared)")
@@ -53,7 +62,17 @@ def main(argv=None) -> int:
     seqs = resolve_sequences(args.sequences)
     if not seqs:
         return 2
-    factories = tracker_factories([t for t in args.trackers.split(",") if t], args.model, args.backend, args.seed)
+    from runtime.backends import BACKENDS
+    from runtime.model import DEFAULT_MODEL
+
+    names = [t.strip() for t in args.trackers.split(",") if t.strip()]
+    if not names:
+        raise TrackerInputError("--trackers names none; use e.g. ours,csrt,kcf")
+    if args.backend not in BACKENDS:
+        raise TrackerInputError(f"unknown --backend {args.backend!r}; use one of {', '.join(BACKENDS)}")
+    factories = tracker_factories(names, args.model, args.backend, args.seed)
+    models = [args.model or DEFAULT_MODEL if n == "ours" else n.split(":", 1)[1] for n in names if n.startswith("ours")]
+    check_inputs(seqs, models, args.max_frames, args.out, [("--json", args.json)])
     results = {name: {} for name in factories}
     for path in seqs:
         for name, make in factories.items():

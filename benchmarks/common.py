@@ -29,6 +29,46 @@ def resolve_sequences(given) -> list:
     return seqs
 
 
+def reports_user_errors(main):
+    """A benchmark's ``main`` that turns a user's mistake (a missing sequence or model, a bad
+    name, an unwritable output) into one ``error:`` line and exit status 2."""
+    import functools
+    import sys
+
+    from runtime.errors import TrackerInputError
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv)
+        except TrackerInputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=()) -> None:
+    """Open every sequence and model, and check the outputs, before the first frame is
+    tracked: a mistake in the last one should not surface after minutes of work."""
+    from runtime.errors import TrackerInputError
+    from runtime.model import load_model
+    from runtime.outputs import check_output_folder, check_output_path
+    from runtime.sources import open_sequence_folder
+
+    if max_frames is not None and max_frames < 2:
+        raise TrackerInputError(f"--max-frames must be at least 2 (the first frame initialises), got {max_frames}")
+    for s in seqs:
+        open_sequence_folder(s).close()
+    for m in models:
+        load_model(m)
+    if out_dir is not None:
+        check_output_folder(out_dir, "--out")
+    for flag, path in out_files:
+        if path:
+            check_output_path(path, flag)
+
+
 def machine() -> dict:
     import os
 

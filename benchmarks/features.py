@@ -24,7 +24,7 @@ import numpy as np
 from runtime.model import load_model
 from runtime.report import markdown_table
 
-from .common import dump_json, machine
+from .common import check_inputs, dump_json, machine, reports_user_errors
 
 
 BLOCK = 10
@@ -78,6 +78,7 @@ def time_rounds(names, model_dir, artifacts, repeat) -> tuple:
     return stats, db
 
 
+@reports_user_errors
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.features", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
@@ -91,7 +92,17 @@ def main(argv=None) -> int:
         print(json.dumps(time_alone(args.worker, args.model, args.artifacts, args.repeat)))
         return 0
 
-    names = [b for b in args.backends.split(",") if b]
+    from runtime.backends import BACKENDS
+    from runtime.errors import TrackerInputError
+
+    names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = [b for b in names if b not in BACKENDS]
+    if bad or not names:
+        what = f"unknown backend {bad[0]!r} in --backends" if bad else "--backends names none"
+        raise TrackerInputError(f"{what}; use {', '.join(BACKENDS)}")
+    if args.repeat < 1:
+        raise TrackerInputError(f"--repeat must be positive, got {args.repeat}")
+    check_inputs([], out_dir=args.out)
     res = {"machine": machine(), "command": "python -m benchmarks.features " + " ".join(argv or sys.argv[1:]),
            "timing": f"each backend alone in its own process; rounds of {BLOCK} calls per bucket, alternating",
            "backends": {}}

@@ -88,7 +88,14 @@ def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> int:
-    from benchmarks.common import dump_json, machine, resolve_sequences
+    from benchmarks.common import reports_user_errors
+
+    return reports_user_errors(_main)(argv)
+
+
+def _main(argv=None) -> int:
+    from benchmarks.common import check_inputs, dump_json, machine, resolve_sequences
+    from runtime.model import DEFAULT_MODEL
     from runtime.sources import open_sequence_folder
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.oracle", description=__doc__.splitlines()[0])
@@ -101,6 +108,7 @@ def main(argv=None) -> int:
     seqs = resolve_sequences(args.sequences)
     if not seqs:
         return 2
+    check_inputs(seqs, [args.model or DEFAULT_MODEL], args.frames + 1, args.out)
     rows = {}
     for path in seqs:
         seq = open_sequence_folder(path)

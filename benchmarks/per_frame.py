@@ -21,7 +21,7 @@ from runtime.report import markdown_table, plot_frame_costs
 from runtime.sources import open_sequence_folder
 from runtime.tracker import STAGES
 
-from .common import resolve_sequences, dump_json, machine
+from .common import check_inputs, dump_json, machine, reports_user_errors, resolve_sequences
 
 BASELINE = "mxnet-unbucketed"
 
@@ -62,6 +62,7 @@ def run_backend(name, frames, model, seed, params_kw):
             "bucket_use": {str(b): buckets.count(b) for b in sorted(set(buckets))}}
 
 
+@reports_user_errors
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.per_frame", description=__doc__.splitlines()[0])
     ap.add_argument("--sequences", nargs="+", default=None, help="sequence folders (default: the dev set in ../shared)")
@@ -76,7 +77,16 @@ def main(argv=None) -> int:
     seqs = resolve_sequences(args.sequences)
     if not seqs:
         return 2
-    backends = [b for b in args.backends.split(",") if b]
+    from runtime.backends import BACKENDS
+    from runtime.errors import TrackerInputError
+    from runtime.model import DEFAULT_MODEL
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = [b for b in backends if b not in BACKENDS + (BASELINE,)]
+    if bad or not backends:
+        what = f"unknown backend {bad[0]!r} in --backends" if bad else "--backends names none"
+        raise TrackerInputError(f"{what}; use {', '.join(BACKENDS + (BASELINE,))}")
+    check_inputs(seqs, [args.model or DEFAULT_MODEL], args.max_frames, args.out, [("--json", args.json)])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine(), "command": "python -m benchmarks.per_frame " + " ".join(argv or sys.argv[1:]),

@@ -175,6 +175,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     progress = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     try:
+        if args.json:
+            from runtime.outputs import check_output_path
+
+            check_output_path(args.json, "--json")  # before minutes of frames, not after
         r = soak(args.frames, size=args.size, seed=args.seed, model=args.model, backend=args.backend,
                  rss_every=max(1, args.rss_every), max_growth_mb=args.max_growth_mb,
                  max_cost_ratio=args.max_cost_ratio, progress=progress)

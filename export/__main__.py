@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from runtime.errors import TrackerInputError
 
@@ -18,23 +19,36 @@ def main(argv=None) -> int:
                                  epilog=f"CUDA architectures: Jetson {', '.join(JETSON_ARCHS)}; "
                                         f"datacenter {', '.join(DATACENTER_ARCHS)}. "
                                         "Cross targets (aarch64, cuda:sm_XX@aarch64) need g++-aarch64-linux-gnu.")
-    ap.add_argument("--model", default="models/default", help="model folder (default models/default)")
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     ap.add_argument("--targets", default="llvm",
                     help="comma-separated: llvm, llvm:MCPU, aarch64, cuda:sm_XX, cuda:sm_XX@aarch64 (default llvm)")
     ap.add_argument("--out", default=None, help="output folder (default: the runtime's artifact cache)")
     args = ap.parse_args(argv)
     from runtime.model import load_model
+    from runtime.outputs import check_output_folder
 
     from . import targets
-    from .build import build
+    from .build import build, check_replaceable
+    from .onnx_export import ParityError
 
     try:
-        model = load_model(args.model)
         names = targets.parse_list(args.targets)
+        model = load_model(args.model)
+        if args.out is not None:
+            check_output_folder(args.out, "--out")
+            for folder in ["onnx"] + [t.name for t in names]:
+                check_replaceable(Path(args.out).expanduser() / folder)
+        done = build(model, names, args.out)
     except (TrackerInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    done = build(model, names, args.out)
+    except ParityError as e:
+        print(f"error: {e}; the previous artifact set, if any, is unchanged", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.filename or args.out}: {e.strerror or e}; the previous artifact set, if any, is unchanged",
+              file=sys.stderr)
+        return 1
     for name, folder in done.items():
         print(f"{name}: {folder}")
     return 0

@@ -1,15 +1,60 @@
 """The export flow for one model: ONNX per bucket (checked), then TVM per target."""
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from runtime import artifacts
 from runtime.artifacts import bucket_file
+from runtime.errors import ArtifactError
 
 from . import targets as targets_mod
 from .onnx_export import check_parity, export_bucket
+
+
+def check_replaceable(folder) -> None:
+    """Refuse to build over a folder that is not an artifact set: its files would be lost."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder} is a file, not a folder; give --out a new or empty folder")
+    if not any(folder.iterdir()) or artifacts.inside(folder, artifacts.cache_root()):
+        return  # the cache holds only what first-use builds put there: a broken set is rebuilt
+    try:
+        m = json.loads((folder / artifacts.MANIFEST).read_text())
+    except (OSError, ValueError):
+        m = None
+    if not (isinstance(m, dict) and m.get("kind") in artifacts.BACKEND_OF):
+        raise ArtifactError(f"{folder} holds files but no artifact set (no manifest of one), and export would "
+                            "replace them; give --out a new or empty folder")
+
+
+@contextlib.contextmanager
+def staged(out: Path):
+    """A sibling temporary folder to build in, swapped in for ``out`` only once complete: a
+    failed or interrupted build leaves the previous set as it was."""
+    check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def build_onnx(model, out, log=print) -> Path:
@@ -17,16 +62,16 @@ def build_onnx(model, out, log=print) -> Path:
     from runtime.backends.mxnet_backend import MXNetBackend
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ref = MXNetBackend(model)
     files, parity = [], {}
-    for b, shape in enumerate(model.policy.shapes):
-        name = bucket_file(b, shape, "onnx")
-        export_bucket(model, b, out / name)
-        parity[name] = check_parity(model, b, out / name, ref)
-        files.append(name)
-        log(f"onnx  bucket {b} {shape[0]}x{shape[1]}: parity {parity[name]:.1e} of feature scale")
-    artifacts.write_manifest(out, model, "onnx", "onnx", None, files, {"parity_vs_mxnet": parity})
+    with staged(out) as tmp:
+        for b, shape in enumerate(model.policy.shapes):
+            name = bucket_file(b, shape, "onnx")
+            export_bucket(model, b, tmp / name)
+            parity[name] = check_parity(model, b, tmp / name, ref)
+            files.append(name)
+            log(f"onnx  bucket {b} {shape[0]}x{shape[1]}: parity {parity[name]:.1e} of feature scale")
+        artifacts.write_manifest(tmp, model, "onnx", "onnx", None, files, {"parity_vs_mxnet": parity})
     return out
 
 
@@ -35,30 +80,30 @@ def build_tvm(model, target, onnx_dir, out, log=print) -> Path:
     from .tvm_build import build_bucket, tuning_db
 
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     db_dir, db_hash = tuning_db(target.name)
     files = []
-    for b, shape in enumerate(model.policy.shapes):
-        t0 = time.time()
-        name = bucket_file(b, shape, "so")
-        build_bucket(Path(onnx_dir) / bucket_file(b, shape, "onnx"), target, out / name, db_dir)
-        files.append(name)
-        log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s"
-            f"{' (tuned)' if db_dir else ' (untuned)'}")
-    extra = {"tuning_db": str(db_dir.relative_to(Path(__file__).resolve().parents[1])) if db_dir else None,
-             "tuning_db_sha256": db_hash, "device": target.device, "cross": target.cross}
-    artifacts.write_manifest(out, model, "tvm", target.name, target.resolved(), files, extra)
+    with staged(out) as tmp:
+        for b, shape in enumerate(model.policy.shapes):
+            t0 = time.time()
+            name = bucket_file(b, shape, "so")
+            build_bucket(Path(onnx_dir) / bucket_file(b, shape, "onnx"), target, tmp / name, db_dir)
+            files.append(name)
+            log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s"
+                f"{' (tuned)' if db_dir else ' (untuned)'}")
+        extra = {"tuning_db": str(db_dir.relative_to(Path(__file__).resolve().parents[1])) if db_dir else None,
+                 "tuning_db_sha256": db_hash, "device": target.device, "cross": target.cross}
+        artifacts.write_manifest(tmp, model, "tvm", target.name, target.resolved(), files, extra)
     return out
 
 
 def build(model, target_names, out=None, log=print) -> dict:
     """ONNX set plus one TVM set per target under ``out``; returns {name: folder}."""
     out = Path(out) if out is not None else artifacts.default_dir(model, "onnx", "onnx").parent
+    tgts = [targets_mod.parse(t) if isinstance(t, str) else t for t in target_names]
+    for folder in [out / "onnx"] + [out / t.name for t in tgts]:  # before minutes of work
+        check_replaceable(folder)
     onnx_dir = build_onnx(model, out / "onnx", log)
     done = {"onnx": onnx_dir}
-    for t in target_names:
-        target = targets_mod.parse(t) if isinstance(t, str) else t
+    for target in tgts:
         done[target.name] = build_tvm(model, target, onnx_dir, out / target.name, log)
     return done

@@ -52,7 +52,8 @@ def parse(name: str, mcpu: str | None = None) -> CompileTarget:
     """``llvm``, ``llvm:znver3``, ``aarch64``, ``cuda:sm_87``, ``cuda:sm_87@aarch64``."""
     name = name.strip()
     if name == "llvm" or name.startswith("llvm:"):
-        cpu = name.split(":", 1)[1] if ":" in name else (mcpu or "native")
+        cpu = name.split(":", 1)[1].strip() if ":" in name else (mcpu or "native")
+        _check_cpu(cpu)
         canon = "llvm" if cpu == "native" else f"llvm-{cpu}"
         return CompileTarget(canon, {"kind": "llvm", "mcpu": cpu}, "cpu")
     if name in ("aarch64", "llvm-aarch64"):
@@ -60,8 +61,9 @@ def parse(name: str, mcpu: str | None = None) -> CompileTarget:
     if name.startswith("cuda"):
         spec, _, host = name.partition("@")
         arch = spec.split(":", 1)[1] if ":" in spec else "sm_80"
-        if not arch.startswith("sm_") or not arch[3:].isdigit():
-            raise ValueError(f"bad CUDA architecture {arch!r}; use e.g. cuda:sm_87")
+        if not arch.startswith("sm_") or not arch[3:].isdigit() or not 50 <= int(arch[3:]) < 200:
+            raise ValueError(f"bad CUDA architecture {arch!r}; use sm_ and the GPU's compute capability, "
+                             f"e.g. cuda:sm_87 (Jetson Orin) or cuda:sm_90 (H100)")
         t = {"kind": "cuda", "arch": arch, **CUDA_LIMITS}
         if host == "aarch64":
             t["host"] = dict(AARCH64_HOST)
@@ -74,4 +76,24 @@ def parse(name: str, mcpu: str | None = None) -> CompileTarget:
 
 
 def parse_list(text: str, mcpu: str | None = None) -> list:
-    return [parse(t, mcpu) for t in text.split(",") if t.strip()]
+    out = [parse(t, mcpu) for t in text.split(",") if t.strip()]
+    if not out:
+        raise ValueError(f"no target in {text!r}; name at least one, e.g. llvm or cuda:sm_87")
+    return out
+
+
+def _check_cpu(cpu: str) -> None:
+    """An x86 CPU name LLVM knows: LLVM ignores an unknown one with a log line and builds for
+    generic x86-64, without SIMD."""
+    if not cpu:
+        raise ValueError("llvm: needs a CPU name after the colon, e.g. llvm:znver3 (or plain llvm for this CPU)")
+    if cpu == "native":
+        return
+    try:
+        from tvm.target import codegen
+    except ImportError:  # checked again where TVM compiles
+        return
+    triple = "x86_64-linux-gnu"
+    if not codegen.llvm_is_valid_cpu(cpu, triple):
+        raise ValueError(f"LLVM knows no x86-64 CPU {cpu!r}; use a name such as znver4, skylake-avx512 or "
+                         f"alderlake, or plain llvm for this CPU")

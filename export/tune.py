@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -140,6 +141,15 @@ def main(argv=None) -> int:
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="start no bucket that would end after this many minutes (estimated from the last one)")
     args = ap.parse_args(argv)
+    for flag, value, ok in (("--trials", args.trials, args.trials >= 1),
+                            ("--top", args.top, args.top is None or args.top >= 1),
+                            ("--max-minutes", args.max_minutes, args.max_minutes is None or args.max_minutes > 0)):
+        if not ok:
+            print(f"error: {flag} must be positive, got {value}", file=sys.stderr)
+            return 2
+
+    from runtime.errors import TrackerInputError
+    from runtime.model import load_model
 
     from .targets import parse
     from .tvm_build import tuning_dir
@@ -158,8 +168,6 @@ def main(argv=None) -> int:
     if target.device == "cpu":
         # MetaSchedule needs the core count; records are looked up by workload, so builds
         # without this attribute still find them.
-        import os
-
         from .targets import CompileTarget
 
         target = CompileTarget(target.name, {**target.target, "num-cores": os.cpu_count()}, target.device, target.cross)
@@ -167,6 +175,27 @@ def main(argv=None) -> int:
         print("error: cross targets cannot be tuned here; tune on the board and copy the database", file=sys.stderr)
         return 2
     db = Path(args.db) if args.db else tuning_dir(target.name)
+    history = db / "tuning_log.json"
+    try:
+        # everything that could stop the run after a bucket's tuning is checked before it
+        model = load_model(args.model) if given is None else None
+        if db.exists() and not db.is_dir():
+            raise TrackerInputError(f"--db {db} is a file; give a folder")
+        db.mkdir(parents=True, exist_ok=True)
+        if not os.access(db, os.W_OK):
+            raise TrackerInputError(f"--db {db} is not writable")
+        entries = json.loads(history.read_text()) if history.is_file() else []
+        if not isinstance(entries, list):
+            raise ValueError("not a list of runs")
+    except TrackerInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: --db {db}: {e.strerror or e}; give a writable folder", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {history} is not a tuning log ({e}); fix it or move it away", file=sys.stderr)
+        return 2
     log = {"target": target.name, "trials_per_task": args.trials, "buckets": {}}
     if args.top is not None:
         log["top_tasks"] = args.top
@@ -174,8 +203,6 @@ def main(argv=None) -> int:
         log["seed"] = args.seed
     if target.device == "cuda":
         log["device"] = _gpu_name()
-    history = db / "tuning_log.json"
-    entries = json.loads(history.read_text()) if history.is_file() else []
     entries.append(log)
 
     def save_log():
@@ -187,11 +214,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if given is None:
             from runtime.artifacts import bucket_file
-            from runtime.model import load_model
 
             from .build import build_onnx
 
-            model = load_model(args.model)
             onnx_dir = build_onnx(model, Path(tmp) / "onnx", log=lambda m: None)
             given = {b: (tuple(s), onnx_dir / bucket_file(b, s, "onnx")) for b, s in enumerate(model.policy.shapes)}
         buckets = wanted if wanted is not None else sorted(given)

@@ -28,7 +28,7 @@ def default_dir(model, kind: str, target: str) -> Path:
     return cache_root() / "artifacts" / model.model_hash[:16] / (kind if kind == "onnx" else target)
 
 
-def _inside(path, root) -> bool:
+def inside(path, root) -> bool:
     try:
         Path(path).resolve().relative_to(Path(root).resolve())
         return True
@@ -122,7 +122,7 @@ def verify(folder, model, kind: str, target: str) -> dict:
     m = read_manifest(folder, kind, fix)
     if m.get("model_hash") != model.model_hash:
         # A cache folder belongs to the model whose hash names it: build this model's own.
-        own = default_dir(model, kind, target) if _inside(folder, cache_root()) else folder
+        own = default_dir(model, kind, target) if inside(folder, cache_root()) else folder
         raise ArtifactError(f"{folder} was built for another model ({str(m.get('model_hash'))[:12]}, "
                             f"this is {model.model_hash[:12]}); pass the model it was built for with --model, "
                             f"or build this model's set with: {rebuild_command(model, target, own)}")

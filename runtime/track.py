@@ -108,19 +108,15 @@ def open_source(args):
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v", ".mkv")  # containers OpenCV writes with the mp4v codec
 
 
-def check_output_path(path, flag: str) -> None:
+def check_output(path, flag: str) -> None:
     """Refuse an output path that cannot be written, before anything slow runs."""
+    from .outputs import check_output_path
+
     p = Path(path).expanduser()
-    if p.is_dir():
-        raise TrackerInputError(f"{flag} {p} is a folder; give a file path")
-    if flag == "--save-video" and p.suffix.lower() not in VIDEO_SUFFIXES:
+    if flag == "--save-video" and not p.is_dir() and p.suffix.lower() not in VIDEO_SUFFIXES:
         raise TrackerInputError(f"--save-video {p}: OpenCV cannot write a video named {p.suffix or 'without an extension'}; "
                                 f"use {' or '.join(VIDEO_SUFFIXES[:2])}")
-    parent = p.parent
-    if not parent.is_dir():
-        raise TrackerInputError(f"{flag} {p}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise TrackerInputError(f"{flag} {p}: folder {parent} is not writable")
+    check_output_path(p, flag)
 
 
 def check_outputs_apart(outputs, source) -> None:
@@ -239,7 +235,7 @@ def run(args) -> dict:
     for flag, path in (("--out", args.out), ("--jsonl", args.jsonl), ("--save-video", args.save_video),
                        ("--plot", args.plot)):
         if path:
-            check_output_path(path, flag)
+            check_output(path, flag)
     # The input first: its errors are cheap to find, building the tracker may not be
     # (the first use of a compiled backend exports and compiles).
     source = open_source(args)

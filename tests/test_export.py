@@ -152,6 +152,37 @@ def test_set_of_the_other_kind_or_no_manifest_object_refused(built, tmp_path):
             make_backend(backend, model, artifacts=d)
 
 
+def test_failed_export_leaves_the_previous_set(one_bucket_model, tmp_path, monkeypatch):
+    from export import build as B
+
+    quiet = dict(log=lambda m: None)
+    out = tmp_path / "onnx"
+    B.build_onnx(one_bucket_model, out, **quiet)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(B, "export_bucket", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        B.build_onnx(one_bucket_model, out, **quiet)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # no partial folder left behind
+
+
+
+def test_export_refuses_to_build_over_other_files(one_bucket_model, tmp_path, capsys):
+    from export.__main__ import main
+
+    mine = tmp_path / "out" / "llvm"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["--model", str(one_bucket_model.path), "--targets", "llvm", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "new or empty folder" in err and "Traceback" not in err
+    assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "out" / "onnx").exists()
+
+
 def _elf_machine(path: Path) -> int:
     head = path.read_bytes()[:20]
     assert head[:4] == b"\x7fELF", f"{path} is not an ELF file"

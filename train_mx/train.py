@@ -22,7 +22,9 @@ os.environ.setdefault("MXNET_CUDNN_AUTOTUNE_DEFAULT", "1")
 import mxnet as mx  # noqa: E402
 
 from runtime.buckets import BucketPolicy  # noqa: E402
+from runtime.errors import TrackerInputError  # noqa: E402
 from runtime.model import load_model, save_model  # noqa: E402
+from runtime.outputs import check_output_folder  # noqa: E402
 
 from . import network  # noqa: E402
 from .data import BatchSampler, load_domains  # noqa: E402
@@ -37,13 +39,9 @@ def parse_ctx(text: str) -> list:
     out = []
     for part in text.split(","):
         kind, _, idx = part.strip().partition(":")
-        i = int(idx or 0)
-        if kind == "cpu":
-            out.append(mx.cpu(i))
-        elif kind in ("gpu", "cuda"):
-            out.append(mx.gpu(i))
-        else:
-            raise SystemExit(f"error: bad context {part!r}; use cpu:0,cpu:1 or gpu:0,...")
+        if kind not in ("cpu", "gpu", "cuda") or not (idx or "0").isdigit():
+            raise TrackerInputError(f"bad context {part!r} in --ctx; use cpu:0,cpu:1 or gpu:0,gpu:1")
+        out.append(mx.cpu(int(idx or 0)) if kind == "cpu" else mx.gpu(int(idx or 0)))
     return out
 
 
@@ -53,11 +51,14 @@ def softmax_loss(prob, labels) -> float:
     return float(-np.mean(np.log(np.clip(pr, 1e-12, None))))
 
 
+BATCH_NEG = 96  # negatives per minibatch (MDNet), mined from --mine-from
+
+
 class Trainer:
     """The bucketing module, optimizer and hard minibatch mining loop."""
 
     def __init__(self, extractor, n_domains, policy, contexts, lr=1e-4, fc_lr_mult=10.0, wd=5e-4,
-                 momentum=0.9, clip=10.0, freeze=(), kvstore="local", batch_pos=32, batch_neg=96,
+                 momentum=0.9, clip=10.0, freeze=(), kvstore="local", batch_pos=32, batch_neg=BATCH_NEG,
                  mine_from=1024, seed=0, roi_shrink=0.0, instance_weight=0.0):
         self.extractor = extractor
         self.n_domains = n_domains
@@ -268,18 +269,63 @@ def main(argv=None) -> int:
     ap.add_argument("--save-model", default=None, help="write the final model folder here")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    try:
+        return _train(args, ap)
+    except TrackerInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
-    from tqdm import tqdm
 
+def _startup_checks(args, ap):
+    """Everything a user can get wrong, checked before data, network or checkpoint is touched:
+    returns (resumed checkpoint model or None, its state or None, pretrained weights path or None)."""
+    for flag, ok in (("--iterations", args.iterations >= 1), ("--epoch-size", args.epoch_size >= 1),
+                     ("--target-size", args.target_size > 0), ("--heldout-batches", args.heldout_batches >= 1),
+                     ("--lr", args.lr > 0)):
+        if not ok:
+            raise TrackerInputError(f"{flag} must be positive, got {getattr(args, flag[2:].replace('-', '_'))}")
+    if args.mine_from < BATCH_NEG:
+        raise TrackerInputError(f"--mine-from must be at least the {BATCH_NEG} negatives of a minibatch, "
+                                f"got {args.mine_from}")
+    parse_ctx(args.ctx)
+    check_output_folder(args.out, "--out")
+    if args.save_model:
+        check_output_folder(args.save_model, "--save-model")
     out = Path(args.out)
     ckpt = out / "checkpoint"
-    # A refused resume should cost nothing: check before the data and the network are built.
-    resumed = load_model(ckpt) if args.resume and (ckpt / "manifest.json").is_file() else None
-    changed = resume_mismatch(resumed.config, args, ap) if resumed is not None else None
-    if changed:
-        print(f"error: {changed} differs from the checkpoint in {ckpt}; resume with the checkpoint's "
-              f"values or train into a new --out", file=sys.stderr)
-        return 2
+    resumed = state = pre = None
+    if args.resume:
+        if not (ckpt / "manifest.json").is_file():
+            raise TrackerInputError(f"--resume: no checkpoint in {ckpt}; pass the --out of the run to resume, "
+                                    "or drop --resume to start afresh")
+        resumed = load_model(ckpt)
+        try:
+            state = json.loads((out / "state.json").read_text())
+            int(state["iteration"]), list(state["log"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise TrackerInputError(f"--resume: {out / 'state.json'} is missing or damaged ({e}); "
+                                    "train into a new --out") from None
+        changed = resume_mismatch(resumed.config, args, ap)
+        if changed:
+            raise TrackerInputError(f"{changed} differs from the checkpoint in {ckpt}; resume with the "
+                                    "checkpoint's values or train into a new --out")
+    else:
+        pre = args.pretrained
+        if pre is None and args.extractor == "squeezenet":
+            pre = str(default_squeezenet_path())
+        if pre and not Path(pre).is_file():
+            raise TrackerInputError(f"pretrained weights {pre} not found; pass --pretrained FILE "
+                                    "(squeezenet .h5 or imagenet-vgg-m.mat)")
+    return resumed, state, pre
+
+
+def _train(args, ap) -> int:
+    from tqdm import tqdm
+
+    # A refused run should cost nothing: check before the data and the network are built.
+    resumed, state, pre = _startup_checks(args, ap)
+    out = Path(args.out)
+    ckpt = out / "checkpoint"
     seqs = args.sequences or sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "sequences").iterdir()
                                     if p.is_dir())
     holdout = {h for h in args.holdout.split(",") if h}
@@ -287,7 +333,8 @@ def main(argv=None) -> int:
     domains = load_domains([s for s in seqs if Path(s).name not in holdout])
     held = load_domains([s for s in seqs if Path(s).name in holdout]) if holdout else []
     if not domains:
-        print("error: no training sequences with usable ground truth", file=sys.stderr)
+        print("error: no training sequences with usable ground truth (each needs at least 10 frames with a "
+              "box inside the image); check --sequences and --holdout", file=sys.stderr)
         return 2
     contexts = parse_ctx(args.ctx)
     freeze = FREEZE[args.extractor] if args.freeze is None else [f for f in args.freeze.split(",") if f]
@@ -300,13 +347,9 @@ def main(argv=None) -> int:
     log = []
     if resumed is not None:
         trainer.set_params(resumed.params)
-        state = json.loads((out / "state.json").read_text())
         start, log = state["iteration"], state["log"]
         print(f"resumed from {ckpt} at iteration {start}")
     else:
-        pre = args.pretrained
-        if pre is None and args.extractor == "squeezenet":
-            pre = str(default_squeezenet_path())
         if pre:
             w = load_squeezenet_h5(pre) if args.extractor == "squeezenet" else load_vggm_mat(pre)
             trainer.set_params(w)
