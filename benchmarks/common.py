@@ -48,7 +48,7 @@ def reports_user_errors(main):
     return wrapper
 
 
-def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=()) -> None:
+def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=(), min_frames: int = 1) -> None:
     """Open every sequence and model, and check the outputs, before the first frame is
     tracked: a mistake in the last one should not surface after minutes of work."""
     from runtime.errors import TrackerInputError
@@ -56,8 +56,9 @@ def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=()) -
     from runtime.outputs import check_output_folder, check_output_path
     from runtime.sources import open_sequence_folder
 
-    if max_frames is not None and max_frames < 2:
-        raise TrackerInputError(f"--max-frames must be at least 2 (the first frame initialises), got {max_frames}")
+    if max_frames is not None and max_frames < min_frames:
+        why = " (the first frame initialises; costs are of the frames after it)" if min_frames > 1 else ""
+        raise TrackerInputError(f"--max-frames must be at least {min_frames}{why}, got {max_frames}")
     for s in seqs:
         open_sequence_folder(s).close()
     for m in models:

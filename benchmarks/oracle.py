@@ -108,7 +108,11 @@ def _main(argv=None) -> int:
     seqs = resolve_sequences(args.sequences)
     if not seqs:
         return 2
-    check_inputs(seqs, [args.model or DEFAULT_MODEL], args.frames + 1, args.out)
+    if args.frames < 1:
+        from runtime.errors import TrackerInputError
+
+        raise TrackerInputError(f"--frames must be at least 1, got {args.frames}")
+    check_inputs(seqs, [args.model or DEFAULT_MODEL], out_dir=args.out)
     rows = {}
     for path in seqs:
         seq = open_sequence_folder(path)

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     if bad or not backends:
         what = f"unknown backend {bad[0]!r} in --backends" if bad else "--backends names none"
         raise TrackerInputError(f"{what}; use {', '.join(BACKENDS + (BASELINE,))}")
-    check_inputs(seqs, [args.model or DEFAULT_MODEL], args.max_frames, args.out, [("--json", args.json)])
+    check_inputs(seqs, [args.model or DEFAULT_MODEL], args.max_frames, args.out, [("--json", args.json)], min_frames=2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine(), "command": "python -m benchmarks.per_frame " + " ".join(argv or sys.argv[1:]),

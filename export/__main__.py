@@ -21,25 +21,30 @@ def main(argv=None) -> int:
                                         "Cross targets (aarch64, cuda:sm_XX@aarch64) need g++-aarch64-linux-gnu.")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     ap.add_argument("--targets", default="llvm",
-                    help="comma-separated: llvm, llvm:MCPU, aarch64, cuda:sm_XX, cuda:sm_XX@aarch64 (default llvm)")
+                    help="comma-separated: llvm, llvm:MCPU, aarch64, cuda:sm_XX, cuda:sm_XX@aarch64 (default llvm); "
+                         "the ONNX set is always built, and onnx alone builds only it")
     ap.add_argument("--out", default=None, help="output folder (default: the runtime's artifact cache)")
     args = ap.parse_args(argv)
     from runtime.model import load_model
     from runtime.outputs import check_output_folder
 
     from . import targets
-    from .build import build, check_replaceable
+    from .build import build
     from .onnx_export import ParityError
 
+    out = Path(args.out).expanduser() if args.out is not None else None
     try:
         names = targets.parse_list(args.targets)
         model = load_model(args.model)
-        if args.out is not None:
-            check_output_folder(args.out, "--out")
-            for folder in ["onnx"] + [t.name for t in names]:
-                check_replaceable(Path(args.out).expanduser() / folder)
-        done = build(model, names, args.out)
+        if out is not None:
+            check_output_folder(out, "--out")
     except (TrackerInputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # Past this point a ValueError is a bug in the export path: it keeps its traceback.
+    try:
+        done = build(model, names, out)
+    except TrackerInputError as e:  # a folder export must not replace (checked before any work)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ParityError as e:

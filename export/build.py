@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -38,20 +37,31 @@ def check_replaceable(folder) -> None:
 @contextlib.contextmanager
 def staged(out: Path):
     """A sibling temporary folder to build in, swapped in for ``out`` only once complete: a
-    failed or interrupted build leaves the previous set as it was."""
+    failed or interrupted build leaves the previous set as it was. The swap holds a lock
+    beside ``out``, so two builds of one set (two first uses of the cache) do not collide:
+    the later one's set wins, both complete."""
+    import fcntl
+
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         tmp.chmod(0o755)
         yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        with open(out.parent / f".{out.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            old = None
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+                out.rename(old / out.name)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                if old is not None:
+                    (old / out.name).rename(out)  # put the previous set back
+                raise
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -98,7 +108,7 @@ def build_tvm(model, target, onnx_dir, out, log=print) -> Path:
 
 def build(model, target_names, out=None, log=print) -> dict:
     """ONNX set plus one TVM set per target under ``out``; returns {name: folder}."""
-    out = Path(out) if out is not None else artifacts.default_dir(model, "onnx", "onnx").parent
+    out = Path(out).expanduser() if out is not None else artifacts.default_dir(model, "onnx", "onnx").parent
     tgts = [targets_mod.parse(t) if isinstance(t, str) else t for t in target_names]
     for folder in [out / "onnx"] + [out / t.name for t in tgts]:  # before minutes of work
         check_replaceable(folder)

@@ -76,15 +76,17 @@ def parse(name: str, mcpu: str | None = None) -> CompileTarget:
 
 
 def parse_list(text: str, mcpu: str | None = None) -> list:
-    out = [parse(t, mcpu) for t in text.split(",") if t.strip()]
-    if not out:
-        raise ValueError(f"no target in {text!r}; name at least one, e.g. llvm or cuda:sm_87")
-    return out
+    """TVM targets of ``--targets``; ``onnx`` names the ONNX set, which is always built (so
+    ``--targets onnx`` builds it alone, for ONNX Runtime)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"no target in {text!r}; name at least one, e.g. onnx, llvm or cuda:sm_87")
+    return [parse(t, mcpu) for t in names if t != "onnx"]
 
 
 def _check_cpu(cpu: str) -> None:
-    """An x86 CPU name LLVM knows: LLVM ignores an unknown one with a log line and builds for
-    generic x86-64, without SIMD."""
+    """A CPU name LLVM knows: LLVM ignores an unknown one with a log line and builds for the
+    generic architecture, without SIMD."""
     if not cpu:
         raise ValueError("llvm: needs a CPU name after the colon, e.g. llvm:znver3 (or plain llvm for this CPU)")
     if cpu == "native":
@@ -93,7 +95,7 @@ def _check_cpu(cpu: str) -> None:
         from tvm.target import codegen
     except ImportError:  # checked again where TVM compiles
         return
-    triple = "x86_64-linux-gnu"
+    triple = codegen.llvm_get_system_triple()  # llvm:MCPU compiles for this machine's architecture
     if not codegen.llvm_is_valid_cpu(cpu, triple):
-        raise ValueError(f"LLVM knows no x86-64 CPU {cpu!r}; use a name such as znver4, skylake-avx512 or "
+        raise ValueError(f"LLVM knows no CPU {cpu!r} for {triple}; use a name such as znver4, skylake-avx512 or "
                          f"alderlake, or plain llvm for this CPU")

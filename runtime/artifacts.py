@@ -40,9 +40,23 @@ def bucket_file(bucket: int, shape, ext: str) -> str:
     return f"bucket{bucket}_{shape[0]}x{shape[1]}.{ext}"
 
 
-def rebuild_command(model, target: str, out) -> str:
-    t = "onnx" if target == "onnx" else target
-    return f"python -m export --model {model.path} --targets {t} --out {out}"
+def rebuild_command(model, target: str, folder) -> str:
+    """The export command that writes the set ``folder`` holds (``target``: 'onnx' or a TVM
+    target name). Export writes ``OUT/onnx`` and ``OUT/<target>``, so its --out is the parent."""
+    folder = Path(folder)
+    name = "onnx" if target == "onnx" else target
+    cmd = f"python -m export --model {model.path} --targets {_target_arg(target)} --out {folder.parent}"
+    return cmd if folder.name == name else f"{cmd}, then pass --artifacts {folder.parent / name}"
+
+
+def _target_arg(target: str) -> str:
+    """A set's target name (folder name) as export's --targets spells it."""
+    if target.startswith("llvm-"):
+        return "llvm:" + target[len("llvm-"):]
+    if target.startswith("cuda-"):
+        arch, _, host = target[len("cuda-"):].partition("-")
+        return f"cuda:{arch}" + (f"@{host}" if host else "")
+    return target
 
 
 def write_manifest(folder, model, kind: str, target: str, target_dict, files: dict, extra=None) -> Path:
@@ -95,8 +109,9 @@ def read_manifest(folder, kind: str, fix: str) -> dict:
         if other:  # a valid set of the other kind: rebuilding over it would destroy it
             targets = "onnx" if kind == "onnx" else "llvm (or cuda:sm_XX)"
             raise ArtifactError(f"{folder} holds {m.get('kind')} artifacts, not {kind}: use it with --backend {other}, "
-                                f"or build a set for --backend {BACKEND_OF[kind]} into a new folder: "
-                                f"python -m export --targets {targets} --out NEW_FOLDER")
+                                f"or build a set for --backend {BACKEND_OF[kind]} with: python -m export "
+                                f"--targets {targets} --out NEW_FOLDER, then pass --artifacts NEW_FOLDER/"
+                                f"{'onnx' if kind == 'onnx' else '<target>'}")
         raise ArtifactError(f"{folder} holds no {kind} artifacts (manifest kind {m.get('kind')!r}); {fix}")
     return m
 

@@ -5,11 +5,11 @@ import re
 
 from .errors import TrackerInputError
 
-_DEVICE = re.compile(r"(cpu)|(?:cuda|gpu)(?::(\d+))?")
+_DEVICE = re.compile(r"(cpu)(?::\d+)?|(?:cuda|gpu)(?::(\d+))?")
 
 
 def parse_device(text) -> str:
-    """``cpu``, ``cuda``, ``cuda:N`` (MXNet's ``gpu[:N]`` too) -> ``"cpu"`` or ``"cuda:N"``."""
+    """``cpu``, ``cuda``, ``cuda:N`` (MXNet's ``cpu:N`` and ``gpu[:N]`` too) -> ``"cpu"`` or ``"cuda:N"``."""
     m = _DEVICE.fullmatch(str(text).strip().lower())
     if m is None:
         raise TrackerInputError(f"unknown device {text!r}; use cpu, cuda or cuda:N (N = GPU index)")

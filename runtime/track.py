@@ -128,11 +128,17 @@ def check_outputs_apart(outputs, source) -> None:
         if p in named:
             raise TrackerInputError(f"{named[p]} and {flag} both name {p}; give each output its own file")
         named[p] = flag
-    inputs = [getattr(source, "path", None), getattr(source, "groundtruth_path", None),
-              *getattr(source, "frame_paths", ())]
-    inputs = {Path(p).resolve() for p in inputs if p}
+    inputs = {Path(p).resolve() for p in (getattr(source, "path", None), getattr(source, "groundtruth_path", None)) if p}
+    # frames: resolve each folder once (a long sequence has tens of thousands of frames)
+    by_dir = {}
+    for f in getattr(source, "frame_paths", ()):
+        d, name = os.path.split(f)
+        by_dir.setdefault(d, set()).add(name)
+    frames = {}
+    for d, names in by_dir.items():
+        frames.setdefault(Path(d or ".").resolve(), set()).update(names)
     for p, flag in named.items():
-        if p in inputs:
+        if p in inputs or p.name in frames.get(p.parent, ()):
             raise TrackerInputError(f"{flag} {p} is one of the input files and would be overwritten; "
                                     "write the output somewhere else")
 

@@ -167,7 +167,8 @@ def test_failed_export_leaves_the_previous_set(one_bucket_model, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         B.build_onnx(one_bucket_model, out, **quiet)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # no partial folder left behind
+    # no partial or old folder left behind (the swap's lock file stays, as lock files do)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".onnx.lock", "onnx"]
 
 
 
@@ -181,6 +182,21 @@ def test_export_refuses_to_build_over_other_files(one_bucket_model, tmp_path, ca
     err = capsys.readouterr().err
     assert "new or empty folder" in err and "Traceback" not in err
     assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "out" / "onnx").exists()
+
+
+def test_export_onnx_alone_and_rebuild_commands_that_work(one_bucket_model, tmp_path):
+    from export.__main__ import main
+    from export.targets import parse
+
+    assert main(["--model", str(one_bucket_model.path), "--targets", "onnx", "--out", str(tmp_path / "a")]) == 0
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if not p.name.startswith(".")) == ["onnx"]
+    artifacts.verify(tmp_path / "a" / "onnx", one_bucket_model, "onnx", "onnx")
+    # the advice names the parent (export writes OUT/onnx, OUT/<target>) and a target export parses
+    cmd = artifacts.rebuild_command(one_bucket_model, "cuda-sm_87-aarch64", tmp_path / "a" / "cuda-sm_87-aarch64")
+    assert f"--out {tmp_path / 'a'}" in cmd and "then pass" not in cmd
+    assert parse(cmd.split("--targets ")[1].split()[0]).name == "cuda-sm_87-aarch64"
+    cmd = artifacts.rebuild_command(one_bucket_model, "onnx", tmp_path / "mine")
+    assert "--targets onnx" in cmd and f"then pass --artifacts {tmp_path / 'onnx'}" in cmd
 
 
 def _elf_machine(path: Path) -> int:

@@ -256,6 +256,20 @@ def test_vot_loop_keeps_box_on_unreadable_frame(vot_frames, vot_tracker, tmp_pat
     assert kept == before and conf == vot.UNREADABLE_CONFIDENCE
 
 
+def test_vot_loop_keeps_box_on_a_frame_of_another_size(vot_frames, vot_tracker, tmp_path):
+    import cv2
+
+    from runtime.integrations import vot
+
+    seq, files = vot_frames
+    small = tmp_path / "small.jpg"
+    cv2.imwrite(str(small), np.zeros((30, 40, 3), np.uint8))
+    handle = StubHandle(vot.Rectangle(*seq.groundtruth[0]), files[:3] + [str(small)] + files[3:5])
+    assert vot.track(handle, vot_tracker) == 5  # the session goes on
+    (before, _), (kept, conf) = handle.reports[1], handle.reports[2]
+    assert kept == before and conf == vot.UNREADABLE_CONFIDENCE
+
+
 def test_open_handle_choices(monkeypatch):
     """builtin -> TraxHandle; helper -> vot.VOT, refusing a `vot` module without VOT (the toolkit package)."""
     import types

@@ -64,9 +64,9 @@ def test_resume_with_a_damaged_state_refused(seq, tmp_path, capsys):
     (["--benchmark", "accuracy", "--trackers", ","], ["--trackers"]),
     (["--benchmark", "accuracy", "--backend", "bogus"], ["bogus"]),
     (["--benchmark", "accuracy", "--model", "NOWHERE"], ["nowhere"]),
-    (["--benchmark", "accuracy", "--max-frames", "0"], ["--max-frames"]),
+    (["--benchmark", "accuracy", "--max-frames", "0"], ["--max-frames", "at least 1"]),
     (["--benchmark", "per_frame", "--backends", "foo"], ["'foo'"]),
-    (["--benchmark", "per_frame", "--max-frames", "1"], ["--max-frames"]),
+    (["--benchmark", "per_frame", "--max-frames", "1"], ["--max-frames", "at least 2"]),
     (["--benchmark", "per_frame", "--out", "AFILE"], ["is a file"]),
     (["--benchmark", "accuracy", "--json", "AFILE/x.json"], ["--json"]),
 ])

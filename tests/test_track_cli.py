@@ -204,8 +204,8 @@ def test_malformed_device_is_a_usage_error(otb, device, capsys):
 def test_parse_device_normalises():
     from runtime.devices import parse_device
 
-    assert [parse_device(d) for d in ("cpu", "CUDA", "cuda:1", "gpu", "gpu:2")] == \
-        ["cpu", "cuda:0", "cuda:1", "cuda:0", "cuda:2"]
+    assert [parse_device(d) for d in ("cpu", "cpu:0", "CUDA", "cuda:1", "gpu", "gpu:2")] == \
+        ["cpu", "cpu", "cuda:0", "cuda:1", "cuda:0", "cuda:2"]
 
 
 def test_model_config_missing_a_key(otb, tiny_model, tmp_path, capsys):

@@ -280,7 +280,7 @@ def _startup_checks(args, ap):
     """Everything a user can get wrong, checked before data, network or checkpoint is touched:
     returns (resumed checkpoint model or None, its state or None, pretrained weights path or None)."""
     for flag, ok in (("--iterations", args.iterations >= 1), ("--epoch-size", args.epoch_size >= 1),
-                     ("--target-size", args.target_size > 0), ("--heldout-batches", args.heldout_batches >= 1),
+                     ("--target-size", args.target_size > 0), ("--heldout-batches", args.heldout_batches >= 1 or not args.holdout),
                      ("--lr", args.lr > 0)):
         if not ok:
             raise TrackerInputError(f"{flag} must be positive, got {getattr(args, flag[2:].replace('-', '_'))}")
@@ -313,7 +313,7 @@ def _startup_checks(args, ap):
         pre = args.pretrained
         if pre is None and args.extractor == "squeezenet":
             pre = str(default_squeezenet_path())
-        if pre and not Path(pre).is_file():
+        if pre and not (Path(pre).is_file() or Path(pre + ".mat").is_file()):  # loadmat adds .mat
             raise TrackerInputError(f"pretrained weights {pre} not found; pass --pretrained FILE "
                                     "(squeezenet .h5 or imagenet-vgg-m.mat)")
     return resumed, state, pre

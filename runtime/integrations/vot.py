@@ -147,14 +147,16 @@ def track(handle, tracker, rectangle=Rectangle, read=_read) -> int:
     if image is None:
         raise TrackerInputError(f"cannot read the first frame {path}")
     tracker.init(image, box)
+    size = image.shape[:2]
     reported = 0
     while True:
         path = handle.frame()
         if not path:
             break
         image = read(path)
-        if image is None:
-            log.warning("cannot read %s; keeping the last box", path)
+        if image is None or image.shape[:2] != size:
+            why = "cannot read" if image is None else f"{image.shape[1]}x{image.shape[0]} pixels, not {size[1]}x{size[0]}:"
+            log.warning("%s %s; keeping the last box", why, path)
             confidence = UNREADABLE_CONFIDENCE
         else:
             result = tracker.update(image)
@@ -197,7 +199,7 @@ def main(argv=None) -> int:
     try:
         # Load the model before the handshake, so a bad path fails with a readable message.
         tracker = Tracker(args.model or DEFAULT_MODEL, backend=args.backend, device=args.device, seed=args.seed,
-                          artifacts=args.artifacts)
+                          artifacts=args.artifacts if args.backend != "mxnet" else None)
         handle, rectangle = open_handle("rectangle", args.handle)
         try:
             track(handle, tracker, rectangle)
