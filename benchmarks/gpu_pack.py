@@ -194,24 +194,56 @@ def sample_patches(model, sequence=None, seed=0):
 
 def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buckets=None, build_dir=None,
                max_mb=60.0, seed=0, with_cpu=True, sequence=None) -> dict:
-    from export.build import build_onnx, build_tvm
     from export.targets import parse
-    from runtime.artifacts import bucket_file
-    from runtime.backends.mxnet_backend import MXNetBackend
     from runtime.model import load_model
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not (out / PACK_MARKER).is_file():
-            raise RuntimeError(f"{out} exists and is not a GPU pack: choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from runtime.errors import TrackerInputError
+    from runtime.outputs import check_output_folder
+    from runtime.sources import open_sequence_folder
+
+    # Everything checked before the old pack is touched or minutes are spent compiling.
+    final = Path(out).expanduser()
+    check_output_folder(final, "--out")
+    if final.exists() and any(final.iterdir()) and not (final / PACK_MARKER).is_file():
+        raise TrackerInputError(f"{final} exists and is not a GPU pack: choose another --out")
+    full = load_model(model_dir)
+    n = len(full.policy.shapes)
+    if buckets is not None and (not buckets or any(not 0 <= b < n for b in buckets)):
+        raise TrackerInputError(f"--buckets {buckets}: the model has buckets 0 to {n - 1}")
+    cuda_t, cpu_t = parse(f"cuda:{arch}"), parse(cpu_target)
+    if not max_mb > 0:
+        raise TrackerInputError(f"--max-mb must be positive, got {max_mb}")
+    if sequence is not None:
+        open_sequence_folder(sequence).close()
+    # Built beside the destination and swapped in when complete: a failed build keeps the old pack.
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    out.chmod(0o755)
+    try:
+        info = _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_cpu, sequence, max_mb, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        final.rename(old / "pack")
+    out.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return info
+
+
+def _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_cpu, sequence, max_mb, final) -> dict:
+    from export.build import build_onnx, build_tvm
+    from runtime.artifacts import bucket_file
+    from runtime.backends.mxnet_backend import MXNetBackend
+
     t_start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = subset_model(load_model(model_dir), buckets, tmp)
+        model = subset_model(full, buckets, tmp)
         shapes = [tuple(s) for s in model.policy.shapes]
-        cuda_t, cpu_t = parse(f"cuda:{arch}"), parse(cpu_target)
 
         log(f"[1/6] ONNX export of {len(shapes)} buckets (parity-checked against MXNet)")
         onnx_dir = build_onnx(model, tmp / "onnx", log=lambda m: log("  " + m))
@@ -282,9 +314,10 @@ def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buck
     size = folder_bytes(out)
     info["size_mb"] = round(size / 2**20, 2)
     (out / PACK_MARKER).write_text(json.dumps(info, indent=1))
-    log(f"{out}: {info['size_mb']} MB in {time.time() - t_start:.0f} s")
+    log(f"{final}: {info['size_mb']} MB in {time.time() - t_start:.0f} s")
     if size > max_mb * 2**20:
-        raise RuntimeError(f"{out} is {size / 2**20:.1f} MB, over the {max_mb} MB limit: pick fewer --buckets")
+        raise RuntimeError(f"the pack is {size / 2**20:.1f} MB, over the {max_mb} MB limit: pick fewer --buckets "
+                           f"({final} is unchanged)")
     return info
 
 
@@ -313,7 +346,7 @@ def main(argv=None) -> int:
     try:
         build_pack(args.model, args.out, args.arch, args.cpu_target, buckets, args.build_dir, args.max_mb,
                    with_cpu=not args.no_cpu, sequence=args.sequence)
-    except (RuntimeError, ValueError, IndexError) as e:  # ModelError / ArtifactError are ValueErrors
+    except (RuntimeError, ValueError) as e:  # ModelError / ArtifactError / TrackerInputError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

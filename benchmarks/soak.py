@@ -172,7 +172,16 @@ def summary_lines(r: dict) -> list:
 def main(argv=None) -> int:
     import json
 
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    import math
+
+    if args.seed < 0:
+        ap.error(f"--seed must be >= 0, got {args.seed}")
+    if args.rss_every < 1:
+        ap.error(f"--rss-every must be >= 1, got {args.rss_every}")
+    if not (math.isfinite(args.max_growth_mb) and math.isfinite(args.max_cost_ratio)):
+        ap.error("--max-growth-mb and --max-cost-ratio must be finite numbers")
     progress = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     try:
         if args.json:
@@ -180,7 +189,7 @@ def main(argv=None) -> int:
 
             check_output_path(args.json, "--json")  # before minutes of frames, not after
         r = soak(args.frames, size=args.size, seed=args.seed, model=args.model, backend=args.backend,
-                 rss_every=max(1, args.rss_every), max_growth_mb=args.max_growth_mb,
+                 rss_every=args.rss_every, max_growth_mb=args.max_growth_mb,
                  max_cost_ratio=args.max_cost_ratio, progress=progress)
     except ValueError as e:  # TrackerInputError (bad model, artifacts) is a ValueError
         print(f"error: {e}", file=sys.stderr)
@@ -188,9 +197,13 @@ def main(argv=None) -> int:
     for line in summary_lines(r):
         print(line)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
-            f.write("\n")
+        try:
+            with open(args.json, "w") as f:
+                json.dump(r, f, indent=1)
+                f.write("\n")
+        except OSError as e:  # checked up front, but permissions can still refuse (root, /sys)
+            print(f"error: cannot write {args.json}: {e.strerror or e} (the figures are printed above)", file=sys.stderr)
+            return 2
     if args.strict and not (r["memory"]["ok"] and r["cost"]["ok"]):
         return 1
     return 0

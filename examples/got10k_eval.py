@@ -22,6 +22,8 @@ from pathlib import Path
 # Run from anywhere inside a checkout without installing it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runtime.errors import TrackerInputError  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Evaluate the tracker with the GOT-10k toolkit (got10k package).")
@@ -52,7 +54,7 @@ def missing_otb_sequences(root, version) -> list:
 
     names = getattr(OTB, "_OTB__version_dict", {}).get(version)
     if names is None:
-        raise SystemExit(f"error: unknown OTB version {version!r}")
+        raise TrackerInputError(f"unknown OTB version {version!r}; use 2013, 2015, tb50, tb100, otb2013 or otb2015")
     return [s for s in names if not os.path.isdir(os.path.join(root, s))]
 
 
@@ -63,12 +65,16 @@ def make_experiment(args):
         version = otb_version(args.version)
         missing = missing_otb_sequences(args.root, version)
         if missing and not args.allow_download:
-            raise SystemExit(f"error: {len(missing)} OTB{version} sequence folder(s) missing under {args.root} "
+            raise TrackerInputError(f"{len(missing)} OTB{version} sequence folder(s) missing under {args.root} "
                              f"(first: {', '.join(missing[:5])}); the toolkit would download them: pass "
                              "--allow-download, or create the folders (empty ones without groundtruth are skipped)")
         return ExperimentOTB(args.root, version=version, result_dir=args.results, report_dir=args.reports)
     from got10k.experiments import ExperimentGOT10k
 
+    listing = os.path.join(args.root, args.subset, "list.txt")
+    if not os.path.isfile(listing):
+        raise TrackerInputError(f"{listing} not found: --root must hold GOT-10k's {args.subset}/ folder "
+                                "with its list.txt")
     return ExperimentGOT10k(args.root, subset=args.subset, result_dir=args.results, report_dir=args.reports)
 
 
@@ -80,13 +86,17 @@ def main(argv=None) -> int:
     from runtime.errors import TrackerInputError
     from runtime.integrations.got10k import GOT10kTracker
 
+    from runtime.outputs import check_output_folder
+
     try:
+        check_output_folder(args.results, "--results")  # before the evaluation, not after it
+        check_output_folder(args.reports, "--reports")
         tracker = GOT10kTracker(model=args.model, backend=args.backend, device=args.device, seed=args.seed,
                                 name=args.name)
+        experiment = make_experiment(args)
     except TrackerInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    experiment = make_experiment(args)
     experiment.run(tracker)
     performance = experiment.report([tracker.name])
     if performance is not None:  # GOT-10k test: the report is a submission archive

@@ -9,6 +9,10 @@ class TrackerInputError(ValueError):
     """Bad input a user can fix: a missing file, a malformed row, an impossible box."""
 
 
+class TrackerStateError(TrackerInputError, RuntimeError):
+    """A call out of order, e.g. ``update`` before ``init``."""
+
+
 class SequenceError(TrackerInputError):
     """A sequence source (folder, video, glob, camera) cannot be read as asked.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,11 +91,20 @@ def save_model(path, config: dict, params: dict) -> Path:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    mx.nd.save(str(path / WEIGHTS), {k: mx.nd.array(np.asarray(v, dtype=np.float32)) for k, v in params.items()})
-    (path / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    files = {name: sha256_file(path / name) for name in (CONFIG, WEIGHTS)}
-    manifest = {"format": 1, "files": files, "model_hash": _model_hash(files)}
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    # Every file is written beside its final name first and renamed only once all three are
+    # written: a full disk or a crash mid-write leaves the previous model loadable.
+    tmp = {name: path / f".{name}.{os.getpid()}.tmp" for name in (WEIGHTS, CONFIG, MANIFEST)}
+    try:
+        mx.nd.save(str(tmp[WEIGHTS]), {k: mx.nd.array(np.asarray(v, dtype=np.float32)) for k, v in params.items()})
+        tmp[CONFIG].write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        files = {name: sha256_file(tmp[name]) for name in (CONFIG, WEIGHTS)}
+        manifest = {"format": 1, "files": files, "model_hash": _model_hash(files)}
+        tmp[MANIFEST].write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        for name in (WEIGHTS, CONFIG, MANIFEST):  # the manifest last: it vouches for the others
+            os.replace(tmp[name], path / name)
+    finally:
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
     return path
 
 

@@ -5,7 +5,21 @@ was on the development set (benchmarks/README.md), averaged over seeds 0-3: the 
 sequences the accuracy benchmark reports, so those figures are not a held-out test."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
+from numbers import Integral, Real
+
+from .errors import TrackerInputError
+
+# Ranges of the numeric parameters: (kind, low, high, low inclusive, high inclusive).
+_COUNTS_POSITIVE = ("n_candidates", "top_k", "n_pos_init", "n_neg_init", "n_pos_update", "n_neg_update",
+                    "long_interval", "long_frames", "short_frames", "batch_pos", "batch_neg", "mine_from")
+_COUNTS = ("iters_init", "iters_update", "update_iters_per_frame", "fc4_rank", "n_bbreg")  # 0 allowed
+_POSITIVE = ("trans", "scale", "widen_rate", "trans_max", "lr_init", "lr_update", "outlier_center",
+             "grad_clip", "min_size", "bbreg_alpha")
+_UNIT = ("pos_iou_init", "neg_iou_init", "pos_iou_update", "neg_iou_update", "bbreg_iou")
+_HALF_OPEN_UNIT = ("momentum", "dropout")  # [0, 1)
+_ONLINE_LAYERS = (("fc6",), ("fc5", "fc6"), ("fc4", "fc5", "fc6"))
 
 
 @dataclass
@@ -76,11 +90,50 @@ class TrackerParams:
     # boxes never shrink below this many pixels
     min_size: float = 4.0
 
+    def __post_init__(self):
+        """Refuse a value the algorithm cannot run with, naming it (a zero scale step once
+        aborted the whole process inside MXNet's RoIAlign)."""
+        def bad(name, want):
+            return TrackerInputError(f"tracker parameter {name}={getattr(self, name)!r}: must be {want}")
+
+        for name in _COUNTS_POSITIVE + _COUNTS:
+            v = getattr(self, name)
+            low = 1 if name in _COUNTS_POSITIVE else 0
+            if isinstance(v, bool) or not isinstance(v, Integral) or v < low:
+                raise bad(name, "a whole number" + (" >= 1" if low else " >= 0"))
+            object.__setattr__(self, name, int(v))
+        for name in _POSITIVE + _UNIT + _HALF_OPEN_UNIT + ("weight_decay", "success_threshold", "outlier_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v):
+                raise bad(name, "a finite number")
+            object.__setattr__(self, name, float(v))
+        for name in _POSITIVE:
+            if getattr(self, name) <= 0:
+                raise bad(name, "positive")
+        for name in _UNIT:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise bad(name, "an IoU in [0, 1]")
+        for name in _HALF_OPEN_UNIT:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise bad(name, "in [0, 1)")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", ">= 0")
+        if self.outlier_scale < 1:
+            raise bad("outlier_scale", ">= 1 (an area ratio)")
+        if self.mine_from < self.batch_neg:
+            raise bad("mine_from", f">= batch_neg ({self.batch_neg}): the hard negatives are mined from it")
+        if not isinstance(self.bbreg, bool):
+            raise bad("bbreg", "True or False")
+        layers = tuple(self.online_layers) if isinstance(self.online_layers, (list, tuple)) else None
+        if layers not in _ONLINE_LAYERS:
+            raise bad("online_layers", f"one of {', '.join(map(str, _ONLINE_LAYERS))}")
+        object.__setattr__(self, "online_layers", layers)
+
     def replace(self, **kw) -> "TrackerParams":
         known = {f.name for f in fields(self)}
         bad = sorted(set(kw) - known)
         if bad:
-            raise ValueError(f"unknown tracker parameter(s): {', '.join(bad)}")
+            raise TrackerInputError(f"unknown tracker parameter(s): {', '.join(bad)}")
         d = asdict(self)
         d.update(kw)
         return TrackerParams(**d)

@@ -6,6 +6,7 @@ sample collection and long/short-term updates spread over the following frames.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import numpy as np
 from . import sampling
 from .bbreg import BBoxRegressor
 from .buckets import extractor_input
-from .errors import TrackerInputError
+from .errors import TrackerInputError, TrackerStateError
 from .geometry import iou, keep_center_inside
 from .imageops import to_bgr8
 from .model import Model, load_model
@@ -69,8 +70,16 @@ class Tracker:
         from .devices import parse_device
 
         # model=None: the shipped models/default, found from the package, not the cwd
+        if not (model is None or isinstance(model, (Model, str, os.PathLike))):
+            raise TrackerInputError(f"model must be a model folder path or a Model, got {type(model).__name__}")
         self.model: Model = model if isinstance(model, Model) else load_model(model)
+        if isinstance(params, dict):
+            params = TrackerParams().replace(**params)
+        elif params is not None and not isinstance(params, TrackerParams):
+            raise TrackerInputError(f"params must be a TrackerParams or a dict of its fields, got {type(params).__name__}")
         self.params = (params or TrackerParams()).replace(**params_kw) if params_kw else (params or TrackerParams())
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise TrackerInputError(f"seed must be a whole number >= 0, got {seed!r}")
         self.policy = self.model.policy
         device = parse_device(device)
         if artifacts is not None and backend == "mxnet":
@@ -104,7 +113,10 @@ class Tracker:
         return feat
 
     def _check_box(self, box, size):
-        b = np.asarray(box, dtype=np.float64).reshape(-1)
+        try:
+            b = np.asarray(box, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise TrackerInputError(f"initial box must be 4 finite numbers x,y,w,h, got {box!r}") from None
         if b.shape != (4,) or not np.all(np.isfinite(b)):
             raise TrackerInputError(f"initial box must be 4 finite numbers x,y,w,h, got {np.asarray(box).tolist()}")
         if b[2] <= 0 or b[3] <= 0:
@@ -182,7 +194,7 @@ class Tracker:
 
     def update(self, image) -> TrackResult:
         if self.head is None:
-            raise RuntimeError("call init(image, box) before update(image)")
+            raise TrackerStateError("call init(image, box) before update(image)")
         t0 = time.perf_counter()
         p = self.params
         image = to_bgr8(image)

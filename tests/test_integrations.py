@@ -176,8 +176,19 @@ def test_example_refuses_to_download_missing_otb(tmp_path, capsys):
     pytest.importorskip("got10k")
     (tmp_path / "otb" / "Basketball").mkdir(parents=True)
     example = _load_example()
-    with pytest.raises(SystemExit, match="missing"):
+    from runtime.errors import TrackerInputError
+
+    with pytest.raises(TrackerInputError, match="missing"):
         example.make_experiment(example.build_parser().parse_args(["--root", str(tmp_path / "otb"), "--version", "2013"]))
+    # through main: one line, exit 2, and the output folders are checked before any of it
+    assert example.main(["--root", str(tmp_path / "otb"), "--version", "2013", "--results", str(tmp_path / "r"),
+                         "--reports", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing" in err and "Traceback" not in err
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert example.main(["--root", str(tmp_path / "otb"), "--reports", str(f)]) == 2
+    assert "--reports" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- VOT / TraX

@@ -119,3 +119,59 @@ def test_feature_timing_refuses_bad_input(tmp_path, afile, capsys):
     for argv, words in ((["--backends", "foo"], ["'foo'"]), (["--repeat", "0"], ["--repeat"]),
                         (["--out", str(afile)], ["is a file"])):
         _expect(capsys, main(argv + ([] if "--out" in argv else ["--out", str(tmp_path / "o")])), *words)
+
+
+def test_training_report_and_feature_stats_refuse_bad_input(tmp_path, afile, capsys):
+    from train_mx import feature_stats, report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.json").write_text('{"log": []}')
+    _expect(capsys, report.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]), "state.json")
+    _expect(capsys, report.main([str(run), "--out", str(tmp_path / "r")]), "no training log")
+    assert not (tmp_path / "r").exists()  # nothing written before the runs are read
+    with pytest.raises(SystemExit) as e:
+        feature_stats.main(["--model", str(tmp_path), "--every", "0"])
+    assert e.value.code == 2 and "--every" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["-n", "1", "--port", "99999"], ["--port"]),
+    (["-n", "1", "--threads", "-3"], ["--threads"]),
+    (["-n", "1", "--timeout", "nan"], ["--timeout"]),
+    (["-n", "1", "--ssh", "'ssh"], ["--ssh", "quotation"]),
+    (["-n", "1", "--python", "/nonexistent/python"], ["no such program"]),
+])
+def test_launcher_refuses_bad_options_before_starting(argv, words, capsys):
+    from train_mx import launch
+
+    with pytest.raises(SystemExit) as e:
+        launch.main(argv + ["--dry-run", "--", "--iterations", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and all(w in err for w in words), err
+
+
+@pytest.mark.parametrize("var,value", [("MDTRACK_SEED", "abc"), ("MDTRACK_VOT_HANDLE", "bogus"),
+                                       ("MDTRACK_BACKEND", "bogus")])
+def test_vot_entry_checks_its_environment(monkeypatch, capsys, var, value):
+    from runtime.integrations import vot
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SystemExit) as e:
+        vot.main([])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and value in err and var in err
+
+
+def test_gpu_pack_checks_before_touching_the_old_pack(tmp_path, capsys):
+    from benchmarks.gpu_pack import PACK_MARKER, main
+
+    old = tmp_path / "pack"
+    old.mkdir()
+    (old / PACK_MARKER).write_text("{}")
+    (old / "results.json").write_text("kept")
+    for extra, words in ((["--buckets", "99"], ["0 to 7"]), (["--cpu-target", "bogus"], ["bogus"]),
+                         (["--max-mb", "0"], ["--max-mb"]), (["--model", str(tmp_path / "nowhere")], ["nowhere"]),
+                         (["--sequence", str(tmp_path / "noseq")], ["noseq"])):
+        _expect(capsys, main(["--out", str(old)] + extra), *words)
+    assert (old / "results.json").read_text() == "kept"

@@ -400,3 +400,83 @@ def test_params_replace_rejects_unknown_names(model):
         p.replace(top_k=3, n_candidatez=10)
     with pytest.raises(ValueError, match="bogus"):
         Tracker(model, bogus=1)
+
+
+# -- the Python API refuses what it cannot run with, by name ------------------------------------
+
+@pytest.mark.parametrize("kw,name", [
+    ({"scale": 0}, "scale"),  # once aborted the process inside MXNet's RoIAlign
+    ({"top_k": 0}, "top_k"),
+    ({"n_candidates": "many"}, "n_candidates"),
+    ({"long_interval": 0}, "long_interval"),
+    ({"trans": -1}, "trans"),
+    ({"lr_init": float("nan")}, "lr_init"),
+    ({"pos_iou_init": 1.5}, "pos_iou_init"),
+    ({"dropout": 2}, "dropout"),
+    ({"bbreg": "no"}, "bbreg"),
+    ({"online_layers": ("fc4",)}, "online_layers"),
+    ({"mine_from": 10}, "mine_from"),
+    ({"itres_update": 3}, "itres_update"),
+])
+def test_bad_tracker_parameters_refused_by_name(tiny_model, kw, name):
+    from runtime.errors import TrackerInputError
+    from runtime.tracker import Tracker
+
+    with pytest.raises(TrackerInputError, match=name):
+        Tracker(tiny_model, **kw)
+
+
+def test_params_as_dict_and_bad_arguments(tiny_model):
+    from runtime.errors import TrackerInputError
+    from runtime.tracker import Tracker
+
+    assert Tracker(tiny_model, params={"top_k": 3}).params.top_k == 3
+    for kw, word in (({"params": object()}, "params"), ({"seed": -1}, "seed"), ({"seed": 1.7}, "seed"),
+                     ({"model": 123}, "model")):
+        with pytest.raises(TrackerInputError, match=word):
+            Tracker(**({"model": tiny_model} | kw))
+
+
+@pytest.mark.parametrize("box", ["40,30,30,20", [1, 2, [3, 4]], {"x": 1}])
+def test_malformed_box_is_a_clear_error(tiny_model, box):
+    from runtime.errors import TrackerInputError
+    from runtime.tracker import Tracker
+
+    with pytest.raises(TrackerInputError, match="4 finite numbers"):
+        Tracker(tiny_model).init(np.zeros((120, 160, 3), np.uint8), box)
+
+
+def test_float_image_in_0_255_refused():
+    from runtime.errors import TrackerInputError
+    from runtime.imageops import to_bgr8
+
+    img = np.full((20, 30, 3), 100.0)
+    with pytest.raises(TrackerInputError, match=r"\[0, 1\]"):
+        to_bgr8(img)
+    hdr = np.full((20, 30, 3), 0.5)
+    hdr[0, 0] = 7.0  # an HDR highlight is clipped, not refused
+    assert to_bgr8(hdr)[0, 0, 0] == 255 and to_bgr8(hdr)[5, 5, 0] == 128
+
+
+def test_save_model_failing_midway_keeps_the_previous_model(tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    from runtime import model as M
+
+    m = M.load_model(tiny_model)
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model, copy)
+    real = M.json.dumps
+
+    def disk_full(obj, *a, **k):
+        if isinstance(obj, dict) and "extractor" in obj:  # the config, after the weights
+            raise OSError(28, "No space left on device")
+        return real(obj, *a, **k)
+
+    monkeypatch.setattr(M.json, "dumps", disk_full)
+    with pytest.raises(OSError):
+        M.save_model(copy, dict(m.config, extra=1), {k: v * 2 for k, v in m.params.items()})
+    monkeypatch.undo()
+    again = M.load_model(copy)  # still loads, unchanged, no temporary files left
+    assert again.model_hash == m.model_hash
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in tiny_model.iterdir())

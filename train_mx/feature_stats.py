@@ -75,6 +75,8 @@ def main(argv=None) -> int:
                     help="sequence folders (default: the model's training sequences, from its config.json)")
     ap.add_argument("--every", type=int, default=10, help="use one frame in this many")
     args = ap.parse_args(argv)
+    if args.every < 1:
+        ap.error(f"--every must be at least 1, got {args.every}")
     try:
         path = add_feature_stats(args.model, args.sequences, args.every)
     except (ValueError, OSError, ModelError) as e:

@@ -57,8 +57,10 @@ ps-lite, not in launch order, so on several hosts rank 0 may run on any of them:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,7 +100,11 @@ def free_port(host: str = LOCAL) -> int:
 def read_hosts(path) -> list:
     """``[(ssh_target, address), ...]`` from a hosts file."""
     hosts = []
-    for raw in Path(path).read_text().splitlines():
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; a hosts file has one 'HOST' or 'HOST ADDRESS' per line") from None
+    for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -325,8 +331,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(ours)
     if args.num_workers < 1 or args.num_servers < 1:
         ap.error("need at least one worker and one server")
-    if args.timeout < 0 or args.grace < 0:
-        ap.error("--timeout and --grace must be >= 0")
+    if not (0 <= args.timeout < math.inf and 0 <= args.grace < math.inf):  # NaN fails both
+        ap.error("--timeout and --grace must be finite and >= 0")
+    if not 0 <= args.port <= 65535:
+        ap.error(f"--port must be in 0..65535 (0: a free one), got {args.port}")
+    if args.threads < 0:
+        ap.error(f"--threads must be >= 0 (0: leave OMP_NUM_THREADS as is), got {args.threads}")
+    try:
+        ssh = shlex.split(args.ssh)
+    except ValueError as e:
+        ap.error(f"--ssh {args.ssh!r}: {e}")
+    # the programs every process needs, found before anything starts
+    if args.python is not None and not args.hosts and shutil.which(args.python) is None:
+        ap.error(f"--python {args.python}: no such program")
+    if args.hosts and (not ssh or shutil.which(ssh[0]) is None):
+        ap.error(f"--ssh {args.ssh!r}: no such program; install OpenSSH or pass --ssh")
     try:
         nodes, root_uri, port = plan(args, train_args)
     except (OSError, ValueError) as e:
@@ -344,7 +363,11 @@ def main(argv=None) -> int:
         return 0
     job.say(f"scheduler {root_uri}:{port}, {args.num_servers} server(s), {args.num_workers} worker(s)"
             + (f" over {args.hosts}" if args.hosts else " on this machine"))
-    return job.run()
+    try:
+        return job.run()
+    except OSError as e:  # a program that vanished between the check and the start
+        print(f"error: cannot start {e.filename or 'a process'}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,7 +11,19 @@ from pathlib import Path
 
 
 def load_log(run: Path) -> list:
-    return json.loads((run / "state.json").read_text())["log"]
+    """The run's epoch log; a missing or damaged state.json is the user's to fix."""
+    from runtime.errors import TrackerInputError
+
+    state = run / "state.json"
+    try:
+        log = json.loads(state.read_text())["log"]
+        if not (isinstance(log, list) and log and all("iteration" in e and "loss" in e for e in log)):
+            raise ValueError("no epoch logged yet")
+    except OSError as e:
+        raise TrackerInputError(f"{state}: {e.strerror or e}; pass a training --out folder") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise TrackerInputError(f"{state} holds no training log ({e}); pass a finished or running training's --out") from None
+    return log
 
 
 def write(runs, out: Path) -> Path:
@@ -49,6 +61,16 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", help="training output folders (with state.json)")
     ap.add_argument("--out", required=True, help="folder for loss.png and summary.md")
     a = ap.parse_args(argv)
+    from runtime.errors import TrackerInputError
+    from runtime.outputs import check_output_folder
+
+    try:
+        for r in a.runs:  # every run read before anything is written
+            load_log(Path(r))
+        check_output_folder(a.out, "--out")
+    except TrackerInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     write([Path(r) for r in a.runs], Path(a.out))
     return 0
 

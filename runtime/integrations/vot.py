@@ -56,9 +56,13 @@ class TraxHandle:
         if region_format != trax.Region.RECTANGLE:
             raise ValueError(f"only the rectangle region format is supported, not {region_format!r}")
         self._trax_mod = trax
-        self._trax = trax.Server([trax.Region.RECTANGLE], [trax.Image.PATH], ["color"],
-                                 metadata=dict(vot="python"))
-        request = self._trax.wait()
+        try:
+            self._trax = trax.Server([trax.Region.RECTANGLE], [trax.Image.PATH], ["color"],
+                                     metadata=dict(vot="python"))
+            request = self._trax.wait()
+        except trax.TraxException as e:
+            raise RuntimeError(f"no TraX client on stdin/stdout ({e}): this entry is started by the VOT "
+                               "toolkit (vot evaluate), not by hand") from None
         if request.type != "initialize" or not request.objects:
             raise RuntimeError(f"TraX: expected an initialize request with one object, got {request.type!r}")
         region, _ = request.objects[0]
@@ -169,6 +173,13 @@ def track(handle, tracker, rectangle=Rectangle, read=_read) -> int:
     return reported
 
 
+def _seed(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (from --seed or $MDTRACK_SEED), got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     ap = argparse.ArgumentParser(prog="python -m runtime.integrations.vot",
@@ -179,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--backend", default=env("MDTRACK_BACKEND", "mxnet"), choices=("mxnet", "onnxruntime", "tvm"),
                     help="feature backend (default $MDTRACK_BACKEND or mxnet)")
     ap.add_argument("--device", default=env("MDTRACK_DEVICE", "cpu"), help="cpu or cuda[:N] (default $MDTRACK_DEVICE or cpu)")
-    ap.add_argument("--seed", type=int, default=int(env("MDTRACK_SEED", "0")), help="random seed (default $MDTRACK_SEED or 0)")
+    ap.add_argument("--seed", type=_seed, default=env("MDTRACK_SEED", "0"),  # argparse converts a str default too
+                    help="random seed (default $MDTRACK_SEED or 0)")
     ap.add_argument("--artifacts", default=env("MDTRACK_ARTIFACTS"), help="prebuilt compiled artifact set (default $MDTRACK_ARTIFACTS)")
     ap.add_argument("--handle", default=env("MDTRACK_VOT_HANDLE", "builtin"), choices=("builtin", "helper"),
                     help="protocol handle: the built-in one on vot-trax, or the VOT integration's vot.py "
@@ -188,7 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    # argparse checks choices on the command line only, not on defaults from the environment
+    for flag, var, choices in (("backend", "MDTRACK_BACKEND", ("mxnet", "onnxruntime", "tvm")),
+                               ("handle", "MDTRACK_VOT_HANDLE", ("builtin", "helper"))):
+        if getattr(args, flag) not in choices:
+            ap.error(f"--{flag} (or ${var}) {getattr(args, flag)!r}: use one of {', '.join(choices)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     # stdout (file descriptor 1) carries the protocol: keep Python's prints off it.
     sys.stdout = sys.stderr
@@ -207,7 +225,7 @@ def main(argv=None) -> int:
             quit_ = getattr(handle, "quit", None)
             if quit_ is not None:
                 quit_()
-    except TrackerInputError as e:
+    except (TrackerInputError, ImportError, RuntimeError) as e:  # RuntimeError: no TraX client
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
