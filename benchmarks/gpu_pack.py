@@ -219,18 +219,14 @@ def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buck
     final.parent.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     out.chmod(0o755)
+    from export.build import swap_in
+
     try:
         info = _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_cpu, sequence, max_mb, final)
+        swap_in(out, final)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-        final.rename(old / "pack")
-    out.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return info
 
 
@@ -348,6 +344,9 @@ def main(argv=None) -> int:
                    with_cpu=not args.no_cpu, sequence=args.sequence)
     except (RuntimeError, ValueError) as e:  # ModelError / ArtifactError / TrackerInputError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename or args.out}: {e.strerror or e} (an existing pack is unchanged)", file=sys.stderr)
         return 2
     return 0
 

@@ -35,33 +35,54 @@ def check_replaceable(folder) -> None:
 
 
 @contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive lock on ``folder`` itself (no lock file left behind); best effort where
+    the filesystem has no flock (some network mounts): a finished build is not thrown away."""
+    import fcntl
+    import os
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def swap_in(new: Path, out: Path) -> None:
+    """Replace ``out`` (if any) by the finished folder ``new``, under a lock on their parent so
+    two builds of one set (two first uses of the cache) do not collide: the later one wins.
+    If the swap fails the previous folder is put back."""
+    with _folder_lock(out.parent):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        try:
+            moved = out.exists()
+            if moved:
+                out.rename(old / out.name)
+            try:
+                new.rename(out)
+            except BaseException:
+                if moved:
+                    (old / out.name).rename(out)  # put the previous one back
+                raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def staged(out: Path):
     """A sibling temporary folder to build in, swapped in for ``out`` only once complete: a
-    failed or interrupted build leaves the previous set as it was. The swap holds a lock
-    beside ``out``, so two builds of one set (two first uses of the cache) do not collide:
-    the later one's set wins, both complete."""
-    import fcntl
-
+    failed or interrupted build leaves the previous set as it was."""
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         tmp.chmod(0o755)
         yield tmp
-        with open(out.parent / f".{out.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            old = None
-            if out.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-                out.rename(old / out.name)
-            try:
-                tmp.rename(out)
-            except BaseException:
-                if old is not None:
-                    (old / out.name).rename(out)  # put the previous set back
-                raise
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -92,7 +92,7 @@ def save_model(path, config: dict, params: dict) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     # Every file is written beside its final name first and renamed only once all three are
-    # written: a full disk or a crash mid-write leaves the previous model loadable.
+    # written: a failed write (a full disk) leaves the previous model loadable.
     tmp = {name: path / f".{name}.{os.getpid()}.tmp" for name in (WEIGHTS, CONFIG, MANIFEST)}
     try:
         mx.nd.save(str(tmp[WEIGHTS]), {k: mx.nd.array(np.asarray(v, dtype=np.float32)) for k, v in params.items()})

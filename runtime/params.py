@@ -9,14 +9,17 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from numbers import Integral, Real
 
+import numpy as np
+
 from .errors import TrackerInputError
 
-# Ranges of the numeric parameters: (kind, low, high, low inclusive, high inclusive).
+# The numeric parameters by the range they must lie in (checked in __post_init__).
 _COUNTS_POSITIVE = ("n_candidates", "top_k", "n_pos_init", "n_neg_init", "n_pos_update", "n_neg_update",
                     "long_interval", "long_frames", "short_frames", "batch_pos", "batch_neg", "mine_from")
 _COUNTS = ("iters_init", "iters_update", "update_iters_per_frame", "fc4_rank", "n_bbreg")  # 0 allowed
 _POSITIVE = ("trans", "scale", "widen_rate", "trans_max", "lr_init", "lr_update", "outlier_center",
-             "grad_clip", "min_size", "bbreg_alpha")
+             "min_size", "bbreg_alpha")
+_MAY_BE_INF = ("outlier_center", "outlier_scale", "grad_clip")  # inf: that filter / clipping off
 _UNIT = ("pos_iou_init", "neg_iou_init", "pos_iou_update", "neg_iou_update", "bbreg_iou")
 _HALF_OPEN_UNIT = ("momentum", "dropout")  # [0, 1)
 _ONLINE_LAYERS = (("fc6",), ("fc5", "fc6"), ("fc4", "fc5", "fc6"))
@@ -102,11 +105,15 @@ class TrackerParams:
             if isinstance(v, bool) or not isinstance(v, Integral) or v < low:
                 raise bad(name, "a whole number" + (" >= 1" if low else " >= 0"))
             object.__setattr__(self, name, int(v))
-        for name in _POSITIVE + _UNIT + _HALF_OPEN_UNIT + ("weight_decay", "success_threshold", "outlier_scale"):
+        for name in _POSITIVE + _UNIT + _HALF_OPEN_UNIT + ("weight_decay", "success_threshold", "outlier_scale",
+                                                           "grad_clip"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v):
-                raise bad(name, "a finite number")
+            if isinstance(v, bool) or not isinstance(v, Real) or not (math.isfinite(v) or
+                                                                       (name in _MAY_BE_INF and v == math.inf)):
+                raise bad(name, "a finite number" + (" or inf" if name in _MAY_BE_INF else ""))
             object.__setattr__(self, name, float(v))
+        if self.grad_clip < 0:
+            raise bad("grad_clip", ">= 0 (0 or inf: no clipping)")
         for name in _POSITIVE:
             if getattr(self, name) <= 0:
                 raise bad(name, "positive")
@@ -122,12 +129,16 @@ class TrackerParams:
             raise bad("outlier_scale", ">= 1 (an area ratio)")
         if self.mine_from < self.batch_neg:
             raise bad("mine_from", f">= batch_neg ({self.batch_neg}): the hard negatives are mined from it")
-        if not isinstance(self.bbreg, bool):
+        if not isinstance(self.bbreg, (bool, np.bool_)):
             raise bad("bbreg", "True or False")
+        object.__setattr__(self, "bbreg", bool(self.bbreg))
         layers = tuple(self.online_layers) if isinstance(self.online_layers, (list, tuple)) else None
         if layers not in _ONLINE_LAYERS:
             raise bad("online_layers", f"one of {', '.join(map(str, _ONLINE_LAYERS))}")
         object.__setattr__(self, "online_layers", layers)
+        if layers[0] == "fc4" and self.fc4_rank:
+            raise bad("fc4_rank", "0 (the exact fc4) when online_layers trains fc4: a factored fc4 is cached, "
+                                  "not trained")
 
     def replace(self, **kw) -> "TrackerParams":
         known = {f.name for f in fields(self)}

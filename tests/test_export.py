@@ -167,8 +167,8 @@ def test_failed_export_leaves_the_previous_set(one_bucket_model, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         B.build_onnx(one_bucket_model, out, **quiet)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    # no partial or old folder left behind (the swap's lock file stays, as lock files do)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".onnx.lock", "onnx"]
+    # no partial or old folder, no lock file left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]
 
 
 

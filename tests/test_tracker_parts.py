@@ -417,6 +417,8 @@ def test_params_replace_rejects_unknown_names(model):
     ({"online_layers": ("fc4",)}, "online_layers"),
     ({"mine_from": 10}, "mine_from"),
     ({"itres_update": 3}, "itres_update"),
+    ({"online_layers": ("fc4", "fc5", "fc6")}, "fc4_rank"),  # a factored fc4 is cached, not trained
+    ({"grad_clip": -1}, "grad_clip"),
 ])
 def test_bad_tracker_parameters_refused_by_name(tiny_model, kw, name):
     from runtime.errors import TrackerInputError
@@ -424,6 +426,14 @@ def test_bad_tracker_parameters_refused_by_name(tiny_model, kw, name):
 
     with pytest.raises(TrackerInputError, match=name):
         Tracker(tiny_model, **kw)
+
+
+def test_parameters_that_switch_a_part_off_are_accepted():
+    from runtime.params import TrackerParams
+
+    p = TrackerParams(grad_clip=0, outlier_center=float("inf"), outlier_scale=float("inf"), bbreg=np.bool_(False),
+                      online_layers=["fc4", "fc5", "fc6"], fc4_rank=0, n_candidates=np.int64(128))
+    assert p.bbreg is False and p.online_layers == ("fc4", "fc5", "fc6") and type(p.n_candidates) is int
 
 
 def test_params_as_dict_and_bad_arguments(tiny_model):
@@ -451,7 +461,7 @@ def test_float_image_in_0_255_refused():
     from runtime.imageops import to_bgr8
 
     img = np.full((20, 30, 3), 100.0)
-    with pytest.raises(TrackerInputError, match=r"\[0, 1\]"):
+    with pytest.raises(TrackerInputError, match="divide by 255"):
         to_bgr8(img)
     hdr = np.full((20, 30, 3), 0.5)
     hdr[0, 0] = 7.0  # an HDR highlight is clipped, not refused

@@ -61,8 +61,10 @@ class TraxHandle:
                                      metadata=dict(vot="python"))
             request = self._trax.wait()
         except trax.TraxException as e:
-            raise RuntimeError(f"no TraX client on stdin/stdout ({e}): this entry is started by the VOT "
-                               "toolkit (vot evaluate), not by hand") from None
+            from runtime.errors import TrackerInputError
+
+            raise TrackerInputError(f"no TraX client on stdin/stdout ({e}): this entry is started by the VOT "
+                                    "toolkit (vot evaluate), not by hand") from None
         if request.type != "initialize" or not request.objects:
             raise RuntimeError(f"TraX: expected an initialize request with one object, got {request.type!r}")
         region, _ = request.objects[0]
@@ -225,7 +227,7 @@ def main(argv=None) -> int:
             quit_ = getattr(handle, "quit", None)
             if quit_ is not None:
                 quit_()
-    except (TrackerInputError, ImportError, RuntimeError) as e:  # RuntimeError: no TraX client
+    except (TrackerInputError, ImportError) as e:  # ImportError: neither vot.py nor vot-trax
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
