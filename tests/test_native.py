@@ -131,11 +131,28 @@ def test_native_runner_reports_bad_input_with_exit_code_2(runner, llvm_bucket, t
           "--tvm-runtime", tmp_path / "nope.so"], "cannot load the TVM runtime"),
         (["--lib", lib, "--input", tmp_path / "patch.f32", "--device", "tpu"], "unknown device"),
         (["--frobnicate", "1"], "unknown argument"),
+        (["--lib", "--input", tmp_path / "patch.f32"], "--lib needs a value"),
+    ]
+    # a truncated copy once crashed the process inside dlopen (SIGBUS, nothing on stderr)
+    data = Path(lib).read_bytes()
+    (tmp_path / "cut.so").write_bytes(data[: len(data) // 2])
+    arm = bytearray(data)
+    arm[18:20] = struct.pack("<H", 183)  # EM_AARCH64
+    (tmp_path / "arm.so").write_bytes(bytes(arm))
+    other = np.zeros((1, 3, shape[2] + 8, shape[3]), np.float32)
+    np.save(tmp_path / "other.npy", other)
+    np.save(tmp_path / "ok.npy", x)
+    cases += [
+        (["--lib", tmp_path / "cut.so", "--input", tmp_path / "ok.npy"], "truncated"),
+        (["--lib", tmp_path / "arm.so", "--input", tmp_path / "ok.npy"], "library for aarch64"),
+        (["--lib", lib, "--input", tmp_path / "other.npy"], "another patch size"),
+        (["--lib", lib, "--input", tmp_path / "ok.npy", "--output", tmp_path / "no" / "f.npy"], "does not exist"),
     ]
     for args, msg in cases:
         r = _run(runner, *args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "error:" in r.stderr and msg in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)  # one line, no usage dump
 
 
 @pytest.mark.slow

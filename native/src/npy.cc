@@ -1,7 +1,10 @@
 #include "mdtrack/npy.h"
 
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <sys/stat.h>
 #include <sstream>
 #include <stdexcept>
 
@@ -20,6 +23,43 @@ bool HostIsLittleEndian() {
 
 std::runtime_error Bad(const std::string& path, const std::string& why) {
   return std::runtime_error(path + ": " + why);
+}
+
+// Inputs must be regular files: a folder opens as a stream on Linux and reports a huge size.
+void RequireRegularFile(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) throw Bad(path, "cannot open (" + std::string(std::strerror(errno)) + ")");
+  if (!S_ISREG(st.st_mode)) throw Bad(path, "is not a regular file");
+}
+
+// Write through a temporary file renamed into place: a failed write leaves no partial result.
+template <typename Fn>
+void WriteAtomically(const std::string& path, Fn write) {
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {  // a device or pipe: write to it, never replace it
+    std::ofstream f(path, std::ios::binary);
+    if (!f) throw Bad(path, "cannot write (" + std::string(std::strerror(errno)) + ")");
+    write(f);
+    f.flush();
+    if (!f) throw Bad(path, "write failed");
+    return;
+  }
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    if (!f) throw Bad(path, "cannot write (" + std::string(std::strerror(errno)) + ")");
+    write(f);
+    f.flush();
+    if (!f) {
+      std::remove(tmp.c_str());
+      throw Bad(path, "write failed (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    std::remove(tmp.c_str());
+    throw Bad(path, "cannot write (" + why + ")");
+  }
 }
 
 // Value of `key` in the header dict, as written by numpy: {'descr': '<f4', ...}.
@@ -50,7 +90,12 @@ std::string DictValue(const std::string& header, const std::string& key, const s
 
 int64_t NumElements(const std::vector<int64_t>& shape) {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) {
+    // the byte count (4 per value) must fit too: an overflow would wrap to a "matching" size
+    if (d < 0 || __builtin_mul_overflow(n, d, &n) || n > INT64_MAX / 4) {
+      throw std::invalid_argument("shape (" + ShapeString(shape) + ") is too large");
+    }
+  }
   return n;
 }
 
@@ -83,8 +128,11 @@ std::vector<int64_t> ParseShape(const std::string& text) {
 }
 
 FloatArray ReadNpy(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
+  RequireRegularFile(path);
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) throw Bad(path, "cannot open");
+  const int64_t file_size = static_cast<int64_t>(f.tellg());
+  f.seekg(0);
   char magic[8];
   if (!f.read(magic, 8) || std::memcmp(magic, "\x93NUMPY", 6) != 0) throw Bad(path, "not an .npy file");
   const int major = static_cast<unsigned char>(magic[6]);
@@ -112,8 +160,21 @@ FloatArray ReadNpy(const std::string& path) {
   }
   FloatArray out;
   const std::string shape = DictValue(header, "shape", path);
-  if (shape != "()") out.shape = ParseShape(shape);  // a 0-d array has an empty shape
-  const int64_t n = NumElements(out.shape);
+  try {
+    if (shape != "()") out.shape = ParseShape(shape);  // a 0-d array has an empty shape
+  } catch (const std::invalid_argument& e) {
+    throw Bad(path, e.what());
+  }
+  int64_t n = 0;
+  try {
+    n = NumElements(out.shape);
+  } catch (const std::invalid_argument& e) {
+    throw Bad(path, e.what());
+  }
+  // checked against the file before allocating: a corrupt header must not ask for terabytes
+  if (n * 4 > file_size - static_cast<int64_t>(f.tellg())) {
+    throw Bad(path, "holds fewer than the " + std::to_string(n) + " values of shape (" + ShapeString(out.shape) + ")");
+  }
   out.data.resize(static_cast<size_t>(n));
   if (!f.read(reinterpret_cast<char*>(out.data.data()), n * 4)) {
     throw Bad(path, "holds fewer than the " + std::to_string(n) + " values of shape (" + ShapeString(out.shape) + ")");
@@ -138,18 +199,18 @@ void WriteNpy(const std::string& path, const std::vector<int64_t>& shape, const 
   const size_t total = 10 + header.size() + 1;
   header.append((64 - total % 64) % 64, ' ');
   header += '\n';
-  std::ofstream f(path, std::ios::binary);
-  if (!f) throw Bad(path, "cannot write");
   const unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
                                  static_cast<unsigned char>(header.size() & 0xff),
                                  static_cast<unsigned char>(header.size() >> 8)};
-  f.write(reinterpret_cast<const char*>(pre), 10);
-  f.write(header.data(), header.size());
-  f.write(reinterpret_cast<const char*>(data.data()), data.size() * 4);
-  if (!f) throw Bad(path, "write failed");
+  WriteAtomically(path, [&](std::ofstream& f) {
+    f.write(reinterpret_cast<const char*>(pre), 10);
+    f.write(header.data(), header.size());
+    f.write(reinterpret_cast<const char*>(data.data()), data.size() * 4);
+  });
 }
 
 FloatArray ReadRawF32(const std::string& path, const std::vector<int64_t>& shape) {
+  RequireRegularFile(path);
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) throw Bad(path, "cannot open");
   const int64_t size = static_cast<int64_t>(f.tellg());
@@ -166,10 +227,7 @@ FloatArray ReadRawF32(const std::string& path, const std::vector<int64_t>& shape
 }
 
 void WriteRawF32(const std::string& path, const std::vector<float>& data) {
-  std::ofstream f(path, std::ios::binary);
-  if (!f) throw Bad(path, "cannot write");
-  f.write(reinterpret_cast<const char*>(data.data()), data.size() * 4);
-  if (!f) throw Bad(path, "write failed");
+  WriteAtomically(path, [&](std::ofstream& f) { f.write(reinterpret_cast<const char*>(data.data()), data.size() * 4); });
 }
 
 }  // namespace mdtrack

@@ -7,12 +7,14 @@
 // time. That is what lets the aarch64 cross build link a complete executable against a
 // cross-built libtvm_ffi while the board provides its own libtvm_runtime.
 #include <dlfcn.h>
+#include <elf.h>
 #include <sys/stat.h>
 
 #include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -27,6 +29,7 @@
 
 #include "internal.h"
 #include "mdtrack/native.h"
+#include "mdtrack/npy.h"
 
 #ifndef MDTRACK_DEFAULT_TVM_RUNTIME
 #define MDTRACK_DEFAULT_TVM_RUNTIME ""
@@ -86,6 +89,58 @@ std::string Env(const char* name) {
   return v ? std::string(v) : std::string();
 }
 
+#if defined(__x86_64__)
+constexpr uint16_t kHostMachine = EM_X86_64;
+constexpr const char* kHostArch = "x86-64";
+#elif defined(__aarch64__)
+constexpr uint16_t kHostMachine = EM_AARCH64;
+constexpr const char* kHostArch = "aarch64";
+#else
+constexpr uint16_t kHostMachine = 0;  // not checked
+constexpr const char* kHostArch = "this";
+#endif
+
+const char* MachineName(uint16_t m) {
+  switch (m) {
+    case EM_X86_64: return "x86-64";
+    case EM_AARCH64: return "aarch64";
+    case EM_ARM: return "32-bit Arm";
+    case EM_386: return "32-bit x86";
+    default: return "another architecture";
+  }
+}
+
+// dlopen maps a shared library as its headers say: a truncated file crashes the process
+// (SIGBUS) instead of failing, and a library for another CPU fails with a misleading
+// "No such file". So the ELF headers are checked against the file first.
+void CheckSharedLibrary(const std::string& path) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) throw std::runtime_error(path + ": cannot open");
+  const uint64_t size = static_cast<uint64_t>(f.tellg());
+  Elf64_Ehdr eh{};
+  f.seekg(0);
+  if (!f.read(reinterpret_cast<char*>(&eh), sizeof(eh)) || std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) {
+    throw std::runtime_error(path + " is not a shared library (no ELF header); build it with `python -m export`");
+  }
+  if (eh.e_ident[EI_CLASS] != ELFCLASS64) throw std::runtime_error(path + " is a 32-bit library; this runner is 64-bit");
+  if (kHostMachine && eh.e_machine != kHostMachine) {
+    throw std::runtime_error(path + " is a library for " + MachineName(eh.e_machine) + "; this runner is " + kHostArch +
+                             ": use the library exported for this machine's target");
+  }
+  const std::string truncated = path + " is truncated (" + std::to_string(size) +
+                                " bytes; its headers describe more): copy or export it again";
+  if (eh.e_phoff + static_cast<uint64_t>(eh.e_phnum) * eh.e_phentsize > size ||
+      eh.e_shoff + static_cast<uint64_t>(eh.e_shnum) * eh.e_shentsize > size || eh.e_phentsize != sizeof(Elf64_Phdr)) {
+    throw std::runtime_error(truncated);
+  }
+  for (int i = 0; i < eh.e_phnum; ++i) {
+    Elf64_Phdr ph{};
+    f.seekg(static_cast<std::streamoff>(eh.e_phoff + static_cast<uint64_t>(i) * eh.e_phentsize));
+    if (!f.read(reinterpret_cast<char*>(&ph), sizeof(ph))) throw std::runtime_error(truncated);
+    if (ph.p_type == PT_LOAD && ph.p_offset + ph.p_filesz > size) throw std::runtime_error(truncated);
+  }
+}
+
 }  // namespace
 
 DeviceSpec DeviceSpec::Parse(const std::string& text) {
@@ -99,6 +154,7 @@ DeviceSpec DeviceSpec::Parse(const std::string& text) {
     const size_t n = std::strlen(prefix);
     if (text.compare(0, n, prefix) == 0 && text.size() > n &&
         text.find_first_not_of("0123456789", n) == std::string::npos) {
+      if (text.size() - n > 6) break;  // stoi would overflow
       d.cuda = true;
       d.id = std::stoi(text.substr(n));
       return d;
@@ -123,21 +179,28 @@ std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
       candidates.push_back("libtvm_runtime.so");  // LD_LIBRARY_PATH, ld.so.cache
     }
     std::string errors;
-    for (const std::string& c : candidates) {
-      if (c.find('/') != std::string::npos && !FileExists(c)) {
-        errors += "\n  " + c + ": not found";
+    for (std::string c : candidates) {
+      // a path that names a file (an explicit one in the current folder too) is that file,
+      // not a name for the loader to search its path with
+      const bool is_file = FileExists(c);
+      if (c.find('/') != std::string::npos && !is_file) {
+        errors += "; " + c + ": not found";
         continue;
+      }
+      if (is_file) {
+        c = RealPath(c);
+        CheckSharedLibrary(c);
       }
       void* h = ::dlopen(c.c_str(), RTLD_NOW | RTLD_GLOBAL);
       if (h) {
         g_runtime_path = LoadedFrom(h, "TVMBackendAllocWorkspace", c);
         break;
       }
-      errors += "\n  " + c + ": " + ::dlerror();
+      errors += "; " + c + ": " + ::dlerror();
     }
     if (g_runtime_path.empty()) {
-      throw std::runtime_error("cannot load the TVM runtime (libtvm_runtime.so); tried:" + errors +
-                               "\nset --tvm-runtime PATH or MDTRACK_TVM_RUNTIME (see native/README.md)");
+      throw std::runtime_error("cannot load the TVM runtime (libtvm_runtime.so); tried" + errors.substr(1) +
+                               "; set --tvm-runtime PATH or MDTRACK_TVM_RUNTIME (see native/README.md)");
     }
     if (!ffi::Function::GetGlobal("vm.builtin.alloc_storage").has_value()) {
       throw std::runtime_error(g_runtime_path + " does not register the Relax VM (vm.builtin.*); "
@@ -155,7 +218,7 @@ std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
       }
       if (!::dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL)) {
         throw std::runtime_error(std::string("this TVM runtime has no usable CUDA support: ") + ::dlerror() +
-                                 "\n(libtvm_runtime_cuda.so needs the NVIDIA driver's libcuda.so.1 and "
+                                 " (libtvm_runtime_cuda.so needs the NVIDIA driver's libcuda.so.1 and "
                                  "libcudart.so.13 next to it or on LD_LIBRARY_PATH)");
       }
       if (!ffi::Function::GetGlobal("device_api.cuda").has_value()) {
@@ -180,6 +243,7 @@ bool CudaAvailable(int id) {
 }
 
 struct FeatureExtractor::Impl {
+  std::string library;
   DLDevice dev;
   std::vector<int64_t> in_shape, out_shape;
   ffi::Module lib{ffi::UnsafeInit()};
@@ -191,7 +255,11 @@ struct FeatureExtractor::Impl {
 FeatureExtractor::FeatureExtractor(const std::string& library, const DeviceSpec& device,
                                    const std::vector<int64_t>& input_shape, const RuntimeOptions& options)
     : impl_(new Impl) {
-  if (!FileExists(library)) throw std::runtime_error(library + ": no such file");
+  struct stat st;
+  if (::stat(library.c_str(), &st) != 0) throw std::runtime_error(library + ": no such file");
+  if (!S_ISREG(st.st_mode)) throw std::runtime_error(library + " is not a file");
+  CheckSharedLibrary(library);
+  impl_->library = library;
   LoadTvmRuntime(options, device.cuda);
   impl_->dev = DLDevice{device.cuda ? kDLCUDA : kDLCPU, device.id};
   impl_->in_shape = input_shape;
@@ -235,7 +303,7 @@ FeatureExtractor::FeatureExtractor(const std::string& library, const DeviceSpec&
   } catch (const ffi::Error& e) {
     std::string msg = library + ": " + e.what();
     if (!device.cuda && msg.find("load_from_bytes.cuda") != std::string::npos) {
-      msg += "\n(this library holds CUDA kernels: run it with --device cuda)";
+      msg += " (this library holds CUDA kernels: run it with --device cuda)";
     }
     throw std::runtime_error(msg);
   }
@@ -269,7 +337,12 @@ void FeatureExtractor::Run(const float* input, std::vector<float>* output) {
     output->resize(static_cast<size_t>(out.numel()));
     m.copy_to(out, static_cast<void*>(output->data()), output->size() * sizeof(float));
   } catch (const ffi::Error& e) {
-    throw std::runtime_error(e.what());
+    const std::string what = e.what();
+    if (what.find("match_cast") != std::string::npos || what.find("input_shape") != std::string::npos) {
+      throw std::runtime_error(m.library + " was compiled for another patch size than the input (" +
+                               ShapeString(m.in_shape) + "): use the bucket library whose HxW matches the patch");
+    }
+    throw std::runtime_error(what);
   }
 }
 

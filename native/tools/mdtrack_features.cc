@@ -18,6 +18,9 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "mdtrack/native.h"
 #include "mdtrack/npy.h"
 
@@ -89,8 +92,10 @@ int main(int argc, char** argv) {
       if (std::find(std::begin(kFlags), std::end(kFlags), a) == std::end(kFlags)) {
         throw std::invalid_argument("unknown argument " + a);
       }
-      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
+      // an option right after an option is a missing value, not the value
+      if (i + 1 >= argc || std::string(argv[i + 1]).rfind("--", 0) == 0) throw std::invalid_argument(a + " needs a value");
       const std::string v = argv[++i];
+      if (v.empty()) throw std::invalid_argument(a + " needs a non-empty value");
       if (a == "--lib") lib = v;
       else if (a == "--input") input = v;
       else if (a == "--output") output = v;
@@ -102,8 +107,20 @@ int main(int argc, char** argv) {
       else options.cuda_kernel_dirs.push_back(v);  // --kernels
     }
     if (lib.empty() || input.empty()) throw std::invalid_argument("--lib and --input are required");
+    if (!output.empty()) {  // before minutes of loading: the folder must exist and take files
+      const size_t slash = output.find_last_of('/');
+      const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : output.substr(0, slash));
+      struct stat st;
+      if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+        throw std::invalid_argument("--output " + output + ": folder " + dir + " does not exist");
+      }
+      if (access(dir.c_str(), W_OK) != 0) throw std::invalid_argument("--output " + output + ": folder " + dir + " is not writable");
+      if (stat(output.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        throw std::invalid_argument("--output " + output + " is a folder; give a file path");
+      }
+    }
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n" << kUsage;
+    std::cerr << "error: " << e.what() << " (see --help)\n";  // one line: the usage is on --help
     return 2;
   }
 
@@ -172,7 +189,11 @@ int main(int argc, char** argv) {
        << ", \"tvm_runtime\": " << JsonString(runtime) << "}";
     std::cout << js.str() << std::endl;
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << std::endl;
+    std::string msg = e.what();  // one line: TVM's errors carry line breaks and context
+    for (char& c : msg) {
+      if (c == '\n') c = ' ';
+    }
+    std::cerr << "error: " << msg << std::endl;
     return 2;
   }
   return 0;
