@@ -136,9 +136,6 @@ class TrackerParams:
         if layers not in _ONLINE_LAYERS:
             raise bad("online_layers", f"one of {', '.join(map(str, _ONLINE_LAYERS))}")
         object.__setattr__(self, "online_layers", layers)
-        if layers[0] == "fc4" and self.fc4_rank:
-            raise bad("fc4_rank", "0 (the exact fc4) when online_layers trains fc4: a factored fc4 is cached, "
-                                  "not trained")
 
     def replace(self, **kw) -> "TrackerParams":
         known = {f.name for f in fields(self)}

@@ -78,6 +78,10 @@ class Tracker:
         elif params is not None and not isinstance(params, TrackerParams):
             raise TrackerInputError(f"params must be a TrackerParams or a dict of its fields, got {type(params).__name__}")
         self.params = (params or TrackerParams()).replace(**params_kw) if params_kw else (params or TrackerParams())
+        p = self.params
+        if p.online_layers[0] == "fc4" and 0 < p.fc4_rank < self.model.channels:  # the head's rule
+            raise TrackerInputError(f"tracker parameter fc4_rank={p.fc4_rank}: must be 0 (the exact fc4) when "
+                                    "online_layers trains fc4: a factored fc4 is cached, not trained")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise TrackerInputError(f"seed must be a whole number >= 0, got {seed!r}")
         self.policy = self.model.policy
