@@ -32,6 +32,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .errors import TrackerInputError
 from .geometry import center_error, iou
 
 __all__ = [
@@ -96,23 +97,38 @@ class SequenceScore:
         def f(v):
             return float("nan") if v is None else float(v)
 
-        return cls(
-            n_frames=int(d["n_frames"]),
-            n_evaluated=int(d["n_evaluated"]),
-            auc=f(d["auc"]),
-            precision=f(d["precision"]),
-            mean_iou=f(d["mean_iou"]),
-            success_curve=tuple(f(v) for v in d["success_curve"]),
-            precision_curve=tuple(f(v) for v in d["precision_curve"]),
-        )
+        try:
+            s = cls(
+                n_frames=int(d["n_frames"]),
+                n_evaluated=int(d["n_evaluated"]),
+                auc=f(d["auc"]),
+                precision=f(d["precision"]),
+                mean_iou=f(d["mean_iou"]),
+                success_curve=tuple(f(v) for v in d["success_curve"]),
+                precision_curve=tuple(f(v) for v in d["precision_curve"]),
+            )
+        except KeyError as e:
+            raise TrackerInputError(f"a sequence score lacks {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise TrackerInputError(f"a sequence score has a value that is not a number ({e})") from None
+        # a curve of another length would be averaged into nonsense (numpy joins ragged tuples)
+        if len(s.success_curve) != len(SUCCESS_THRESHOLDS) or len(s.precision_curve) != len(PRECISION_THRESHOLDS):
+            raise TrackerInputError(f"a sequence score's curves have {len(s.success_curve)} / {len(s.precision_curve)} "
+                                    f"points, not {len(SUCCESS_THRESHOLDS)} / {len(PRECISION_THRESHOLDS)}")
+        if not 0 <= s.n_evaluated <= s.n_frames:
+            raise TrackerInputError(f"a sequence score evaluates {s.n_evaluated} of {s.n_frames} frames")
+        return s
 
 
 def _as_track(boxes, name: str) -> np.ndarray:
-    b = np.asarray(boxes, dtype=np.float64)
+    try:
+        b = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TrackerInputError(f"{name} must be N rows of 4 numbers x, y, w, h (NaN for a lost frame)") from None
     if b.ndim == 1 and b.size == 0:
         return b.reshape(0, 4)
     if b.ndim != 2 or b.shape[1] != 4:
-        raise ValueError(f"{name} must have shape (N, 4) of x, y, w, h boxes, got {b.shape}")
+        raise TrackerInputError(f"{name} must have shape (N, 4) of x, y, w, h boxes, got {b.shape}")
     return b
 
 
@@ -125,7 +141,7 @@ def evaluate_sequence(pred, gt) -> SequenceScore:
     pred = _as_track(pred, "pred")
     gt = _as_track(gt, "gt")
     if len(pred) != len(gt):
-        raise ValueError(f"pred has {len(pred)} frames but gt has {len(gt)}")
+        raise TrackerInputError(f"pred has {len(pred)} frames but gt has {len(gt)}")
     n_frames = len(gt)
 
     valid = np.all(np.isfinite(gt), axis=1) & (gt[:, 2] > 0) & (gt[:, 3] > 0)
@@ -196,9 +212,15 @@ def mean_scores(scores: Iterable) -> dict:
 
 
 def _times(values, name: str) -> np.ndarray:
-    t = np.asarray(list(values), dtype=np.float64).reshape(-1)
-    if not np.all(np.isfinite(t)) or np.any(t < 0):
-        raise ValueError(f"{name}: frame times must be finite and >= 0 ms")
+    if isinstance(values, Mapping) or values is None:
+        raise TrackerInputError(f"{name}: expected a list of per-frame ms, got {type(values).__name__}")
+    try:
+        t = np.asarray(list(values), dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TrackerInputError(f"{name}: frame times must be numbers (ms)") from None
+    bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
+    if len(bad):
+        raise TrackerInputError(f"{name}: frame {bad[0]} takes {t[bad[0]]} ms; frame times must be finite and >= 0")
     return t
 
 
@@ -244,6 +266,8 @@ def stage_stats(stage_ms: Mapping[str, Sequence[float]]) -> dict:
     Each stage's list holds one time per frame (frame 0 first); the summary statistics are
     over frames after the first, as in :func:`cost_stats`.
     """
+    if not isinstance(stage_ms, Mapping):
+        raise TrackerInputError(f"stage_ms: expected {{stage: [ms per frame]}}, got {type(stage_ms).__name__}")
     out = {}
     for stage, values in stage_ms.items():
         t = _times(values, f"stage {stage!r}")

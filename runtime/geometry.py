@@ -11,6 +11,8 @@ import numpy as np
 def as_boxes(boxes) -> np.ndarray:
     """Return ``boxes`` as a float64 ``(N, 4)`` array (a single box becomes ``(1, 4)``)."""
     b = np.asarray(boxes, dtype=np.float64)
+    if b.shape[-1:] != (4,):  # (3, 8) would otherwise reshape into six "boxes"
+        raise ValueError(f"boxes must end in 4 numbers x, y, w, h, got shape {b.shape}")
     return b.reshape(-1, 4)
 
 

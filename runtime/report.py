@@ -255,6 +255,19 @@ def _mean_of(values):
 
 def write_report(out_dir, results: Mapping[str, Mapping[str, Mapping]],
                  title: str = "One-pass evaluation") -> dict:
+    """See :func:`_write_report`; a folder that cannot be written is the user's to fix."""
+    from .errors import TrackerInputError
+    from .outputs import check_output_folder
+
+    check_output_folder(out_dir, "report folder")
+    try:
+        return _write_report(out_dir, results, title)
+    except OSError as e:
+        raise TrackerInputError(f"cannot write the report to {out_dir}: {e.strerror or e}; pass a writable folder") from None
+
+
+def _write_report(out_dir, results: Mapping[str, Mapping[str, Mapping]],
+                  title: str = "One-pass evaluation") -> dict:
     """Write ``results.json``, ``results.md``, ``success.png`` and ``precision.png``.
 
     ``results`` is ``{tracker: {sequence: {"score": SequenceScore | dict, "cost": dict}}}``

@@ -47,6 +47,7 @@ _BAD_FRAME_MODES = ("raise", "skip")
 # A video whose decoder fails this many frames in a row has ended (or is unreadable from
 # there on); fewer failures followed by a good frame are skipped frames in the middle.
 MAX_VIDEO_GAP = 30
+MAX_GLOB_MATCHES = 1_000_000  # more paths than any image sequence: a pattern too wide
 
 
 @dataclass
@@ -219,6 +220,9 @@ def load_groundtruth(path, allow_polygon: bool = False) -> np.ndarray:
             raise SequenceError(f"{path}:{lineno}: expected {expected}, got {len(values)}: {line!r}")
         if np.isnan(arr).any() or (allow_polygon and not np.any(arr)):
             box = np.full(4, np.nan)
+        elif box[2] < 0 or box[3] < 0:
+            raise SequenceError(f"{path}:{lineno}: negative width or height in {line!r}; rows are x,y,w,h "
+                                "(is the file x1,y1,x2,y2?)")
         rows.append(box)
     if not rows:
         return np.zeros((0, 4), dtype=np.float64)
@@ -243,11 +247,14 @@ def _frame_entry(p: Path) -> bool:
 def _list_images(folder: Path) -> list[Path]:
     """Image files (and links, even broken ones) directly in ``folder``, natural-sorted;
     hidden files (``._x.jpg``) and folders named like images skipped."""
-    files = [
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and _frame_entry(p)
-    ]
+    try:
+        files = [
+            p
+            for p in folder.iterdir()
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and _frame_entry(p)
+        ]
+    except OSError as exc:
+        raise SequenceError(f"cannot list {folder}: {exc.strerror or exc}; check its permissions") from None
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -392,8 +399,26 @@ class FileSequenceSource(SequenceSource):
         self._gt = self._align_groundtruth(gt, gt_path)
 
     def _align_groundtruth(self, gt: np.ndarray, gt_path: Path) -> np.ndarray:
-        """Pad with NaN rows / drop extra rows so ``gt`` has one row per frame, with a warning."""
+        """Pad with NaN rows / drop extra rows so ``gt`` has one row per frame, with a warning.
+        Numbered frames with a gap (0001, 0003) take the rows of their numbers: by position
+        every frame after the gap would be scored against its predecessor's box."""
         n, rows = len(self.frame_paths), len(gt)
+        stems = [Path(p).stem for p in self.frame_paths]
+        if n > 1 and all(s.isdigit() for s in stems):
+            nums = np.array([int(s) for s in stems])
+            rel = nums - nums[0]
+            if np.all(np.diff(nums) > 0) and rel[-1] != n - 1:
+                missing = sorted(set(range(int(nums[0]), int(nums[-1]) + 1)) - set(nums.tolist()))
+                shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                self.warnings.append(f"frames numbered {shown} are missing: {gt_path.name}'s rows are matched to "
+                                     "the frames by their numbers")
+                out = np.full((n, 4), np.nan)
+                ok = rel < rows
+                out[ok] = gt[rel[ok]]
+                if not ok.all():
+                    self.warnings.append(f"{gt_path.name} has {rows} rows; the frames numbered from "
+                                         f"{int(nums[~ok][0])} have no ground truth")
+                return out
         if rows < n:
             self.warnings.append(
                 f"{gt_path.name} has {rows} rows for {n} frames; "
@@ -411,6 +436,12 @@ class FileSequenceSource(SequenceSource):
 
 def _require_folder(folder) -> Path:
     folder = Path(folder).expanduser()
+    try:
+        os.stat(folder)
+    except PermissionError as exc:
+        raise SequenceError(f"cannot open {folder}: {exc.strerror}; check its permissions") from None
+    except OSError:
+        pass  # reported below
     if not folder.exists():
         raise SequenceError(
             f"sequence folder {folder} does not exist; pass a folder that holds the frames "
@@ -446,7 +477,7 @@ class OTBSequence(FileSequenceSource):
         super().__init__(name or folder.name, paths, None, init_box=init_box, on_bad_frame=on_bad_frame)
         self.folder = folder
         self.groundtruth_path: Path | None = next(
-            (folder / n for n in self.GT_NAMES if (folder / n).is_file()), None
+            (folder / n for n in self.GT_NAMES if os.path.lexists(folder / n)), None
         )
         if self.groundtruth_path is None:
             self.warnings.append(f"{folder} has no groundtruth_rect.txt; the sequence has no ground truth")
@@ -471,7 +502,8 @@ class VOTSequence(FileSequenceSource):
         super().__init__(name or folder.name, paths, None, init_box=init_box, on_bad_frame=on_bad_frame)
         self.folder = folder
         gt_path = folder / "groundtruth.txt"
-        self.groundtruth_path: Path | None = gt_path if gt_path.is_file() else None
+        # a name that exists but is not a readable file is an error (via load_groundtruth), not "no ground truth"
+        self.groundtruth_path: Path | None = gt_path if os.path.lexists(gt_path) else None
         if self.groundtruth_path is None:
             self.warnings.append(f"{folder} has no groundtruth.txt; the sequence has no ground truth")
         else:
@@ -482,9 +514,16 @@ def open_sequence_folder(folder, init_box=None, on_bad_frame: str = "raise") -> 
     """Open ``folder`` with the right reader: OTB when it has ``img/`` or
     ``groundtruth_rect.txt``, VOT when it has ``groundtruth.txt`` or ``color/``."""
     folder = _require_folder(folder)
-    if (folder / "img").is_dir() or (folder / "groundtruth_rect.txt").is_file():
+    try:
+        # OTB when img/ holds the frames (an empty img/ beside a VOT color/ is not OTB)
+        otb = ((folder / "img").is_dir() and (_list_images(folder / "img") or not (folder / "color").is_dir())) \
+            or (folder / "groundtruth_rect.txt").is_file()
+        vot = (folder / "groundtruth.txt").is_file() or (folder / "color").is_dir()
+    except PermissionError as exc:
+        raise SequenceError(f"cannot look into {folder}: {exc.strerror}; check its permissions") from None
+    if otb:
         return OTBSequence(folder, init_box=init_box, on_bad_frame=on_bad_frame)
-    if (folder / "groundtruth.txt").is_file() or (folder / "color").is_dir():
+    if vot:
         return VOTSequence(folder, init_box=init_box, on_bad_frame=on_bad_frame)
     raise SequenceError(
         f"{folder} is neither an OTB sequence (img/ + groundtruth_rect.txt) nor a VOT sequence "
@@ -496,16 +535,47 @@ def open_sequence_folder(folder, init_box=None, on_bad_frame: str = "raise") -> 
 # --------------------------------------------------------------------------- globs
 
 
+def _expand(pattern: str):
+    """The paths a glob pattern matches. ``**`` goes through pathlib, which does not follow
+    links to folders (glob.glob(recursive=True) does: a link loop repeats frames or never ends)."""
+    if "**" not in pattern:
+        return _glob.iglob(pattern)
+    parts = Path(pattern).parts
+    i = next(k for k, part in enumerate(parts) if re.search(r"[*?[]", part))
+    root = Path(*parts[:i]) if i else Path(".")
+    return (str(p) for p in root.glob(str(Path(*parts[i:]))))
+
+
 class ImageGlobSource(FileSequenceSource):
     """Images matching a glob pattern (``~`` expanded, ``**`` allowed), natural-sorted."""
 
     def __init__(self, pattern: str, init_box=None, on_bad_frame: str = "raise", name: str | None = None):
         pattern = os.path.expanduser(str(pattern))
-        matches = [p for p in _glob.glob(pattern, recursive=True) if _frame_entry(Path(p))]
-        if not matches:
-            raise SequenceError(f"no files match {pattern!r}; check the folder and the pattern")
-        matches.sort(key=natural_key)
-        super().__init__(name or pattern, matches, None, init_box=init_box, on_bad_frame=on_bad_frame)
+        found, seen, others, folders = [], set(), 0, 0
+        for i, p in enumerate(_expand(pattern)):
+            if i >= MAX_GLOB_MATCHES:
+                raise SequenceError(f"{pattern!r} matches over {MAX_GLOB_MATCHES} paths; narrow the pattern")
+            path = Path(p)
+            if not _frame_entry(path):
+                folders += path.is_dir()
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                others += 1
+                continue
+            real = os.path.realpath(p)
+            if real not in seen:  # the same file reached through a link
+                seen.add(real)
+                found.append(p)
+        if not found:
+            if not (folders or others):
+                raise SequenceError(f"no files match {pattern!r}; check the folder and the pattern")
+            why = (f"matches only {folders} folder(s); use DIR/*.jpg or --sequence DIR" if not others else
+                   f"matches no image ({', '.join(IMAGE_EXTENSIONS)}), only {others} other file(s)")
+            raise SequenceError(f"{pattern!r} {why}")
+        found.sort(key=natural_key)
+        super().__init__(name or pattern, found, None, init_box=init_box, on_bad_frame=on_bad_frame)
+        if others:
+            self.warnings.append(f"{pattern!r}: {others} file(s) that are not images ignored")
         self.pattern = pattern
 
 

@@ -286,3 +286,37 @@ def test_report_import_is_lazy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     assert out.stdout.strip() == "False"
+
+
+# -- found in review: bad input named, not averaged into nonsense --------------------------------
+
+def test_scores_with_wrong_curves_or_fields_are_refused():
+    from runtime.errors import TrackerInputError
+    from runtime.evaluation import evaluate_sequence, mean_scores
+
+    g = np.array([[10.0, 10, 20, 20]] * 5)
+    s = evaluate_sequence(g, g)
+    short = s.to_dict()
+    short["success_curve"] = short["success_curve"][:10]  # once averaged into a 31-point curve
+    with pytest.raises(TrackerInputError, match="points"):
+        mean_scores([s, short])
+    with pytest.raises(TrackerInputError, match="lacks 'auc'"):
+        mean_scores([{k: v for k, v in s.to_dict().items() if k != "auc"}])
+    with pytest.raises(TrackerInputError, match="4 numbers"):
+        evaluate_sequence([g[0], None, g[0]], g[:3])
+    with pytest.raises(TrackerInputError, match="frame 1"):
+        from runtime.evaluation import cost_stats
+
+        cost_stats([1.0, float("nan")])
+
+
+def test_report_into_a_file_is_a_clear_error(tmp_path):
+    from runtime.errors import TrackerInputError
+    from runtime.evaluation import evaluate_sequence
+    from runtime.report import write_report
+
+    g = np.array([[10.0, 10, 20, 20]] * 5)
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(TrackerInputError, match="is a file"):
+        write_report(f, {"t": {"s": {"score": evaluate_sequence(g, g)}}})

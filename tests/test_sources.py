@@ -556,3 +556,55 @@ def test_len_unknown_raises_typeerror():
     with pytest.raises(TypeError):
         len(s)
     assert [f.index for f in s] == [0]
+
+
+# -- found in review: links, gaps, permissions, impossible boxes ---------------------------------
+
+def test_image_glob_through_a_folder_link_loop(tmp_path):
+    import cv2
+
+    a = tmp_path / "a"
+    a.mkdir()
+    cv2.imwrite(str(a / "1.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (a / "notes.txt").write_text("not a frame")
+    (a / "loop").symlink_to(".")  # once: the same frame 41 times; with two loops, no end
+    (a / "loop2").symlink_to(".")
+    src = ImageGlobSource(str(tmp_path / "**" / "*"), init_box="1,1,2,2")
+    assert len(src) == 1 and any("not images" in w for w in src.warnings)
+    with pytest.raises(SequenceError, match="only 1 folder"):
+        ImageGlobSource(str(tmp_path / "a"), init_box="1,1,2,2")
+
+
+def test_missing_numbered_frame_keeps_ground_truth_aligned(tmp_path):
+    import cv2
+
+    img = tmp_path / "seq" / "img"
+    img.mkdir(parents=True)
+    for i in (1, 2, 4, 5):  # 0003 lost
+        cv2.imwrite(str(img / f"{i:04d}.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "seq" / "groundtruth_rect.txt").write_text("".join(f"{i},1,2,2\n" for i in range(1, 6)))
+    seq = open_sequence_folder(tmp_path / "seq")
+    assert seq.groundtruth[:, 0].tolist() == [1, 2, 4, 5]  # by position it was 1, 2, 3, 4
+    assert any("3 are missing" in w for w in seq.warnings)
+
+
+def test_negative_groundtruth_size_is_named(tmp_path):
+    import cv2
+
+    img = tmp_path / "seq" / "img"
+    img.mkdir(parents=True)
+    cv2.imwrite(str(img / "0001.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "seq" / "groundtruth_rect.txt").write_text("1,1,-3,2\n")
+    with pytest.raises(SequenceError, match=r"groundtruth_rect.txt:1: negative width"):
+        open_sequence_folder(tmp_path / "seq")
+
+
+def test_groundtruth_that_is_a_folder_is_an_error_not_missing(tmp_path):
+    import cv2
+
+    img = tmp_path / "seq" / "img"
+    img.mkdir(parents=True)
+    cv2.imwrite(str(img / "0001.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "seq" / "groundtruth_rect.txt").mkdir()
+    with pytest.raises(SequenceError, match="groundtruth_rect.txt"):
+        open_sequence_folder(tmp_path / "seq")
