@@ -48,6 +48,18 @@ def reports_user_errors(main):
     return wrapper
 
 
+def names_in(text: str, allowed, flag: str = "--backends", kind: str = "backend") -> list:
+    """The comma-separated names of ``flag``, each one of ``allowed``, at least one."""
+    from runtime.errors import TrackerInputError
+
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    bad = [b for b in names if b not in allowed]
+    if bad or not names:
+        what = f"unknown {kind} {bad[0]!r} in {flag}" if bad else f"{flag} names none"
+        raise TrackerInputError(f"{what}; use {', '.join(allowed)}")
+    return names
+
+
 def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=(), min_frames: int = 1) -> None:
     """Open every sequence and model, and check the outputs, before the first frame is
     tracked: a mistake in the last one should not surface after minutes of work."""

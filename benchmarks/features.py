@@ -24,7 +24,7 @@ import numpy as np
 from runtime.model import load_model
 from runtime.report import markdown_table
 
-from .common import check_inputs, dump_json, machine, reports_user_errors
+from .common import check_inputs, dump_json, machine, names_in, reports_user_errors
 
 
 BLOCK = 10
@@ -95,11 +95,7 @@ def main(argv=None) -> int:
     from runtime.backends import BACKENDS
     from runtime.errors import TrackerInputError
 
-    names = [b.strip() for b in args.backends.split(",") if b.strip()]
-    bad = [b for b in names if b not in BACKENDS]
-    if bad or not names:
-        what = f"unknown backend {bad[0]!r} in --backends" if bad else "--backends names none"
-        raise TrackerInputError(f"{what}; use {', '.join(BACKENDS)}")
+    names = names_in(args.backends, BACKENDS)
     if args.repeat < 1:
         raise TrackerInputError(f"--repeat must be positive, got {args.repeat}")
     check_inputs([], out_dir=args.out)

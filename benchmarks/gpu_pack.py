@@ -216,18 +216,10 @@ def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buck
     if sequence is not None:
         open_sequence_folder(sequence).close()
     # Built beside the destination and swapped in when complete: a failed build keeps the old pack.
-    final.parent.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    out.chmod(0o755)
-    from export.build import swap_in
+    from export.build import staged
 
-    try:
-        info = _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_cpu, sequence, max_mb, final)
-        swap_in(out, final)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    return info
+    with staged(final, check=None) as out:  # the pack marker was checked above
+        return _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_cpu, sequence, max_mb, final)
 
 
 def _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_cpu, sequence, max_mb, final) -> dict:

@@ -21,7 +21,7 @@ from runtime.report import markdown_table, plot_frame_costs
 from runtime.sources import open_sequence_folder
 from runtime.tracker import STAGES
 
-from .common import check_inputs, dump_json, machine, reports_user_errors, resolve_sequences
+from .common import check_inputs, dump_json, machine, names_in, reports_user_errors, resolve_sequences
 
 BASELINE = "mxnet-unbucketed"
 
@@ -78,14 +78,9 @@ def main(argv=None) -> int:
     if not seqs:
         return 2
     from runtime.backends import BACKENDS
-    from runtime.errors import TrackerInputError
     from runtime.model import DEFAULT_MODEL
 
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    bad = [b for b in backends if b not in BACKENDS + (BASELINE,)]
-    if bad or not backends:
-        what = f"unknown backend {bad[0]!r} in --backends" if bad else "--backends names none"
-        raise TrackerInputError(f"{what}; use {', '.join(BACKENDS + (BASELINE,))}")
+    backends = names_in(args.backends, BACKENDS + (BASELINE,))
     check_inputs(seqs, [args.model or DEFAULT_MODEL], args.max_frames, args.out, [("--json", args.json)], min_frames=2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -73,10 +73,12 @@ def swap_in(new: Path, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged(out: Path):
+def staged(out: Path, check=check_replaceable):
     """A sibling temporary folder to build in, swapped in for ``out`` only once complete: a
-    failed or interrupted build leaves the previous set as it was."""
-    check_replaceable(out)
+    failed or interrupted build leaves the previous one as it was. ``check`` refuses an
+    ``out`` that must not be replaced (default: anything but an artifact set)."""
+    if check is not None:
+        check(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:

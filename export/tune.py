@@ -150,6 +150,7 @@ def main(argv=None) -> int:
 
     from runtime.errors import TrackerInputError
     from runtime.model import load_model
+    from runtime.outputs import check_output_folder
 
     from .targets import parse
     from .tvm_build import tuning_dir
@@ -179,11 +180,8 @@ def main(argv=None) -> int:
     try:
         # everything that could stop the run after a bucket's tuning is checked before it
         model = load_model(args.model) if given is None else None
-        if db.exists() and not db.is_dir():
-            raise TrackerInputError(f"--db {db} is a file; give a folder")
+        check_output_folder(db, "--db")
         db.mkdir(parents=True, exist_ok=True)
-        if not os.access(db, os.W_OK):
-            raise TrackerInputError(f"--db {db} is not writable")
         entries = json.loads(history.read_text()) if history.is_file() else []
         if not isinstance(entries, list):
             raise ValueError("not a list of runs")

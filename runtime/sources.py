@@ -516,7 +516,7 @@ def open_sequence_folder(folder, init_box=None, on_bad_frame: str = "raise") -> 
     folder = _require_folder(folder)
     try:
         # OTB when img/ holds the frames (an empty img/ beside a VOT color/ is not OTB)
-        otb = ((folder / "img").is_dir() and (_list_images(folder / "img") or not (folder / "color").is_dir())) \
+        otb = ((folder / "img").is_dir() and (not (folder / "color").is_dir() or _list_images(folder / "img"))) \
             or (folder / "groundtruth_rect.txt").is_file()
         vot = (folder / "groundtruth.txt").is_file() or (folder / "color").is_dir()
     except PermissionError as exc:

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import artifacts
-from .. import artifacts as artifacts_mod  # TVMBackend's "artifacts" argument shadows the module
 from ..devices import device_index
 from ..errors import ArtifactError, TrackerInputError
 from .base import FeatureBackend
@@ -89,8 +88,10 @@ class TVMBackend(FeatureBackend):
         if target is None and artifacts is not None:
             target = _manifest_target(artifacts)
             if target is None:  # no TVM set there: say what is there instead
-                artifacts_mod.read_manifest(artifacts, "tvm", "build one with: python -m export --targets "
-                                            "llvm (or cuda:sm_XX) --out NEW_FOLDER")
+                from ..artifacts import read_manifest  # the "artifacts" argument shadows the module
+
+                read_manifest(artifacts, "tvm", "build one with: python -m export --targets "
+                                                "llvm (or cuda:sm_XX) --out NEW_FOLDER")
         if target is None:
             if device != "cpu":
                 raise TrackerInputError("--device cuda with tvm needs --artifacts DIR built by "
