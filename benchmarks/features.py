@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import TrackerInputError
 from runtime.model import load_model
 from runtime.report import markdown_table
 
@@ -67,6 +68,8 @@ def time_rounds(names, model_dir, artifacts, repeat) -> tuple:
             if artifacts:
                 cmd += ["--artifacts", str(artifacts)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(Path(__file__).resolve().parents[1]))
+            if proc.returncode == 2:  # the worker's one-line user error (e.g. a backend not installed)
+                raise TrackerInputError((proc.stderr.strip().splitlines() or [f"{n} worker failed"])[-1].removeprefix("error: "))
             if proc.returncode != 0:
                 raise RuntimeError(f"{n} worker failed: {proc.stderr.strip().splitlines()[-1:]}")
             got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -93,7 +96,6 @@ def main(argv=None) -> int:
         return 0
 
     from runtime.backends import BACKENDS
-    from runtime.errors import TrackerInputError
 
     names = names_in(args.backends, BACKENDS)
     if args.repeat < 1:

@@ -25,16 +25,25 @@ def main(argv=None) -> int:
                          "the ONNX set is always built, and onnx alone builds only it")
     ap.add_argument("--out", default=None, help="output folder (default: the runtime's artifact cache)")
     args = ap.parse_args(argv)
+    from . import EXPORT_PACKAGES, TVM_PACKAGES, missing_packages, targets
+
+    try:
+        names = targets.parse_list(args.targets)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    missing = missing_packages({**EXPORT_PACKAGES, **(TVM_PACKAGES if names else {})})
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     from runtime.model import load_model
     from runtime.outputs import check_output_folder
 
-    from . import targets
     from .build import build
     from .onnx_export import ParityError
 
     out = Path(args.out).expanduser() if args.out is not None else None
     try:
-        names = targets.parse_list(args.targets)
         model = load_model(args.model)
         if out is not None:
             check_output_folder(out, "--out")

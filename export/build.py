@@ -32,6 +32,14 @@ def check_replaceable(folder) -> None:
     if not (isinstance(m, dict) and m.get("kind") in artifacts.BACKEND_OF):
         raise ArtifactError(f"{folder} holds files but no artifact set (no manifest of one), and export would "
                             "replace them; give --out a new or empty folder")
+    # A set holds its manifest and the files it lists; anything else (a user's file, kernels
+    # precompiled beside a library) would be lost with the old set.
+    listed = m.get("files") if isinstance(m.get("files"), dict) else {}
+    foreign = sorted(p.name for p in folder.iterdir() if p.name != artifacts.MANIFEST and p.name not in listed)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise ArtifactError(f"{folder} holds {', '.join(foreign[:3])}{more} beside its artifact set, and export "
+                            "would delete them with the old set; move them out or give --out a new folder")
 
 
 @contextlib.contextmanager
@@ -110,10 +118,11 @@ def build_onnx(model, out, log=print) -> Path:
 
 def build_tvm(model, target, onnx_dir, out, log=print) -> Path:
     """Compile every bucket of ``onnx_dir`` for ``target`` into ``out`` (kind 'tvm')."""
-    from .tvm_build import build_bucket, tuning_db
+    from .tvm_build import build_bucket, tuned_buckets, tuning_db
 
     out = Path(out)
     db_dir, db_hash = tuning_db(target.name)
+    tuned = tuned_buckets(db_dir)
     files = []
     with staged(out) as tmp:
         for b, shape in enumerate(model.policy.shapes):
@@ -122,7 +131,7 @@ def build_tvm(model, target, onnx_dir, out, log=print) -> Path:
             build_bucket(Path(onnx_dir) / bucket_file(b, shape, "onnx"), target, tmp / name, db_dir)
             files.append(name)
             log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s"
-                f"{' (tuned)' if db_dir else ' (untuned)'}")
+                f"{' (tuned)' if f'{shape[0]}x{shape[1]}' in tuned else ' (untuned)'}")
         extra = {"tuning_db": str(db_dir.relative_to(Path(__file__).resolve().parents[1])) if db_dir else None,
                  "tuning_db_sha256": db_hash, "device": target.device, "cross": target.cross}
         artifacts.write_manifest(tmp, model, "tvm", target.name, target.resolved(), files, extra)

@@ -148,6 +148,12 @@ def main(argv=None) -> int:
             print(f"error: {flag} must be positive, got {value}", file=sys.stderr)
             return 2
 
+    from . import TUNE_PACKAGES, missing_packages
+
+    missing = missing_packages(TUNE_PACKAGES)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     from runtime.errors import TrackerInputError
     from runtime.model import load_model
     from runtime.outputs import check_output_folder

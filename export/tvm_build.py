@@ -29,6 +29,19 @@ def tuning_db(target_name: str):
     return d, h.hexdigest()
 
 
+def tuned_buckets(db_dir) -> set:
+    """Bucket shapes ("HxW") that a tuning run of ``export.tune`` recorded for ``db_dir``: a
+    database can hold some buckets only (a tuning time budget), the rest use TVM's defaults."""
+    import json
+
+    try:
+        runs = json.loads((Path(db_dir) / "tuning_log.json").read_text()) if db_dir else []
+    except (OSError, ValueError):
+        return set()
+    return {shape for run in runs if isinstance(run, dict) and isinstance(run.get("buckets"), dict)
+            for shape, rec in run["buckets"].items() if isinstance(rec, dict) and rec.get("records")}
+
+
 def import_onnx(onnx_path):
     import onnx
     from tvm.relax.frontend.onnx import from_onnx

@@ -97,6 +97,10 @@ def read_manifest(folder, kind: str, fix: str) -> dict:
     folder = Path(folder)
     mpath = folder / MANIFEST
     if not mpath.is_file():
+        sets = _sets_below(folder, kind)
+        if sets:  # export's --out, which holds one set per target: name them, not a rebuild
+            raise ArtifactError(f"{folder} is export's output folder, not one artifact set: pass --artifacts "
+                                + " or ".join(str(folder / s) for s in sets))
         raise ArtifactError(f"no {MANIFEST} in {folder}; {fix}")
     try:
         m = json.loads(mpath.read_text())
@@ -114,6 +118,23 @@ def read_manifest(folder, kind: str, fix: str) -> dict:
                                 f"{'onnx' if kind == 'onnx' else '<target>'}")
         raise ArtifactError(f"{folder} holds no {kind} artifacts (manifest kind {m.get('kind')!r}); {fix}")
     return m
+
+
+def _sets_below(folder: Path, kind: str) -> list:
+    """Names of the subfolders of ``folder`` that hold a set of ``kind``."""
+    found = []
+    try:
+        subs = sorted(p for p in folder.iterdir() if p.is_dir())
+    except OSError:
+        return found
+    for sub in subs:
+        try:
+            m = json.loads((sub / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and m.get("kind") == kind:
+            found.append(sub.name)
+    return found
 
 
 def check_files(folder, manifest: dict, fix: str) -> None:

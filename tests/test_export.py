@@ -144,6 +144,12 @@ def test_set_of_the_other_kind_or_no_manifest_object_refused(built, tmp_path):
             make_backend(backend, model, artifacts=folder)
         msg = str(e.value)
         assert f"--backend {other}" in msg and f"--out {folder}" not in msg, msg
+    # export's --out itself (one set per target below it): name the set to pass
+    parent = done["onnx"].parent
+    for backend, kind in (("tvm", "llvm"), ("onnxruntime", "onnx")):
+        with pytest.raises(ArtifactError) as e:
+            make_backend(backend, model, artifacts=parent)
+        assert f"pass --artifacts {parent / kind}" in str(e.value) and "NEW_FOLDER" not in str(e.value), str(e.value)
     d = tmp_path / "list"
     d.mkdir()
     (d / "manifest.json").write_text("[1, 2]")
@@ -182,6 +188,19 @@ def test_export_refuses_to_build_over_other_files(one_bucket_model, tmp_path, ca
     err = capsys.readouterr().err
     assert "new or empty folder" in err and "Traceback" not in err
     assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "out" / "onnx").exists()
+
+    # a file beside an existing set would go with the old set: refused too, the set kept;
+    # the set alone is rebuilt as before
+    out = tmp_path / "again"
+    assert main(["--model", str(one_bucket_model.path), "--targets", "onnx", "--out", str(out)]) == 0
+    (out / "onnx" / "notes.txt").write_text("keep me")
+    assert main(["--model", str(one_bucket_model.path), "--targets", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "beside its artifact set" in err and "Traceback" not in err
+    assert (out / "onnx" / "notes.txt").read_text() == "keep me"
+    artifacts.verify(out / "onnx", one_bucket_model, "onnx", "onnx")
+    (out / "onnx" / "notes.txt").unlink()
+    assert main(["--model", str(one_bucket_model.path), "--targets", "onnx", "--out", str(out)]) == 0
 
 
 def test_export_onnx_alone_and_rebuild_commands_that_work(one_bucket_model, tmp_path):
@@ -271,6 +290,21 @@ def test_cached_build_is_redone_when_the_tuning_database_changes(one_bucket_mode
     ensure_tvm(one_bucket_model, "llvm")
     assert "another tuning database" in capsys.readouterr().err
     assert json.loads(mpath.read_text())["tuning_db_sha256"] == tuning_db("llvm")[1]
+
+
+def test_build_log_says_tuned_only_for_buckets_the_database_holds(tmp_path):
+    """A tuning time budget can leave buckets out: those build with TVM's defaults and the
+    build log must not call them tuned."""
+    from export.tvm_build import tuned_buckets, tuning_db
+
+    assert tuned_buckets(tuning_db("cuda-sm_90")[0]) == {"288x192", "288x288"}  # the H100 run's budget
+    assert len(tuned_buckets(tuning_db("llvm")[0])) == 8
+    assert tuned_buckets(None) == set()
+    (tmp_path / "tuning_log.json").write_text("{damaged")
+    assert tuned_buckets(tmp_path) == set()
+    (tmp_path / "tuning_log.json").write_text(json.dumps(
+        [{"buckets": {"192x192": {"skipped": "time budget"}, "160x256": {"tasks": 3, "records": 96}}}]))
+    assert tuned_buckets(tmp_path) == {"160x256"}
 
 
 def test_cuda_targets_state_the_block_limits_metaschedule_needs():

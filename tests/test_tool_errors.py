@@ -1,6 +1,8 @@
 """The tools besides runtime.track (export, tuning, training, benchmarks) meet a user's mistake
 with one `error:` line and exit status 2, before anything slow runs and without touching what
 is already on disk."""
+import os
+
 import pytest
 
 from runtime.synthetic import make_sequence, write_otb
@@ -112,6 +114,31 @@ def test_export_and_tuning_refuse_bad_input(tmp_path, afile, capsys):
         _expect(capsys, tune.main(argv), *words)
     assert (bad_log / "tuning_log.json").read_text() == "{"
     assert afile.read_text() == "not a folder"
+
+
+def test_tools_name_a_missing_package_and_its_extra(tmp_path, monkeypatch, capsys):
+    """Without the export extra, export and tuning stop with the pip command, not an import
+    traceback; the feature benchmark passes on its worker's one-line error."""
+    import importlib.util
+
+    from benchmarks.features import main as features
+    from export import tune
+    from export.__main__ import main as export
+
+    real = importlib.util.find_spec
+    with monkeypatch.context() as m:
+        m.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("onnx", "tvm") else real(name, *a))
+        _expect(capsys, export(["--targets", "llvm", "--out", str(tmp_path / "x")]), "onnx, apache-tvm not installed",
+                "pip install -e '.[export]'")
+        _expect(capsys, export(["--targets", "onnx", "--out", str(tmp_path / "x")]), "onnx not installed")
+        _expect(capsys, tune.main(["--trials", "1"]), "onnx, apache-tvm not installed", "'.[tune]'")
+    assert not (tmp_path / "x").exists()
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "onnxruntime.py").write_text("raise ImportError('simulated: not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", f"{fake}:{os.environ.get('PYTHONPATH', '')}")
+    _expect(capsys, features(["--backends", "onnxruntime", "--repeat", "1", "--out", str(tmp_path / "o")]),
+            "needs onnxruntime", "pip install")
 
 
 def test_feature_timing_refuses_bad_input(tmp_path, afile, capsys):
