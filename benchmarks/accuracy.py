@@ -53,9 +53,9 @@ def main(argv=None) -> int:
     ap.add_argument("--trackers", default="ours,csrt,kcf",
                     help="comma-separated: ours, ours:MODEL_DIR (another model), csrt, kcf, mil")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
-    ap.add_argument("--backend", default="mxnet")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-frames", type=int, default=None)
+    ap.add_argument("--backend", default="mxnet", help="feature backend of ours: mxnet, onnxruntime or tvm (default mxnet)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of ours (candidate sampling); the peers are deterministic")
+    ap.add_argument("--max-frames", type=int, default=None, help="first N frames of each sequence (default: all)")
     ap.add_argument("--out", default="benchmarks/results/accuracy", help="report folder")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)

@@ -85,10 +85,10 @@ def time_rounds(names, model_dir, artifacts, repeat) -> tuple:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.features", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
-    ap.add_argument("--backends", default="mxnet,onnxruntime,tvm")
+    ap.add_argument("--backends", default="mxnet,onnxruntime,tvm", help="comma-separated: mxnet, onnxruntime, tvm (default all)")
     ap.add_argument("--artifacts", default=None, help="prebuilt TVM set (default: the llvm cache)")
     ap.add_argument("--repeat", type=int, default=100, help="timed calls per bucket and backend (default 100: 10 rounds)")
-    ap.add_argument("--out", default="benchmarks/results/features")
+    ap.add_argument("--out", default="benchmarks/results/features", help="report folder")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one backend, JSON on stdout
     args = ap.parse_args(argv)
     if args.worker:

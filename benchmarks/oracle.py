@@ -102,7 +102,7 @@ def _main(argv=None) -> int:
     ap.add_argument("--sequences", nargs="*", help="sequence folders (default: the development set in ../shared)")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     ap.add_argument("--frames", type=int, default=150, help="frames per sequence after the first")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="tracker seed (candidate sampling)")
     ap.add_argument("--out", default=None, help="folder for oracle.json and oracle.md")
     args = ap.parse_args(argv)
     seqs = resolve_sequences(args.sequences)

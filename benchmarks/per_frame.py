@@ -69,9 +69,9 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default=f"mxnet,onnxruntime,tvm,{BASELINE}",
                     help=f"comma-separated from mxnet, onnxruntime, tvm, {BASELINE}")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
-    ap.add_argument("--max-frames", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="benchmarks/results/per_frame")
+    ap.add_argument("--max-frames", type=int, default=None, help="first N frames of each sequence (default: all)")
+    ap.add_argument("--seed", type=int, default=0, help="tracker seed (candidate sampling)")
+    ap.add_argument("--out", default="benchmarks/results/per_frame", help="report folder")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     seqs = resolve_sequences(args.sequences)

@@ -81,11 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", type=_size, default=(320, 240), help="frame size WxH (default 320x240)")
     ap.add_argument("--seed", type=int, default=0, help="sequence and tracker seed")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
-    ap.add_argument("--backend", default="mxnet", choices=("mxnet", "onnxruntime", "tvm"))
+    ap.add_argument("--backend", default="mxnet", choices=("mxnet", "onnxruntime", "tvm"), help="feature backend (default mxnet)")
     ap.add_argument("--json", metavar="FILE", help="write the figures (and RSS / cost curves) as JSON")
     ap.add_argument("--rss-every", type=int, default=100, help="sample RSS every N frames (default 100)")
-    ap.add_argument("--max-growth-mb", type=float, default=MAX_GROWTH_MB)
-    ap.add_argument("--max-cost-ratio", type=float, default=MAX_COST_RATIO)
+    ap.add_argument("--max-growth-mb", type=float, default=MAX_GROWTH_MB,
+                    help=f"RSS growth allowed between the two windows (default {MAX_GROWTH_MB})")
+    ap.add_argument("--max-cost-ratio", type=float, default=MAX_COST_RATIO,
+                    help=f"last window's median cost over the first's allowed (default {MAX_COST_RATIO})")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     return ap

@@ -1,4 +1,4 @@
-"""``python -m export --model models/default --targets llvm,cuda:sm_87,aarch64 [--out DIR]``
+"""``python -m export --model models/default --targets llvm,cuda:sm_87@aarch64,aarch64 [--out DIR]``
 
 Exports the conv extractor of every bucket to ONNX (checked against MXNet), then compiles
 one TVM library per (bucket, target), each set with a manifest.
