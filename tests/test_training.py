@@ -570,6 +570,80 @@ def test_dist_sync_averages_gradients_over_workers(dist_run):
         assert info["rescale_grad"] == pytest.approx(1.0 / (1 * info["num_workers"]))
 
 
+@pytest.mark.slow
+def test_launch_documented_command_finishes_and_rank0_writes_the_model(sequences, tmp_path):
+    """README's ``python -m train_mx.launch -n 2 -s 1 -- <train args>`` with plain train_mx.train
+    as the workers (no wrapper reading the weights on every rank): both workers end, rank 0
+    writes the checkpoint, state.json and --save-model once, the launcher exits 0."""
+    from runtime.model import load_model
+
+    out, model = tmp_path / "run", tmp_path / "model"
+    cmd = [sys.executable, "-m", "train_mx.launch", "-n", "2", "-s", "1", "--timeout", "50", "--grace", "5",
+           "--threads", "1", "--",
+           "--sequences", *sequences, "--pretrained", "", "--iterations", "4", "--epoch-size", "2",
+           "--mine-from", "96", "--out", str(out), "--save-model", str(model), "--quiet"]
+    t0 = time.time()
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=150)
+    seconds = time.time() - t0
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-4000:]
+    assert seconds < 60, log[-4000:]
+    assert "[launch] 2 worker(s) finished" in res.stdout
+    for w in (0, 1):
+        assert f"[worker {w}] trained 4 iterations" in res.stdout, log[-4000:]
+    assert res.stdout.count("model written to") == 1  # rank 0 only
+    assert json.loads((out / "state.json").read_text())["iteration"] == 4
+    ckpt, final = load_model(out / "checkpoint"), load_model(model)
+    assert "fc6_weight" in ckpt.params and not any(k.startswith("fc6") for k in final.params)
+    for n, v in final.params.items():  # both read after the last synchronous step
+        np.testing.assert_array_equal(v, ckpt.params[n], err_msg=n)
+
+
+def _processes_with_env(tag: str) -> list:
+    """PIDs of this user's processes whose environment holds ``tag``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if tag.encode() in (d / "environ").read_bytes():
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_launch_timeout_kills_everything_and_exits_124(tmp_path):
+    """A worker that ignores SIGTERM and SIGINT (like one stuck in a kvstore wait) cannot keep
+    the job alive past --timeout + --grace: the launcher kills every process and exits 124."""
+    (tmp_path / "stuck.py").write_text(textwrap.dedent('''
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("stuck", flush=True)
+        time.sleep(600)
+    '''))
+    tag = f"LAUNCH_TIMEOUT_TEST={os.getpid()}_{time.time_ns()}"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    t0 = time.time()
+    res = subprocess.run([sys.executable, "-m", "train_mx.launch", "-n", "2", "--timeout", "4", "--grace", "2",
+                          "--env", tag, "--module", "stuck"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    seconds = time.time() - t0
+    leftover = _processes_with_env(tag)
+    for pid in leftover:  # don't leave them behind if the launcher did
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    assert res.returncode == 124, res.stdout + res.stderr
+    assert "timeout after 4 s" in res.stdout
+    assert res.stdout.count("stuck") >= 2  # both workers were running
+    assert 4 <= seconds < 4 + 2 + 5, seconds
+    assert leftover == []
+
+
 def test_launch_dry_run_plans_roles_and_hosts(tmp_path, capsys):
     from train_mx import launch
 

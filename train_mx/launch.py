@@ -41,8 +41,15 @@ Supervision: output is relayed line by line with a ``[worker 0]`` style prefix (
 order, not kvstore rank). The launcher waits for all workers, then gives the scheduler and
 servers ``--grace`` seconds to exit and stops them. The first worker that fails, or a server
 or the scheduler that exits while workers still run, stops the whole job (the others would
-block in the next synchronous push forever). ``--timeout`` bounds the whole job. Ctrl-C (or
-SIGTERM) is forwarded to the workers as SIGINT; anything left after ``--grace`` is killed.
+block in the next synchronous push forever). ``--timeout T`` bounds the whole job: at T
+seconds every process group gets SIGTERM, whatever is left ``--grace`` seconds later SIGKILL,
+and the launcher exits 124 (within T + grace + a few seconds however the processes behave).
+Ctrl-C (or SIGTERM) is forwarded to the workers as SIGINT; anything left after ``--grace`` is
+killed.
+
+Every worker must take part in every synchronous step to its end: ``train_mx.train`` waits for
+its last push-pull on every rank before rank 0 reads the final weights (a worker that exits with
+pushes still queued leaves rank 0 waiting for them forever; see ``Trainer.finish``).
 
 Exit status: 0 when every worker succeeded, 1 when one failed, 124 on ``--timeout``, 130
 when interrupted, 2 for bad arguments.
@@ -73,6 +80,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = "127.0.0.1"
 DEFAULT_SSH = "ssh -o BatchMode=yes -tt"
+KILL_WAIT = 5.0     # seconds to wait for processes after SIGKILL
+RELAY_WAIT = 2.0    # seconds, all output relays together, to pass on the last lines
 
 
 @dataclass
@@ -231,10 +240,12 @@ class Job:
         return True
 
     def stop(self, nodes, first=signal.SIGTERM, grace: float = 5.0) -> None:
+        """``first`` to every process group, SIGKILL to what is left after ``grace`` seconds,
+        then at most KILL_WAIT seconds more: bounded however the processes behave."""
         self.send(nodes, first)
         if not self.wait_all(nodes, grace):
             self.send(nodes, signal.SIGKILL)
-            self.wait_all(nodes, 5.0)
+            self.wait_all(nodes, KILL_WAIT)
 
     # -- supervision ----------------------------------------------------------------
     def _on_signal(self, signum, frame):
@@ -288,13 +299,15 @@ class Job:
                 if not self.wait_all(services, a.grace):
                     self.say(f"servers / scheduler still up {a.grace:g} s after the workers: stopping them")
                     self.stop(services)
-            else:
-                self.stop(self.nodes)
+            elif rc != 130:  # an interrupt has already given the workers their grace
+                self.stop(self.nodes, grace=a.grace)
         finally:
-            self.stop([n for n in self.nodes if n.proc is not None and n.proc.poll() is None], grace=2.0)
+            # Whatever is left (an exception above, or a service after an interrupt): no more grace.
+            self.stop([n for n in self.nodes if n.proc is not None and n.proc.poll() is None], grace=0.5)
+            end = time.monotonic() + RELAY_WAIT
             for n in self.nodes:
                 if n.thread is not None:
-                    n.thread.join(timeout=2.0)
+                    n.thread.join(timeout=max(0.0, end - time.monotonic()))
             for s, h in old.items():
                 signal.signal(s, h)
         if rc == 0:
@@ -318,7 +331,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scheduler-host", default=None, help="address the scheduler is reached at (default 127.0.0.1, or the first host's address)")
     ap.add_argument("--port", type=int, default=0, help="scheduler port (default: a free one)")
     ap.add_argument("--timeout", type=float, default=0, help="seconds after which the whole job is killed (0: no limit)")
-    ap.add_argument("--grace", type=float, default=20.0, help="seconds given to servers after the workers and to workers after Ctrl-C")
+    ap.add_argument("--grace", type=float, default=20.0, help="seconds given to servers after the workers, and to the processes after Ctrl-C, --timeout or a failure before they are killed")
     ap.add_argument("--kvstore", default="dist_sync", choices=["dist_sync", "dist_async", "dist_device_sync"])
     ap.add_argument("--module", default="train_mx.train", help="worker module run with python -m (default train_mx.train)")
     ap.add_argument("--python", default=None, help="Python interpreter (default: this one; the same path on every host)")

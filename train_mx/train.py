@@ -195,6 +195,16 @@ class Trainer:
         arg, _ = self.mod.get_params()
         return {k: v.asnumpy() for k, v in arg.items()}
 
+    def finish(self) -> None:
+        """Wait until this process's last update has gone through the kvstore. Every rank must
+        call it after its last step: ``update()`` only queues the gradient pushes, and with
+        ``dist_sync`` the servers answer each key's push-pull only once every worker has pushed
+        it. A worker that exits with pushes still queued never sends them (MXNet's engine stops
+        at interpreter exit), so rank 0, reading the final weights for the checkpoint, would
+        wait for them forever while that worker waits for rank 0 in the kvstore's closing
+        barrier."""
+        mx.nd.waitall()
+
 
 def heldout_loss(trainer, sampler, n_batches: int) -> float:
     """Mean loss on held-out sequences, each scored with the branch that fits it best."""
@@ -389,6 +399,7 @@ def _train(args, ap) -> int:
             save_model(ckpt, config, trainer.params())
             (out / "state.json").write_text(json.dumps({"iteration": it, "log": log}, indent=1))
     bar.close()
+    trainer.finish()  # every rank, before rank 0 reads the final weights (see Trainer.finish)
     total = time.time() - t_start
     if rank == 0:
         params = trainer.params()
