@@ -156,6 +156,40 @@ def test_native_runner_reports_bad_input_with_exit_code_2(runner, llvm_bucket, t
 
 
 @pytest.mark.slow
+def test_native_runner_threads_option_and_default(runner, llvm_bucket, tmp_path):
+    """--threads sizes TVM's CPU thread pool; without it TVM_NUM_THREADS, then OMP_NUM_THREADS,
+    then all usable CPUs (TVM alone would take half of them on x86). Bad values: one line, exit 2."""
+    lib, shape, _ = llvm_bucket
+    np.save(tmp_path / "ok.npy", np.zeros(shape, np.float32))
+    base = ["--lib", lib, "--input", tmp_path / "ok.npy", "--repeat", 1, "--warmup", 0]
+    clean = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+
+    def run(*args, **env):
+        return subprocess.run([str(runner), *map(str, base), *map(str, args)], capture_output=True, text=True,
+                              timeout=300, env=dict(clean, **env))
+
+    for bad in ("0", "abc", "-1", "2x", "1.5", "100000"):
+        r = run("--threads", bad)
+        assert r.returncode == 2, (bad, r.stdout, r.stderr)
+        assert r.stderr.startswith("error: --threads needs a whole number"), (bad, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+    r = run(TVM_NUM_THREADS="many")
+    assert r.returncode == 2 and "TVM_NUM_THREADS='many'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    def threads(r):
+        assert r.returncode == 0, r.stderr
+        info = json.loads(r.stdout)
+        assert info["median_ms"] > 0  # the other fields are still there
+        return info["threads"], info["threads_from"]
+
+    assert threads(run("--threads", 2)) == (2, "--threads")
+    assert threads(run("--threads", 2, TVM_NUM_THREADS="1")) == (2, "--threads")  # the option wins
+    assert threads(run(TVM_NUM_THREADS="1", OMP_NUM_THREADS="3")) == (1, "TVM_NUM_THREADS")
+    assert threads(run(OMP_NUM_THREADS="1")) == (1, "OMP_NUM_THREADS")
+    assert threads(run()) == (len(os.sched_getaffinity(0)), "cpus")
+
+
+@pytest.mark.slow
 def test_native_runner_native_build_is_this_machines_elf(runner):
     import platform
 

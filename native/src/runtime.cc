@@ -8,6 +8,7 @@
 // cross-built libtvm_ffi while the board provides its own libtvm_runtime.
 #include <dlfcn.h>
 #include <elf.h>
+#include <sched.h>
 #include <sys/stat.h>
 
 #include <chrono>
@@ -18,6 +19,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <tvm/ffi/container/array.h>
@@ -50,6 +52,7 @@ namespace {
 std::mutex g_mu;
 std::string g_runtime_path;
 bool g_cuda_loaded = false;
+int g_threads = 0;
 
 bool FileExists(const std::string& p) {
   struct stat st;
@@ -87,6 +90,21 @@ std::string LoadedFrom(void* handle, const char* symbol, const std::string& fall
 std::string Env(const char* name) {
   const char* v = std::getenv(name);
   return v ? std::string(v) : std::string();
+}
+
+// A thread count: a whole number 1..kMaxThreads, nothing else (no sign, blanks or suffix).
+int ParseThreadCount(const std::string& text) {
+  if (text.empty() || text.size() > 4 || text.find_first_not_of("0123456789") != std::string::npos) return 0;
+  const int n = std::stoi(text);
+  return n <= kMaxThreads ? n : 0;
+}
+
+int OnlineCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
 }
 
 #if defined(__x86_64__)
@@ -165,9 +183,48 @@ DeviceSpec DeviceSpec::Parse(const std::string& text) {
 
 std::string DeviceSpec::str() const { return cuda ? "cuda:" + std::to_string(id) : "cpu"; }
 
+int ResolveThreads(int requested, std::string* source) {
+  auto from = [source](const char* s) {
+    if (source) *source = s;
+  };
+  if (requested > 0) {
+    if (requested > kMaxThreads) {
+      throw std::invalid_argument("thread count " + std::to_string(requested) + " is over " + std::to_string(kMaxThreads));
+    }
+    from("requested");
+    return requested;
+  }
+  for (const char* var : {"TVM_NUM_THREADS", "OMP_NUM_THREADS"}) {
+    std::string v = Env(var);
+    if (v.empty()) continue;  // unset or empty: not a setting
+    // OMP_NUM_THREADS may list one count per nesting level ("4,2"); the first is the one
+    const std::string first = std::string(var) == "OMP_NUM_THREADS" ? v.substr(0, v.find(',')) : v;
+    const int n = ParseThreadCount(first);
+    if (n == 0) {
+      throw std::invalid_argument(std::string(var) + "='" + v + "' is not a thread count from 1 to " +
+                                  std::to_string(kMaxThreads) + "; fix or unset it, or pass --threads N");
+    }
+    from(var);
+    return n;
+  }
+  from("cpus");
+  return OnlineCpus();
+}
+
+int TvmThreads() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return g_threads;
+}
+
 std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
   std::lock_guard<std::mutex> lock(g_mu);
   if (g_runtime_path.empty()) {
+    // TVM sizes its CPU thread pool from TVM_NUM_THREADS (then OMP_NUM_THREADS, then half the
+    // hardware threads on x86) when the pool starts, at the first parallel kernel: set it first.
+    const int threads = ResolveThreads(options.num_threads);
+    if (::setenv("TVM_NUM_THREADS", std::to_string(threads).c_str(), 1) != 0) {
+      throw std::runtime_error("cannot set TVM_NUM_THREADS");
+    }
     std::string explicit_path = !options.tvm_runtime.empty() ? options.tvm_runtime : Env("MDTRACK_TVM_RUNTIME");
     std::vector<std::string> candidates;
     if (!explicit_path.empty()) {
@@ -202,6 +259,7 @@ std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
       throw std::runtime_error("cannot load the TVM runtime (libtvm_runtime.so); tried" + errors.substr(1) +
                                "; set --tvm-runtime PATH or MDTRACK_TVM_RUNTIME (see native/README.md)");
     }
+    g_threads = threads;
     if (!ffi::Function::GetGlobal("vm.builtin.alloc_storage").has_value()) {
       throw std::runtime_error(g_runtime_path + " does not register the Relax VM (vm.builtin.*); "
                                "it is not a TVM >= 0.20 runtime built with the Relax VM");

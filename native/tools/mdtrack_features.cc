@@ -2,10 +2,11 @@
 //
 //   mdtrack_features --lib bucket0_192x192.so --input patch.npy [--shape 1,3,192,192]
 //                    [--output feat.npy] [--device cpu|cuda[:N]] [--repeat N] [--warmup K]
-//                    [--tvm-runtime libtvm_runtime.so] [--kernels DIR]
+//                    [--tvm-runtime libtvm_runtime.so] [--kernels DIR] [--threads N]
 //
 // Prints one JSON line: shapes, load time, and median / p95 / min / mean ms of one run
-// (copy the patch in, run main, copy the features out). Exit code 2 on errors.
+// (copy the patch in, run main, copy the features out), and the CPU thread count used.
+// Exit code 2 on errors.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -30,8 +31,11 @@ const char* kUsage =
     "usage: mdtrack_features --lib LIB.so --input PATCH.npy|PATCH.f32 [--shape 1,3,H,W]\n"
     "                        [--output FEAT.npy|FEAT.f32] [--device cpu|cuda[:N]]\n"
     "                        [--repeat N] [--warmup K] [--tvm-runtime PATH] [--kernels DIR]\n"
+    "                        [--threads N]\n"
     "Runs a TVM-compiled feature library (python -m export) on a float32 (1,3,H,W) patch.\n"
-    "--shape is required for raw .f32 input; --repeat 0 skips timing (default 20, warmup 3).\n";
+    "--shape is required for raw .f32 input; --repeat 0 skips timing (default 20, warmup 3).\n"
+    "--threads: TVM's CPU thread pool size (default $TVM_NUM_THREADS, else $OMP_NUM_THREADS,\n"
+    "else all CPUs this process may use).\n";
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -74,11 +78,26 @@ int ParseCount(const std::string& flag, const std::string& v) {
   return n;
 }
 
+int ParseThreads(const std::string& v) {
+  size_t used = 0;
+  int n = 0;
+  try {
+    n = std::stoi(v, &used);
+  } catch (const std::exception&) {
+  }
+  if (used != v.size() || v.find_first_not_of("0123456789") != std::string::npos || n < 1 || n > mdtrack::kMaxThreads) {
+    throw std::invalid_argument("--threads needs a whole number from 1 to " + std::to_string(mdtrack::kMaxThreads) +
+                                ", got '" + v + "'");
+  }
+  return n;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string lib, input, output, shape_text, device_text = "cpu";
-  int repeat = 20, warmup = 3;
+  int repeat = 20, warmup = 3, threads = 0;
+  std::string threads_from = "--threads";
   mdtrack::RuntimeOptions options;
   try {
     for (int i = 1; i < argc; ++i) {
@@ -88,7 +107,7 @@ int main(int argc, char** argv) {
         return 0;
       }
       static const char* kFlags[] = {"--lib",    "--input",  "--output",      "--shape", "--device",
-                                     "--repeat", "--warmup", "--tvm-runtime", "--kernels"};
+                                     "--repeat", "--warmup", "--tvm-runtime", "--kernels", "--threads"};
       if (std::find(std::begin(kFlags), std::end(kFlags), a) == std::end(kFlags)) {
         throw std::invalid_argument("unknown argument " + a);
       }
@@ -103,10 +122,15 @@ int main(int argc, char** argv) {
       else if (a == "--device") device_text = v;
       else if (a == "--repeat") repeat = ParseCount(a, v);
       else if (a == "--warmup") warmup = ParseCount(a, v);
+      else if (a == "--threads") threads = ParseThreads(v);
       else if (a == "--tvm-runtime") options.tvm_runtime = v;
       else options.cuda_kernel_dirs.push_back(v);  // --kernels
     }
     if (lib.empty() || input.empty()) throw std::invalid_argument("--lib and --input are required");
+    // --threads, else $TVM_NUM_THREADS, else $OMP_NUM_THREADS, else all usable CPUs; set
+    // before the TVM runtime loads (its thread pool reads TVM_NUM_THREADS when it starts)
+    if (threads == 0) threads = mdtrack::ResolveThreads(0, &threads_from);
+    options.num_threads = threads;
     if (!output.empty()) {  // before minutes of loading: the folder must exist and take files
       const size_t slash = output.find_last_of('/');
       const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : output.substr(0, slash));
@@ -186,7 +210,8 @@ int main(int argc, char** argv) {
        << ", \"median_ms\": " << JsonNumber(median) << ", \"p95_ms\": " << JsonNumber(p95)
        << ", \"min_ms\": " << JsonNumber(mn) << ", \"mean_ms\": " << JsonNumber(mean)
        << ", \"output\": " << (output.empty() ? std::string("null") : JsonString(output))
-       << ", \"tvm_runtime\": " << JsonString(runtime) << "}";
+       << ", \"tvm_runtime\": " << JsonString(runtime) << ", \"threads\": " << mdtrack::TvmThreads()
+       << ", \"threads_from\": " << JsonString(threads_from) << "}";
     std::cout << js.str() << std::endl;
   } catch (const std::exception& e) {
     std::string msg = e.what();  // one line: TVM's errors carry line breaks and context

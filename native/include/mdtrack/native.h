@@ -31,11 +31,30 @@ struct RuntimeOptions {
   // when a library carries CUDA source; $MDTRACK_CUDA_KERNELS is appended. If none matches,
   // nvcc ($CUDA_HOME/bin or PATH) compiles the source at load time.
   std::vector<std::string> cuda_kernel_dirs;
+  // Threads of the TVM runtime's CPU thread pool; 0: ResolveThreads(0). Applied once per
+  // process, by the LoadTvmRuntime call that loads the runtime (the pool is sized when it
+  // starts; later calls do not change it).
+  int num_threads = 0;
 };
 
+// The thread count the TVM runtime's CPU thread pool is given: `requested` if > 0, else
+// $TVM_NUM_THREADS, else $OMP_NUM_THREADS (its first number), else the CPUs this process may
+// run on (sched_getaffinity; std::thread::hardware_concurrency() if that fails). Without this
+// TVM would take half the hardware threads on x86 (it assumes hyper-threading). `source`, if
+// given, is set to "requested", "TVM_NUM_THREADS", "OMP_NUM_THREADS" or "cpus". Throws
+// std::invalid_argument when the variable used is not a whole number from 1 to kMaxThreads.
+constexpr int kMaxThreads = 1024;
+int ResolveThreads(int requested, std::string* source = nullptr);
+
 // Loads libtvm_runtime (RTLD_GLOBAL) once per process, and libtvm_runtime_cuda next to it
-// when `cuda` is set. Returns the path of the runtime loaded. Throws std::runtime_error.
+// when `cuda` is set. Before the first load it sets TVM_NUM_THREADS to
+// ResolveThreads(options.num_threads), which TVM reads when its thread pool starts. Returns
+// the path of the runtime loaded. Throws std::runtime_error (std::invalid_argument for a bad
+// thread count).
 std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda);
+
+// The thread count set by the LoadTvmRuntime call that loaded the runtime (0 before).
+int TvmThreads();
 
 // True when the loaded TVM runtime has a CUDA device API and sees device `id`.
 bool CudaAvailable(int id = 0);
