@@ -26,7 +26,8 @@ import cv2
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "runtime/integrations/README.md", "benchmarks/README.md", "models/default/TRAINING.md")
+DOCS = ("README.md", "runtime/integrations/README.md", "benchmarks/README.md", "models/default/TRAINING.md",
+        "native/README.md")
 MAX_FRAMES = 5
 TIMEOUT = 180
 
@@ -67,6 +68,9 @@ POLICY = {
     "sh:cmake": ("skip", "native build against TVM's C++ runtime: not built by the Python test suite"),
     "sh:ctest": ("skip", "native tests: not built by the Python test suite"),
     "sh:make": ("skip", "native build: not built by the Python test suite"),
+    "sh:mdtrack_features": ("skip", "the native runner: built and run by test_native"),
+    "sh:sudo": ("skip", "installs system packages"),
+    "sh:git": ("skip", "fetches TVM's source (network) for the aarch64 runtime build"),
     "sh:rm": ("skip", "replaces the shipped model with a freshly trained one"),
     "sh:cp": ("skip", "replaces the shipped model with a freshly trained one"),
     "sh:run.sh": ("skip", "the GPU pack's script: runs on a GPU machine (its CPU part is tested in test_native)"),
