@@ -38,22 +38,45 @@ def test_accuracy_benchmark_schema(tiny_seq, tiny_model, tmp_path, capsys):
     assert "MEAN ours" in capsys.readouterr().out
 
 
-def test_per_frame_benchmark_schema(tiny_seq, tiny_model, tmp_path):
-    from benchmarks.per_frame import main
+@pytest.fixture(scope="module")
+def small_target_seq(tmp_path_factory):
+    """8 frames with a 10x8 target: tiny targets are upscaled at most 6x (the cap binds), so the
+    unbucketed patch follows the box size and the baseline meets several patch shapes."""
+    return write_otb(make_sequence(n_frames=8, size=(160, 120), seed=5, distractors=0, target_size=(10, 8)),
+                     tmp_path_factory.mktemp("seq") / "small8", ext=".jpg")
 
+
+def test_per_frame_benchmark_schema(small_target_seq, tiny_model, tmp_path, monkeypatch):
+    from benchmarks.per_frame import main
+    from runtime.backends.mxnet_backend import MXNetBackend
+
+    shapes = []  # the patch shape of every unbucketed extraction, in order
+    extract_any = MXNetBackend.extract_any
+
+    def spy(self, patch):
+        shapes.append(tuple(patch.shape[2:]))
+        return extract_any(self, patch)
+
+    monkeypatch.setattr(MXNetBackend, "extract_any", spy)
     out = tmp_path / "pf"
-    assert main(["--sequences", str(tiny_seq), "--backends", "mxnet,mxnet-unbucketed", "--model", str(tiny_model),
-                 "--out", str(out)]) == 0
+    assert main(["--sequences", str(small_target_seq), "--backends", "mxnet,mxnet-unbucketed",
+                 "--model", str(tiny_model), "--out", str(out)]) == 0
     r = json.loads((out / "per_frame.json").read_text())
     assert set(r) >= {"machine", "command", "sequences", "backends"}
     for b in ("mxnet", "mxnet-unbucketed"):
         s = r["backends"][b]
         assert set(s) >= {"first_ms_median", "median_ms", "p95_ms", "max_ms", "fps", "stage_median_ms", "max_over_median"}
         assert set(s["stage_median_ms"]) == {"crop", "features", "head", "bbreg", "update", "other"}
-        per = r["sequences"]["syn8"][b]
-        assert per["cost"]["n_frames"] == 8 and per["binds"]["features"] >= 1
-    # the bucketed path binds once per bucket, the baseline once per new patch shape
-    assert r["sequences"]["syn8"]["mxnet"]["binds"]["features"] == 8
+        assert r["sequences"]["small8"][b]["cost"]["n_frames"] == 8
+    bucketed = r["sequences"]["small8"]["mxnet"]
+    baseline = r["sequences"]["small8"]["mxnet-unbucketed"]
+    # the bucketed path binds once per bucket, up front, and never per shape
+    assert bucketed["binds"]["features"] == 8 and "-1" not in bucketed["bucket_use"]
+    assert baseline["bucket_use"] == {"-1": 8}  # no frame of the baseline went through a bucket
+    # the baseline binds the same 8 at construction, then once per *new* patch shape: measured
+    # 8 extractions in 3 shapes, 11 binds (binding every frame would make 16, binding once 9)
+    assert len(shapes) == 8 and 1 < len(set(shapes)) < len(shapes), shapes
+    assert baseline["binds"]["features"] == 8 + len(set(shapes)), shapes
     for f in ("per_frame.md", "per_frame.png"):
         assert (out / f).stat().st_size > 0
 

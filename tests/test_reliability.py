@@ -433,8 +433,13 @@ def test_extreme_aspect_ratios(model, wh):
     _check_results(_track(model, frames, [x0, y0, *wh]), SIZE)
 
 
-def test_target_leaves_the_frame_and_returns(model):
-    """A 24 px object walks out of the right edge, stays out for 5 frames, comes back."""
+def test_target_leaving_and_reentering_the_frame_keeps_boxes_valid(model):
+    """A 24 px object walks out of the right edge at 20 px per frame, is wholly outside for 9
+    frames (x >= 160) and walks back in: every box stays finite, positive and centred inside the
+    frame, also while there is nothing to track. Robustness only, not recovery: measured over
+    texture seeds 3-5 x tracker seeds 0-2, the tracker with this file's cheap first-frame
+    training already loses the fast target at frame 1 (IoU 0.00-0.12) and the mean IoU of the
+    last 3 frames is 0.000 in all 9 runs (with the default training 0.00-0.61, 4 of 9 above 0.3)."""
     rng = np.random.default_rng(3)
     bg = _textured(rng, *SIZE)
     obj = _textured(rng, 24, 24)

@@ -1,5 +1,6 @@
 """Synthetic sequences: deterministic, exact ground truth, each effect present, OTB round trip."""
-import time
+import itertools
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +51,33 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
     assert np.mean(np.abs(_images(a, [0])[0].astype(int) - _images(c, [0])[0].astype(int))) > 10
 
 
-def test_long_sequence_costs_no_memory_and_renders_fast():
-    t0 = time.perf_counter()
-    seq = make_sequence(10_000, seed=3)
-    assert time.perf_counter() - t0 < 2.0
+def test_long_sequence_renders_lazily_in_bounded_memory():
+    """A 10,000-frame sequence holds no frames: building it and iterating it both stay far
+    below what stored frames would take (10,000 frames of 320x240x3 uint8 are 2.3 GB)."""
+    make_sequence(8, seed=3).read_frame(0)  # imports and first-call set-up outside the trace
+    frame_bytes = 240 * 320 * 3
+    tracemalloc.start()
+    try:
+        seq = make_sequence(10_000, seed=3)
+        built, build_peak = tracemalloc.get_traced_memory()
+        # measured: 3.4 MB kept, 6.5 MB peak (per-frame boxes, pan, gains and the textures)
+        assert built < 100 * frame_bytes and build_peak < 100 * frame_bytes  # 23 MB = 1% of all frames
+        tracemalloc.reset_peak()
+        n = 0
+        for frame in itertools.islice(seq, 1000):
+            assert frame.image.shape == (240, 320, 3)
+            n += 1
+        del frame
+        after, iter_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == 1000
+    # measured: 1.4 MB peak above the built sequence (one frame's float32 working buffers);
+    # caching the 1000 frames read would take 230 MB, prerendering all of them 2.3 GB
+    assert iter_peak - built < 20 * frame_bytes
+    assert after - built < 2 * frame_bytes  # nothing read stays behind
     assert len(seq) == 10_000 and seq.groundtruth.shape == (10_000, 4)
     assert seq.read_frame(9_999).image.shape == (240, 320, 3)
-    seq.read_frame(0)
-    t0 = time.perf_counter()
-    for i in range(0, 10_000, 100):
-        seq.read_frame(i)
-    per_frame_ms = (time.perf_counter() - t0) / 100 * 1000
-    assert per_frame_ms < 5.0  # target is ~2 ms; slack for a loaded CI machine
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

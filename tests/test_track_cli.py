@@ -155,32 +155,81 @@ def test_select_without_display_is_a_clear_error(otb, tiny_model, monkeypatch, c
     _error(code, capsys.readouterr().err, "--select", "display", "--init")
 
 
+FAST_FPS = 120
+
+
 @pytest.fixture(scope="module")
 def fast_video(tmp_path_factory):
-    """A 120 fps video: the tracker cannot keep pace on a CPU, so --realtime must drop."""
+    """A 40-frame, 120 fps video for --realtime (the pacing runs on a fake clock)."""
     import cv2
 
     seq = make_sequence(n_frames=40, size=(320, 240), seed=1)
     path = tmp_path_factory.mktemp("rt") / "fast.avi"
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 120, (320, 240))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FAST_FPS, (320, 240))
     for f in seq:
         w.write(f.image)
     w.release()
     return path, seq.init_box
 
 
-def test_realtime_drops_and_counts_frames_and_keeps_rows_aligned(fast_video, tiny_model, tmp_path):
+class _FakeClock:
+    """Stands in for the ``time`` module runtime.track paces --realtime with: ``perf_counter``
+    reads a clock that only moves when the test moves it; everything else is the real module."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+
+# Tracker.update costs 2.52 frame periods of the fake clock, frames arrive at once and
+# everything else costs nothing. The clock starts at 0 when frame 0 is initialised; a frame
+# i >= 1 is dropped when the clock has passed (i + 1) periods (its successor is due), else
+# tracked: frame 1 at 0 (tracked, clock 2.52), 2 at 2.52 <= 3 (tracked, 5.04), 3 at 5.04 > 4
+# and 4 at 5.04 > 5 (dropped), 5 at 5.04 <= 6 (tracked, 7.56), 6 (dropped), 7 (tracked, 10.08),
+# 8 and 9 (dropped), 10 (tracked), ... No frame is within 0.04 periods of its deadline.
+SLOW_DROPS = [3, 4, 6, 8, 9, 11, 13, 14, 16, 18, 19, 21, 23, 24, 26, 28, 29, 31, 33, 34, 36, 38, 39]
+
+
+@pytest.mark.parametrize("periods, expected", [(2.52, SLOW_DROPS), (0.48, [])], ids=["slower", "faster"])
+def test_realtime_drops_and_counts_frames_and_keeps_rows_aligned(fast_video, tiny_model, tmp_path,
+                                                                 monkeypatch, periods, expected):
+    from runtime.tracker import Tracker
+
+    clock = _FakeClock()
+    monkeypatch.setattr(track, "time", clock)
+    updated = []
+    update = Tracker.update
+
+    def timed_update(self, image, *a, **kw):
+        r = update(self, image, *a, **kw)
+        updated.append(clock.now)
+        clock.now += periods / FAST_FPS
+        return r
+
+    monkeypatch.setattr(Tracker, "update", timed_update)
     path, box = fast_video
     init = ",".join(f"{v:.1f}" for v in box)
-    code, out, _ = _run(["--video", path, "--init", init, "--realtime", "--model", tiny_model,
-                         "--out", tmp_path / "r.txt", "--jsonl", tmp_path / "r.jsonl", "--quiet"])
-    assert code == 0
+    code, out, err = _run(["--video", path, "--init", init, "--realtime", "--model", tiny_model,
+                           "--out", tmp_path / "r.txt", "--jsonl", tmp_path / "r.jsonl", "--quiet"])
+    assert code == 0, err
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in rows] == list(range(40))  # one row per frame, dropped or not
-    dropped = [r for r in rows if r.get("dropped")]
-    assert dropped and all(r["box"] == rows[r["frame"] - 1]["box"] for r in dropped)  # keeps the last box
-    assert f"dropped {len(dropped)}" in out
-    assert len((tmp_path / "r.txt").read_text().splitlines()) == 40
+    assert [r["frame"] for r in rows if r.get("dropped")] == expected
+    assert len(updated) == 39 - len(expected)  # a dropped frame is not tracked
+    for r in rows:
+        if r.get("dropped"):
+            assert r["box"] == rows[r["frame"] - 1]["box"] and r["ms"] == 0  # keeps the last box
+    assert f"dropped {len(expected)}" in out.strip().splitlines()[-1]
+    lines, boxes = _boxes(tmp_path / "r.txt")
+    assert len(lines) == 40
+    np.testing.assert_allclose(boxes, [r["box"] for r in rows], atol=0.011)  # --out row i is frame i
 
 
 def test_plot_writes_score_png(otb, tiny_model, tmp_path):
