@@ -8,7 +8,7 @@ import pytest
 
 from runtime import sampling
 from runtime.bbreg import BBoxRegressor
-from runtime.errors import TrackerInputError
+from runtime.errors import TrackerInputError, TrackerStateError
 from runtime.geometry import center_error, iou
 from runtime.params import TrackerParams
 from runtime.synthetic import make_sequence
@@ -60,8 +60,11 @@ def test_gaussian_candidate_statistics():
         assert d.std() == pytest.approx(bound * ref, rel=0.03)
     f = s[:, 2] / box[2]
     assert f.min() >= 1 / scale - 1e-12 and f.max() <= scale + 1e-12
+    assert f.max() > scale ** 0.95 and f.min() < scale ** -0.95  # the clip is reached
     np.testing.assert_allclose(s[:, 3] / box[3], f)  # aspect kept
     assert abs(np.log(f).mean()) < 0.01 * np.log(scale) + 3 * np.log(scale) * ref / np.sqrt(n)
+    # the scale step is scale ** clip(0.5 N(0,1), -1, 1): log f has the same spread as the shift
+    assert np.log(f).std() == pytest.approx(np.log(scale) * ref, rel=0.03)
 
 
 def test_uniform_and_whole_stay_in_range():
@@ -75,6 +78,11 @@ def test_uniform_and_whole_stay_in_range():
     f = u[:, 2] / box[2]
     assert f.min() >= 1 / 1.6 - 1e-12 and f.max() <= 1.6 + 1e-12
     np.testing.assert_allclose(u[:, 3] / box[3], f)
+    # size times 1.6 ** U(-1, 1): log f uniform in +-log 1.6 (std log(1.6) / sqrt(3))
+    assert abs(np.log(f).mean()) < 0.03 * np.log(1.6)
+    assert np.log(f).std() == pytest.approx(np.log(1.6) / np.sqrt(3), rel=0.03)
+    hist, _ = np.histogram(np.log(f), bins=4, range=(-np.log(1.6), np.log(1.6)))
+    assert hist.min() > 0.85 * len(f) / 4  # flat, not peaked at 1
 
     bounds = np.array([10.0, 20.0, 300.0, 200.0])
     w = sampling.whole(rng, box, 5000, bounds, scale=1.6)
@@ -83,6 +91,8 @@ def test_uniform_and_whole_stay_in_range():
     assert (c[:, 1] >= bounds[1]).all() and (c[:, 1] <= bounds[1] + bounds[3]).all()
     f = w[:, 2] / box[2]
     assert f.min() >= 1 / 1.6 - 1e-12 and f.max() <= 1.6 + 1e-12
+    np.testing.assert_allclose(w[:, 3] / box[3], f)
+    assert np.log(f).std() == pytest.approx(np.log(1.6) / np.sqrt(3), rel=0.03)
 
 
 @pytest.mark.parametrize("kind,lo,hi,kw", [
@@ -151,7 +161,6 @@ def run_log(model):
     tracker.init(f0.image, f0.gt)
     log = {
         "tracker": tracker, "seq": seq,
-        "head_binds": tracker.head.binds, "backend_binds": tracker.backend.binds,
         "first_neg": tracker.neg_mem[0],  # the first frame's negatives (held for an identity check)
         "oks": [], "neg_len": [len(tracker.neg_mem)], "pos_len": [len(tracker.pos_mem)],
         "neg_refs": [], "pos_refs": [], "updates": [],
@@ -209,10 +218,80 @@ def test_long_term_updates_every_interval(run_log):
         assert rise == (1 if frame % 10 == 0 and oks[i] else 0)
 
 
-def test_executors_never_rebound(run_log):
-    t = run_log["tracker"]
-    assert t.head.binds == run_log["head_binds"]
-    assert t.backend.binds == run_log["backend_binds"] == len(t.policy.shapes)
+@pytest.fixture
+def real_binds(monkeypatch):
+    """Counts of what really binds in MXNet (not the trackers' own counters): Symbol.bind,
+    Symbol.simple_bind, Executor.reshape, Module.bind, and every Executor created."""
+    import mxnet as mx
+
+    counts = {}
+
+    def spy(cls, name):
+        real = getattr(cls, name)
+        key = f"{cls.__name__}.{name}"
+        counts[key] = 0
+
+        def counted(*a, **k):
+            counts[key] += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(cls, name, counted)
+
+    spy(mx.sym.Symbol, "bind")
+    spy(mx.sym.Symbol, "simple_bind")
+    spy(mx.executor.Executor, "reshape")
+    spy(mx.executor.Executor, "__init__")
+    spy(mx.mod.Module, "bind")
+    return counts
+
+
+def test_executors_never_rebound(model, real_binds):
+    """50 frames over a scale-changing target with failed frames (a widened search) that
+    move the patch through several buckets: every executor is bound once, for its batch
+    size, when the tracker is built (extractor) or initialised (head), and never again."""
+    t = Tracker(model, seed=0, long_interval=10, **CHEAP)
+    n_shapes = len(t.policy.shapes)
+    built = dict(real_binds)
+    assert built["Symbol.bind"] == t.backend.binds == n_shapes
+    seq = make_sequence(n_frames=51, size=(320, 240), seed=1)  # scale_change on by default
+    assert np.ptp(seq.groundtruth[:51, 2]) > 10
+    f0 = seq.read_frame(0)
+    buckets = [t.init(f0.image, f0.gt).bucket]
+    head = t.head
+    ready = dict(real_binds)
+    # the head's executors: train, score, mine, and one embed per (bucket, row count)
+    assert head.binds == 3 + n_shapes * len(head.chunks)
+    assert ready["Symbol.bind"] - built["Symbol.bind"] == head.binds
+    assert ready["Executor.__init__"] - built["Executor.__init__"] == head.binds
+    assert sorted(head._embed) == sorted(((1, model.channels) + t.policy.feature_shape(b), r)
+                                         for b in range(n_shapes) for r in head.chunks)
+    assert ready["Symbol.simple_bind"] == ready["Executor.reshape"] == ready["Module.bind"] == 0
+
+    # forced failures (scores shifted below 0, ranking kept) widen the search; forced
+    # successes reset it
+    real_score = head.score
+    failing = set(range(11, 23)) | set(range(35, 38))
+    state = {}
+
+    def forced(emb):
+        s = real_score(emb)
+        return s - (s.max() + 1.0) if state["fail"] else s - s.min() + 1.0
+
+    head.score = forced
+    oks = []
+    for i in range(1, 51):
+        state["fail"] = i in failing
+        r = t.update(seq.read_frame(i).image)
+        oks.append(r.ok)
+        buckets.append(r.bucket)
+        assert real_binds == ready, f"frame {i} (bucket {r.bucket}) bound: {real_binds} after {ready}"
+    assert [not ok for ok in oks] == [i in failing for i in range(1, 51)]
+    assert t.updates["short"] == len(failing) and t.updates["long"] >= 2
+    visited = sorted(set(buckets))
+    assert len(visited) >= 3, f"buckets visited: {visited}"
+    assert buckets[-1] == buckets[0]  # back to the first bucket after the search narrows again
+    assert t.head is head and head.binds == 3 + n_shapes * len(head.chunks)
+    assert t.backend.binds == n_shapes
     assert t.frame == 50
 
 
@@ -229,8 +308,12 @@ def test_real_features_bbox_regression(run_log):
                                    trans=0.3, scale=1.6)
     pooled, _ = t.head.embed(feat, geom.to_patch(boxes))
     pred = t.bbreg.predict(pooled, boxes)
-    assert iou(pred, gt[None]).mean() > iou(boxes, gt[None]).mean()
-    assert center_error(pred, gt[None]).mean() < center_error(boxes, gt[None]).mean()
+    # Measured: 1 - IoU 0.32 -> 0.04 (x0.12) and centre error 4.9 -> 0.35 px (x0.07) with
+    # the ImageNet extractor, x0.16 and x0.09 with the random one conftest falls back to.
+    err0, err1 = 1 - iou(boxes, gt[None]).mean(), 1 - iou(pred, gt[None]).mean()
+    assert err1 < 0.3 * err0, f"1 - IoU {err0:.3f} -> {err1:.3f}"
+    c0, c1 = center_error(boxes, gt[None]).mean(), center_error(pred, gt[None]).mean()
+    assert c1 < 0.25 * c0, f"centre error {c0:.2f} -> {c1:.2f} px"
 
 
 # --------------------------------------------------------------------------- failures
@@ -337,8 +420,9 @@ def test_bbox_regression_on_linear_features():
 # --------------------------------------------------------------------------- inputs
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fresh_tracker(model):
+    """A tracker of its own for each test (built, never initialised; ~0.1 s)."""
     return Tracker(model, seed=0, **CHEAP)
 
 
@@ -346,7 +430,7 @@ def _image():
     return make_sequence(n_frames=1, size=(320, 240), seed=1).read_frame(0)
 
 
-@pytest.mark.parametrize("box,words", [
+BAD_BOXES = [
     ([np.nan, 10, 20, 20], "finite"),
     ([10, 10, np.inf, 20], "finite"),
     ([10, 10, 0, 20], "positive"),
@@ -355,16 +439,49 @@ def _image():
     ([400, 300, 20, 20], "outside"),
     ([-50, -50, 20, 20], "outside"),
     ([10, 10, 20], "4"),
-])
+]
+
+
+@pytest.mark.parametrize("box,words", BAD_BOXES)
 def test_init_rejects_bad_boxes(fresh_tracker, box, words):
     with pytest.raises(TrackerInputError, match=words):
         fresh_tracker.init(_image().image, box)
-    assert fresh_tracker.head is None  # nothing half-initialised
+    # nothing half-initialised: still not tracking, so update refuses as before init
+    assert fresh_tracker.head is None and fresh_tracker.frame == -1
+    with pytest.raises(TrackerStateError, match="init"):
+        fresh_tracker.update(_image().image)
+
+
+def test_rejected_init_keeps_the_running_sequence(model):
+    """A bad box for a new sequence is refused before anything is touched: the tracker
+    keeps tracking the previous one (same head, weights, box, samples, frame count)."""
+    seq = make_sequence(n_frames=4, size=(320, 240), seed=1)
+    t = Tracker(model, seed=0, **CHEAP)
+    f0 = seq.read_frame(0)
+    t.init(f0.image, f0.gt)
+    for i in (1, 2):
+        t.update(seq.read_frame(i).image)
+    head, box, rng, pos_mem, neg_mem = t.head, t.box.copy(), t.rng, t.pos_mem, t.neg_mem
+    n_pos, last_pos = len(pos_mem), pos_mem[-1]
+    weights = {k: v.asnumpy().copy() for k, v in head.weights.items()}
+    rng_state = rng.bit_generator.state
+    for bad, words in BAD_BOXES:
+        with pytest.raises(TrackerInputError, match=words):
+            t.init(seq.read_frame(3).image, bad)
+    assert t.head is head and t.rng is rng and t.pos_mem is pos_mem and t.neg_mem is neg_mem
+    assert t.frame == 2 and len(pos_mem) == n_pos and pos_mem[-1] is last_pos
+    np.testing.assert_array_equal(t.box, box)
+    assert rng.bit_generator.state == rng_state
+    assert all(np.array_equal(v.asnumpy(), weights[k]) for k, v in head.weights.items())
+    r = t.update(seq.read_frame(3).image)  # and goes on with the old sequence
+    assert t.frame == 3 and np.all(np.isfinite(r.box))
+    assert iou(r.box[None], seq.groundtruth[3][None])[0] > 0.5
 
 
 def test_update_before_init_raises(fresh_tracker):
-    with pytest.raises(RuntimeError, match="init"):
+    with pytest.raises(RuntimeError, match="init") as e:
         fresh_tracker.update(_image().image)
+    assert isinstance(e.value, TrackerStateError)
 
 
 def test_partly_outside_box_is_clipped_and_formats_accepted(model):
