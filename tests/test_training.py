@@ -609,6 +609,18 @@ def _processes_with_env(tag: str) -> list:
     return found
 
 
+def _reap_processes_with_env(tag: str) -> list:
+    """The processes a launcher left behind (see above), killed so that a failing test does
+    not leave them running; returns their PIDs for the test to assert on."""
+    leftover = _processes_with_env(tag)
+    for pid in leftover:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    return leftover
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 def test_launch_timeout_kills_everything_and_exits_124(tmp_path):
@@ -628,12 +640,7 @@ def test_launch_timeout_kills_everything_and_exits_124(tmp_path):
                           "--env", tag, "--module", "stuck"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     seconds = time.time() - t0
-    leftover = _processes_with_env(tag)
-    for pid in leftover:  # don't leave them behind if the launcher did
-        try:
-            os.kill(pid, 9)
-        except OSError:
-            pass
+    leftover = _reap_processes_with_env(tag)
     assert res.returncode == 124, res.stdout + res.stderr
     assert "timeout after 4 s" in res.stdout
     assert res.stdout.count("stuck") >= 2  # both workers were running
@@ -686,12 +693,7 @@ def test_launch_stops_the_job_when_a_worker_fails(tmp_path):
     res = subprocess.run([sys.executable, "-m", "train_mx.launch", "-n", "2", "--timeout", "60", "--grace", "5",
                           "--env", tag, "--module", "failer"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    leftover = _processes_with_env(tag)
-    for pid in leftover:  # don't leave them behind if the launcher did
-        try:
-            os.kill(pid, 9)
-        except OSError:
-            pass
+    leftover = _reap_processes_with_env(tag)
     out = res.stdout
     assert res.returncode == 1, out + res.stderr
     assert "failed with exit status 3: stopping the job" in out
