@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 import time
@@ -25,11 +24,8 @@ def check_replaceable(folder) -> None:
         raise ArtifactError(f"{folder} is a file, not a folder; give --out a new or empty folder")
     if not any(folder.iterdir()) or artifacts.inside(folder, artifacts.cache_root()):
         return  # the cache holds only what first-use builds put there: a broken set is rebuilt
-    try:
-        m = json.loads((folder / artifacts.MANIFEST).read_text())
-    except (OSError, ValueError):
-        m = None
-    if not (isinstance(m, dict) and m.get("kind") in artifacts.BACKEND_OF):
+    m = artifacts.peek_manifest(folder)
+    if not (m and m.get("kind") in artifacts.BACKEND_OF):
         raise ArtifactError(f"{folder} holds files but no artifact set (no manifest of one), and export would "
                             "replace them; give --out a new or empty folder")
     # A set holds its manifest and the files it lists; anything else (a user's file, kernels

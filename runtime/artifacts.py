@@ -120,21 +120,23 @@ def read_manifest(folder, kind: str, fix: str) -> dict:
     return m
 
 
+def peek_manifest(folder) -> dict | None:
+    """The manifest of ``folder`` as a dict, or None where there is none or it is not one
+    (for a look before :func:`read_manifest` or :func:`verify`, which name the problem)."""
+    try:
+        m = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
 def _sets_below(folder: Path, kind: str) -> list:
     """Names of the subfolders of ``folder`` that hold a set of ``kind``."""
-    found = []
     try:
         subs = sorted(p for p in folder.iterdir() if p.is_dir())
     except OSError:
-        return found
-    for sub in subs:
-        try:
-            m = json.loads((sub / MANIFEST).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(m, dict) and m.get("kind") == kind:
-            found.append(sub.name)
-    return found
+        return []
+    return [sub.name for sub in subs if (peek_manifest(sub) or {}).get("kind") == kind]
 
 
 def check_files(folder, manifest: dict, fix: str) -> None:

@@ -50,13 +50,9 @@ _HOST_ARCH = {"aarch64": ("aarch64", "arm64")}
 
 def _check_host(folder, target: str) -> None:
     """Refuse a set cross-compiled for another CPU architecture before loading its code."""
-    import json
     import platform
 
-    try:
-        cross = json.loads((Path(folder) / artifacts.MANIFEST).read_text()).get("cross")
-    except (OSError, ValueError):
-        return
+    cross = (artifacts.peek_manifest(folder) or {}).get("cross")
     machine = platform.machine().lower()
     if cross and machine not in _HOST_ARCH.get(cross, (cross,)):
         raise ArtifactError(f"{folder} was cross-compiled for {cross} ({target}) and cannot run on this "
@@ -65,14 +61,9 @@ def _check_host(folder, target: str) -> None:
 
 
 def _manifest_target(folder):
-    import json
-
-    try:
-        m = json.loads((Path(folder) / artifacts.MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None  # verify() reports the missing or broken manifest
-    # only a TVM set names a TVM target; verify() reports any other manifest
-    return m.get("target") if isinstance(m, dict) and m.get("kind") == "tvm" else None
+    # only a TVM set names a TVM target; verify() reports a missing, broken or other manifest
+    m = artifacts.peek_manifest(folder) or {}
+    return m.get("target") if m.get("kind") == "tvm" else None
 
 
 class TVMBackend(FeatureBackend):
