@@ -75,3 +75,12 @@ def artifact_cache(tmp_path_factory):
     mp.setenv("MDTRACK_CACHE", str(path))
     yield path
     mp.undo()
+
+
+@pytest.fixture()
+def no_cost_model(monkeypatch):
+    """For tests that stop or fake tuning before its search: MetaSchedule's cost model needs
+    xgboost, which the test extra does not install, so tuning's package check skips it."""
+    import export
+
+    monkeypatch.setattr(export, "TUNE_PACKAGES", {k: v for k, v in export.TUNE_PACKAGES.items() if k != "xgboost"})

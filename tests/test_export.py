@@ -316,7 +316,7 @@ def test_cuda_targets_state_the_block_limits_metaschedule_needs():
             assert int(attrs[k]) == v, (name, k)
 
 
-def test_tune_takes_an_onnx_set_and_keeps_to_its_time_budget(tmp_path, monkeypatch, capsys):
+def test_tune_takes_an_onnx_set_and_keeps_to_its_time_budget(tmp_path, monkeypatch, capsys, no_cost_model):
     """--onnx-dir needs no model or MXNet; --max-minutes starts no bucket that the time left
     cannot hold (estimated from the last bucket), and the log says which were skipped."""
     from export import tune

@@ -86,7 +86,8 @@ def test_benchmarks_refuse_bad_input_before_tracking(seq, tmp_path, afile, capsy
     assert not (tmp_path / "o").exists()
 
 
-def test_export_and_tuning_refuse_bad_input(tmp_path, afile, capsys):
+def test_export_and_tuning_refuse_bad_input(tmp_path, afile, capsys, no_cost_model):
+    # (the tuning mistakes are found before any search: no cost model needed)
     pytest.importorskip("tvm")
     from export import tune
     from export.__main__ import main as export
@@ -131,7 +132,7 @@ def test_tools_name_a_missing_package_and_its_extra(tmp_path, monkeypatch, capsy
         _expect(capsys, export(["--targets", "llvm", "--out", str(tmp_path / "x")]), "onnx, apache-tvm not installed",
                 "pip install -e '.[export]'")
         _expect(capsys, export(["--targets", "onnx", "--out", str(tmp_path / "x")]), "onnx not installed")
-        _expect(capsys, tune.main(["--trials", "1"]), "onnx, apache-tvm not installed", "'.[tune]'")
+        _expect(capsys, tune.main(["--trials", "1"]), "onnx, apache-tvm", "not installed", "'.[tune]'")
     assert not (tmp_path / "x").exists()
     fake = tmp_path / "fake"
     fake.mkdir()
