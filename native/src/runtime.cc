@@ -92,13 +92,6 @@ std::string Env(const char* name) {
   return v ? std::string(v) : std::string();
 }
 
-// A thread count: a whole number 1..kMaxThreads, nothing else (no sign, blanks or suffix).
-int ParseThreadCount(const std::string& text) {
-  if (text.empty() || text.size() > 4 || text.find_first_not_of("0123456789") != std::string::npos) return 0;
-  const int n = std::stoi(text);
-  return n <= kMaxThreads ? n : 0;
-}
-
 int OnlineCpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -182,6 +175,12 @@ DeviceSpec DeviceSpec::Parse(const std::string& text) {
 }
 
 std::string DeviceSpec::str() const { return cuda ? "cuda:" + std::to_string(id) : "cpu"; }
+
+int ParseThreadCount(const std::string& text) {
+  if (text.empty() || text.size() > 4 || text.find_first_not_of("0123456789") != std::string::npos) return 0;
+  const int n = std::stoi(text);
+  return n <= kMaxThreads ? n : 0;
+}
 
 int ResolveThreads(int requested, std::string* source) {
   auto from = [source](const char* s) {

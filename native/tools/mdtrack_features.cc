@@ -79,13 +79,8 @@ int ParseCount(const std::string& flag, const std::string& v) {
 }
 
 int ParseThreads(const std::string& v) {
-  size_t used = 0;
-  int n = 0;
-  try {
-    n = std::stoi(v, &used);
-  } catch (const std::exception&) {
-  }
-  if (used != v.size() || v.find_first_not_of("0123456789") != std::string::npos || n < 1 || n > mdtrack::kMaxThreads) {
+  const int n = mdtrack::ParseThreadCount(v);
+  if (n == 0) {
     throw std::invalid_argument("--threads needs a whole number from 1 to " + std::to_string(mdtrack::kMaxThreads) +
                                 ", got '" + v + "'");
   }

@@ -46,6 +46,10 @@ struct RuntimeOptions {
 constexpr int kMaxThreads = 1024;
 int ResolveThreads(int requested, std::string* source = nullptr);
 
+// `text` as a thread count: a whole number from 1 to kMaxThreads and nothing else (no sign,
+// blanks or suffix); 0 when it is not one.
+int ParseThreadCount(const std::string& text);
+
 // Loads libtvm_runtime (RTLD_GLOBAL) once per process, and libtvm_runtime_cuda next to it
 // when `cuda` is set. Before the first load it sets TVM_NUM_THREADS to
 // ResolveThreads(options.num_threads), which TVM reads when its thread pool starts. Returns
