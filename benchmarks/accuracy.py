@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.evaluation import cost_stats, evaluate_sequence
+from runtime.evaluation import cost_stats, evaluate_sequence, mean_scores
 from runtime.report import write_report
 from runtime.sources import open_sequence_folder
 
@@ -34,6 +34,9 @@ def tracker_factories(names, model, backend, seed):
         if name == "ours" or name.startswith("ours:"):
             path = model if name == "ours" else name.split(":", 1)[1]
             label = "ours" if name == "ours" else f"ours[{Path(path).name}]"
+            if label in out:  # results are keyed by label: the second would replace the first
+                raise TrackerInputError(f"--trackers names {label} twice (models are labelled by folder name); "
+                                        "evaluate models of one name in separate runs")
 
             def make(path=path):
                 from runtime.tracker import Tracker
@@ -43,6 +46,34 @@ def tracker_factories(names, model, backend, seed):
             out[label] = make
         else:
             out[name] = (lambda n=name: OpenCVTracker(n))
+    return out
+
+
+def _finite(x):
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def check_distinct_names(paths) -> list:
+    """The sequence folders with repeats of one folder dropped; two folders of one name refused.
+
+    Results are keyed by the folder's name, so a second ``Bolt`` (``OTB/Bolt`` beside
+    ``UAV/Bolt``) would silently replace the first in every table and mean.
+    """
+    seen, out = {}, []
+    for p in paths:
+        real = Path(p).expanduser().resolve()
+        name = open_sequence_folder(p).name
+        if name in seen:
+            if seen[name] == real:
+                continue
+            raise TrackerInputError(f"two sequences are named {name!r} ({seen[name]} and {real}); results are keyed "
+                                    "by folder name: evaluate them in separate runs")
+        seen[name] = real
+        out.append(p)
     return out
 
 
@@ -73,6 +104,7 @@ def main(argv=None) -> int:
     factories = tracker_factories(names, args.model, args.backend, args.seed)
     models = [args.model or DEFAULT_MODEL if n == "ours" else n.split(":", 1)[1] for n in names if n.startswith("ours")]
     check_inputs(seqs, models, args.max_frames, args.out, [("--json", args.json)])
+    seqs = check_distinct_names(seqs)
     results = {name: {} for name in factories}
     for path in seqs:
         for name, make in factories.items():
@@ -80,21 +112,27 @@ def main(argv=None) -> int:
             r = run_sequence(make, seq, args.max_frames)
             score = evaluate_sequence(r["boxes"], r["gt"])
             results[name][seq.name] = {"score": score, "cost": cost_stats(r["ms"])}
-            print(f"{seq.name:18s} {name:22s} AUC {score.auc:.3f}  P@20 {score.precision:.3f}  "
-                  f"fps {results[name][seq.name]['cost']['fps'] or 0:.1f}", flush=True)
-    paths = write_report(args.out, results, title="One-pass evaluation (dev sequences)")
+            fps = results[name][seq.name]["cost"]["fps"]
+            print(f"{seq.name:18s} {name:22s} AUC {_fmt(_finite(score.auc))}  P@20 {_fmt(_finite(score.precision))}  "
+                  f"fps {'n/a' if fps is None else f'{fps:.1f}'}", flush=True)
+    # "dev sequences" only when they are (the default): a report on a user's OTB folders must not say so
+    title = "One-pass evaluation" + ("" if args.sequences else " (dev sequences)")
+    paths = write_report(args.out, results, title=title)
     summary = {"machine": machine(), "command": "python -m benchmarks.accuracy " + " ".join(argv or sys.argv[1:]),
                "trackers": {}}
     for name, per in results.items():
-        aucs = [v["score"].auc for v in per.values()]
-        precs = [v["score"].precision for v in per.values()]
+        # The OTB mean over sequences, as in results.json (mean_scores): a sequence with no
+        # frame to score (ground truth absent in every frame run) has NaN scores; it is left
+        # out of the mean, and written as null (strict JSON has no NaN).
+        mean = mean_scores(v["score"] for v in per.values())
         fps = [v["cost"]["fps"] for v in per.values() if v["cost"]["fps"]]
-        summary["trackers"][name] = {"mean_auc": float(np.mean(aucs)), "mean_precision": float(np.mean(precs)),
+        summary["trackers"][name] = {"mean_auc": mean["auc"], "mean_precision": mean["precision"],
                                      "mean_fps": float(np.mean(fps)) if fps else None,
-                                     "sequences": {k: {"auc": v["score"].auc, "precision": v["score"].precision,
+                                     "sequences": {k: {"auc": _finite(v["score"].auc),
+                                                       "precision": _finite(v["score"].precision),
                                                        "fps": v["cost"]["fps"]} for k, v in per.items()}}
-        print(f"MEAN {name:22s} AUC {summary['trackers'][name]['mean_auc']:.3f}  "
-              f"P@20 {summary['trackers'][name]['mean_precision']:.3f}")
+        print(f"MEAN {name:22s} AUC {_fmt(mean['auc'])}  P@20 {_fmt(mean['precision'])}"
+              + (f"  ({mean['n_skipped']} sequence(s) with no scored frame left out)" if mean["n_skipped"] else ""))
     dump_json(summary, Path(args.out) / "summary.json")
     if args.json:
         dump_json(summary, args.json)

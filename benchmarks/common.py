@@ -72,7 +72,14 @@ def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=(), m
         why = " (the first frame initialises; costs are of the frames after it)" if min_frames > 1 else ""
         raise TrackerInputError(f"--max-frames must be at least {min_frames}{why}, got {max_frames}")
     for s in seqs:
-        open_sequence_folder(s).close()
+        seq = open_sequence_folder(s)
+        try:
+            # every benchmark starts from the ground truth (or scores against it)
+            if seq.groundtruth is None or seq.init_box is None:
+                raise TrackerInputError(f"{s} has no usable ground-truth box (groundtruth_rect.txt or "
+                                        "groundtruth.txt, x,y,w,h per frame); the benchmarks start from it")
+        finally:
+            seq.close()
     for m in models:
         load_model(m)
     if out_dir is not None:
@@ -120,23 +127,48 @@ class OpenCVTracker:
         return self.box, bool(ok)
 
 
+def _usable(box) -> bool:
+    return box is not None and bool(np.all(np.isfinite(box))) and box[2] > 0 and box[3] > 0
+
+
 def run_sequence(make_tracker, seq, max_frames=None, on_frame=None) -> dict:
-    """Run one tracker over ``seq``; return boxes, per-frame ms, scores, ok flags and stages."""
+    """Run one tracker over ``seq``; return boxes, per-frame ms, scores, ok flags and stages.
+
+    With ground truth, tracking starts at the first frame whose own box is usable (finite,
+    w and h > 0), as ``runtime.track`` does: ``seq.init_box`` is the first usable row of *any*
+    frame, and initialising frame 0 with a later frame's box (a target absent at the start)
+    would start the tracker on the wrong pixels. Frames before the start get NaN boxes (their
+    ground truth is absent, so no score counts them) and no time: ``ms`` holds the tracked
+    frames only, its first entry the initialisation. Without ground truth, frame 0 starts
+    from ``seq.init_box``.
+    """
     tracker = make_tracker()
     boxes, ms, scores, oks, stages = [], [], [], [], []
     gts = []
+    has_gt = seq.groundtruth is not None
+    started = False
     for frame in seq:
         if max_frames is not None and frame.index >= max_frames:
             break
+        gt = frame.gt if frame.gt is not None else np.full(4, np.nan)
+        if not started and has_gt and not _usable(frame.gt):
+            boxes.append(np.full(4, np.nan))
+            scores.append(float("nan"))
+            oks.append(False)
+            stages.append(None)
+            gts.append(gt)
+            continue
         t = time.perf_counter()
-        if frame.index == 0:
-            r = tracker.init(frame.image, seq.init_box)
+        if not started:
+            start_box = np.asarray(frame.gt if has_gt else seq.init_box, float)
+            r = tracker.init(frame.image, start_box)
         else:
             r = tracker.update(frame.image)
         dt = (time.perf_counter() - t) * 1e3
-        if frame.index == 0:
-            box, score, ok = np.asarray(seq.init_box, float), float("nan"), True
+        if not started:
+            box, score, ok = start_box, float("nan"), True
             st = getattr(r, "stages", None)
+            started = True
         elif hasattr(r, "box"):
             box, score, ok, st = r.box, r.score, r.ok, r.stages
         else:
@@ -146,7 +178,7 @@ def run_sequence(make_tracker, seq, max_frames=None, on_frame=None) -> dict:
         scores.append(score)
         oks.append(ok)
         stages.append(st)
-        gts.append(frame.gt if frame.gt is not None else np.full(4, np.nan))
+        gts.append(gt)
         if on_frame:
             on_frame(frame, box, dt)
     return {"boxes": np.array(boxes), "gt": np.array(gts), "ms": ms, "scores": scores, "ok": oks, "stages": stages}

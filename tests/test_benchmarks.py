@@ -2,6 +2,7 @@
 time thresholds in tests; the figures live in benchmarks/README.md)."""
 import json
 
+import numpy as np
 import pytest
 
 from runtime.synthetic import make_sequence, write_otb
@@ -104,3 +105,87 @@ def test_oracle_diagnosis_finds_a_lone_target(tmp_path):
     assert main(["--sequences", str(seq), "--frames", "5", "--out", str(out)]) == 0
     rows = json.loads((out / "oracle.json").read_text())["sequences"]
     assert rows["syn16"]["frames"] == 5 and "| syn16 | 5 |" in (out / "oracle.md").read_text()
+
+
+def _absent_first(seq_dir, tmp_path, n_absent: int, name: str = "late"):
+    """A copy of an OTB folder whose first ``n_absent`` ground-truth rows are NaN (target absent)."""
+    import shutil
+
+    out = tmp_path / name
+    shutil.copytree(seq_dir, out)
+    gt = out / "groundtruth_rect.txt"
+    rows = gt.read_text().splitlines()
+    gt.write_text("\n".join(["NaN,NaN,NaN,NaN"] * n_absent + rows[n_absent:]) + "\n")
+    return out, rows
+
+
+class _RecordingTracker:
+    def __init__(self, log):
+        self.log = log
+
+    def init(self, image, box):
+        self.log.append(("init", tuple(float(v) for v in box)))
+
+    def update(self, image):
+        self.log.append(("update",))
+        return np.array([1.0, 2.0, 3.0, 4.0]), True
+
+
+def test_run_sequence_starts_at_the_first_frame_with_a_box(tiny_seq, tmp_path):
+    """A target absent at the start: the tracker starts on the first frame that has a box, with
+    that frame's own box (as runtime.track does), not on frame 0 with a later frame's box."""
+    from benchmarks.common import run_sequence
+    from runtime.sources import open_sequence_folder
+
+    folder, rows = _absent_first(tiny_seq, tmp_path, 3)
+    log = []
+    r = run_sequence(lambda: _RecordingTracker(log), open_sequence_folder(folder), max_frames=6)
+    frame3 = tuple(float(v) for v in rows[3].split(","))
+    assert log == [("init", frame3)] + [("update",)] * 2
+    assert np.isnan(r["boxes"][:3]).all() and tuple(r["boxes"][3]) == frame3
+    assert len(r["boxes"]) == len(r["gt"]) == 6 and len(r["ms"]) == 3  # ms: tracked frames, init first
+
+
+def test_accuracy_summary_with_a_sequence_without_scored_frames(tiny_seq, tiny_model, tmp_path, capsys):
+    """A sequence whose run has no frame with ground truth scores n/a, is left out of the mean
+    (as in results.json), and summary.json stays strict JSON (it used to raise on NaN)."""
+    from benchmarks.accuracy import main
+
+    folder, _ = _absent_first(tiny_seq, tmp_path, 3)
+    out = tmp_path / "acc"
+    assert main(["--sequences", str(tiny_seq), str(folder), "--trackers", "ours", "--model", str(tiny_model),
+                 "--max-frames", "2", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())["trackers"]["ours"]
+    assert s["sequences"]["late"] == {"auc": None, "precision": None, "fps": None}
+    assert s["mean_auc"] == s["sequences"]["syn8"]["auc"]
+    assert "1 sequence(s) with no scored frame left out" in capsys.readouterr().out
+    # the user's sequences: the report does not call them the development set
+    assert (out / "results.md").read_text().startswith("# One-pass evaluation\n")
+
+
+def test_accuracy_refuses_inputs_it_cannot_score(tiny_seq, tiny_model, tmp_path, capsys):
+    """One error line, exit 2, before any tracking: a dataset root given for its sequences, a
+    folder without ground truth, two sequences of one name (results are keyed by name)."""
+    import shutil
+
+    from benchmarks.accuracy import main
+
+    root = tmp_path / "OTB"
+    shutil.copytree(tiny_seq, root / "syn8")
+    nogt = tmp_path / "nogt"
+    shutil.copytree(tiny_seq, nogt)
+    (nogt / "groundtruth_rect.txt").unlink()
+    base = ["--trackers", "ours", "--model", str(tiny_model), "--out", str(tmp_path / "acc")]
+    cases = [([str(root)], f"holds 1 sequence folders (syn8); give one ({root / 'syn8'}), or to evaluate "
+                           f"them all: python -m benchmarks.accuracy --sequences {root / '*'}"),
+             ([str(nogt)], "has no usable ground-truth box"),
+             ([str(tiny_seq), str(root / "syn8")], "two sequences are named 'syn8'"),
+             ([str(tiny_seq), "--trackers", f"ours:{tiny_model},ours:{tiny_model}"], "names ours[model] twice")]
+    for seqs, message in cases:
+        capsys.readouterr()
+        assert main([*base, "--sequences", *seqs]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    # the same folder twice is one sequence, not a clash
+    assert main(["--sequences", str(tiny_seq), str(tiny_seq), "--max-frames", "2", *base]) == 0
+    assert len(json.loads((tmp_path / "acc" / "summary.json").read_text())["trackers"]["ours"]["sequences"]) == 1

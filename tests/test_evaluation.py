@@ -320,3 +320,37 @@ def test_report_into_a_file_is_a_clear_error(tmp_path):
     f.write_text("x")
     with pytest.raises(TrackerInputError, match="is a file"):
         write_report(f, {"t": {"s": {"score": evaluate_sequence(g, g)}}})
+
+
+def test_matches_the_got10k_toolkit_on_random_boxes():
+    """Cross-check with the GOT-10k toolkit's own OTB-protocol code (UAV123's variant, which
+    drops NaN ground-truth rows as DESIGN.md section 4 does): random boxes, exact-threshold
+    integer boxes, absent targets, lost (NaN) and degenerate predictions. Degenerate *ground
+    truth* (w or h 0) is left out: the toolkit scores it as a failed frame, we skip it."""
+    pytest.importorskip("got10k")
+    from types import SimpleNamespace
+
+    from got10k.experiments.otb import ExperimentOTB
+    from got10k.experiments.uav123 import ExperimentUAV123
+
+    curves = SimpleNamespace(nbins_iou=len(SUCCESS_THRESHOLDS), nbins_ce=len(PRECISION_THRESHOLDS))
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(2, 40))
+        gt = np.c_[rng.uniform(0, 100, (n, 2)), rng.uniform(1, 50, (n, 2))]
+        pred = gt + rng.normal(0, rng.uniform(0.5, 30), (n, 4))
+        if trial % 2:
+            gt, pred = np.round(gt), np.round(pred)  # IoUs and errors land on the thresholds
+        gt[rng.choice(n, n // 4, replace=False)] = np.nan
+        pred[rng.choice(n, n // 5, replace=False)] = np.nan
+        bad = rng.choice(n, n // 5, replace=False)
+        pred[bad, 2] = -rng.uniform(0, 5, len(bad))
+        if np.isnan(gt).any(axis=1).all():
+            continue
+        ious, errors = ExperimentUAV123._calc_metrics(None, pred.copy(), gt.copy())
+        success, precision = ExperimentOTB._calc_curves(curves, ious, errors)
+        s = evaluate_sequence(pred, gt)
+        np.testing.assert_allclose(s.success_curve, success, atol=1e-12)
+        np.testing.assert_allclose(s.precision_curve, precision, atol=1e-12)
+        assert s.auc == pytest.approx(np.mean(success), abs=1e-12)
+        assert s.precision == pytest.approx(precision[PRECISION_AT], abs=1e-12)

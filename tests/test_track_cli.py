@@ -360,3 +360,15 @@ def test_one_frame_summary_says_n_a(otb, tiny_model):
     code, stdout, err = _run(["--sequence", otb, "--model", tiny_model, "--max-frames", 1, "--quiet"])
     assert code == 0, err
     assert "median n/a" in stdout and "0.0 ms" not in stdout
+
+
+def test_a_dataset_root_names_its_sequences(otb, tmp_path):
+    """--sequence data/OTB (the dataset, not one sequence): the error names the sequences it
+    holds and the commands that take them, not the generic image-glob hint."""
+    root = tmp_path / "OTB"
+    shutil.copytree(otb, root / "synth")
+    code, out, err = _run(["--sequence", root])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: {root} is not a sequence but holds 1 sequence folders (synth); "
+                          f"give one ({root / 'synth'})")
+    assert f"--sequences {root / '*'}" in err and "*.jpg" not in err
