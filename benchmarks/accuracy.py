@@ -3,7 +3,8 @@
     python -m benchmarks.accuracy [--sequences DIR ...] [--trackers ours,csrt,kcf,mil] [--out DIR]
 
 Prints AUC / precision@20 / fps per sequence and on average, and writes results.json,
-results.md, success.png and precision.png (OTB style) into --out.
+results.md, success.png and precision.png (OTB style) into --out, with every run's boxes in
+boxes/<tracker>/<sequence>.txt (the format of ``runtime.track --out``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.evaluation import cost_stats, evaluate_sequence, mean_scores
+from runtime.outputs import box_line
 from runtime.report import write_report
 from runtime.sources import open_sequence_folder
 
@@ -55,6 +57,13 @@ def _finite(x):
 
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+def write_boxes(path: Path, boxes) -> None:
+    """Each run's boxes as ``runtime.track --out`` writes them (one x,y,w,h row per frame,
+    ``nan`` before the start), so other toolkits can score the same runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(box_line(b) + "\n" for b in boxes))
 
 
 def check_distinct_names(paths) -> list:
@@ -112,6 +121,7 @@ def main(argv=None) -> int:
             r = run_sequence(make, seq, args.max_frames)
             score = evaluate_sequence(r["boxes"], r["gt"])
             results[name][seq.name] = {"score": score, "cost": cost_stats(r["ms"])}
+            write_boxes(Path(args.out) / "boxes" / name / f"{seq.name}.txt", r["boxes"])
             fps = results[name][seq.name]["cost"]["fps"]
             print(f"{seq.name:18s} {name:22s} AUC {_fmt(_finite(score.auc))}  P@20 {_fmt(_finite(score.precision))}  "
                   f"fps {'n/a' if fps is None else f'{fps:.1f}'}", flush=True)

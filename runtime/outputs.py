@@ -31,3 +31,9 @@ def check_output_folder(path, flag: str) -> None:
     if nearest is None or not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
         raise TrackerInputError(f"{flag} {p} cannot be created or written (nearest existing: {nearest}); "
                                 "give a writable folder")
+
+
+def box_line(box) -> str:
+    """One result row, OTB convention: ``x,y,w,h`` in pixels, 2 decimals, ``nan`` where the
+    frame has no box (before the start, or a lost frame). The toolkits read it with numpy."""
+    return ",".join(f"{float(v):.2f}" for v in box)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TrackerInputError
+from .outputs import box_line
 
 log = logging.getLogger("runtime.track")
 
@@ -340,7 +341,7 @@ def run(args) -> dict:
                 oks.append(ok)
                 scores.append(score)
             if out:
-                out.write(",".join(f"{v:.2f}" for v in shown))
+                out.write(box_line(shown))
             if jsonl:
                 jsonl.write(json.dumps({"frame": frame.index,
                                         "box": [round(float(v), 2) if np.isfinite(v) else None for v in shown],

@@ -37,6 +37,16 @@ def test_accuracy_benchmark_schema(tiny_seq, tiny_model, tmp_path, capsys):
     for f in ("results.json", "results.md", "success.png", "precision.png"):
         assert (out / f).stat().st_size > 0
     assert "MEAN ours" in capsys.readouterr().out
+    # every run's boxes, readable by other toolkits, score what the summary says
+    from runtime.evaluation import evaluate_sequence
+    from runtime.sources import load_groundtruth
+
+    gt = load_groundtruth(tiny_seq / "groundtruth_rect.txt")
+    for name in trackers.split(","):
+        boxes = np.loadtxt(out / "boxes" / name / "syn8.txt", delimiter=",")
+        assert boxes.shape == gt.shape and np.allclose(boxes[0], gt[0], atol=0.005)
+        auc = evaluate_sequence(boxes, gt).auc
+        assert auc == pytest.approx(s["trackers"][name]["sequences"]["syn8"]["auc"], abs=0.02)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +169,7 @@ def test_accuracy_summary_with_a_sequence_without_scored_frames(tiny_seq, tiny_m
     assert s["sequences"]["late"] == {"auc": None, "precision": None, "fps": None}
     assert s["mean_auc"] == s["sequences"]["syn8"]["auc"]
     assert "1 sequence(s) with no scored frame left out" in capsys.readouterr().out
+    assert (out / "boxes" / "ours" / "late.txt").read_text() == "nan,nan,nan,nan\n" * 2
     # the user's sequences: the report does not call them the development set
     assert (out / "results.md").read_text().startswith("# One-pass evaluation\n")
 
