@@ -29,6 +29,8 @@ def main(argv=None) -> int:
 
     try:
         names = targets.parse_list(args.targets)
+        for t in names:
+            targets.check_toolchain(t)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

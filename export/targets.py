@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CROSS_CC = {"aarch64": "aarch64-linux-gnu-g++"}
+CROSS_PACKAGE = {"aarch64": "g++-aarch64-linux-gnu"}  # the Debian / Ubuntu package of CROSS_CC
 AARCH64_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
 JETSON_ARCHS = ("sm_72", "sm_87")
 DATACENTER_ARCHS = ("sm_80", "sm_90")
@@ -99,3 +100,14 @@ def _check_cpu(cpu: str) -> None:
     if not codegen.llvm_is_valid_cpu(cpu, triple):
         raise ValueError(f"LLVM knows no CPU {cpu!r} for {triple}; use a name such as znver4, skylake-avx512 or "
                          f"alderlake, or plain llvm for this CPU")
+
+
+def check_toolchain(target: CompileTarget) -> None:
+    """A cross target's compiler is on PATH (checked before minutes of export: without it
+    the link of the first library fails with a bare "No such file or directory")."""
+    import shutil
+
+    if target.cross and shutil.which(CROSS_CC[target.cross]) is None:
+        raise ValueError(f"target {target.name} links with {CROSS_CC[target.cross]}, which is not on PATH; install it "
+                         f"(Debian/Ubuntu: sudo apt-get install {CROSS_PACKAGE[target.cross]}) or leave "
+                         f"{target.name} out of --targets")

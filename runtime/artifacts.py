@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import struct
 from pathlib import Path
 
 from .errors import ArtifactError
@@ -180,3 +182,48 @@ def verify(folder, model, kind: str, target: str) -> dict:
         if name not in m.get("files", {}):
             raise ArtifactError(f"{folder} has no artifact for bucket {b} {tuple(shape)}; {fix}")
     return m
+
+
+_ELF_MACHINES = {62: "x86-64", 183: "aarch64", 40: "32-bit Arm", 3: "32-bit x86"}  # e_machine
+_HOST_ELF = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183}
+
+
+def host_arch() -> str:
+    """This machine's architecture as :func:`check_shared_library` names it."""
+    m = platform.machine().lower()
+    return _ELF_MACHINES.get(_HOST_ELF.get(m), m)
+
+
+def check_shared_library(path, fix: str, other_arch_fix: str | None = None) -> None:
+    """Check a compiled library's ELF headers against the file and this machine before it
+    is loaded (as the native runner does): the loader maps a library as its headers say, so
+    a truncated copy kills the process with SIGBUS instead of failing, and one built for
+    another architecture fails as "No such file or directory". Raises :class:`ArtifactError`
+    ending in ``fix`` (``other_arch_fix`` for a library of another architecture)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(64)
+            if len(head) < 64 or head[:4] != b"\x7fELF":
+                raise ArtifactError(f"{path} is not a shared library (no ELF header); {fix}")
+            if head[4] != 2 or head[5] != 1:
+                raise ArtifactError(f"{path} is not a 64-bit little-endian library; {fix}")
+            machine = struct.unpack_from("<H", head, 18)[0]
+            host = _HOST_ELF.get(platform.machine().lower())
+            if host is not None and machine != host:
+                raise ArtifactError(f"{path} is a library for {_ELF_MACHINES.get(machine, 'another architecture')} "
+                                    f"and cannot run on this {host_arch()} machine; {other_arch_fix or fix}")
+            phoff, shoff = struct.unpack_from("<QQ", head, 32)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 54)
+            truncated = ArtifactError(f"{path} is truncated ({size} bytes; its headers describe more); {fix}")
+            if phentsize != 56 or phoff + phnum * phentsize > size or shoff + shnum * shentsize > size:
+                raise truncated
+            f.seek(phoff)
+            table = f.read(phnum * phentsize)
+            for i in range(phnum):
+                p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+                if p_type == 1 and p_offset + p_filesz > size:  # PT_LOAD
+                    raise truncated
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path} ({e.strerror or e}); {fix}") from None

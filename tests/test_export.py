@@ -158,6 +158,129 @@ def test_set_of_the_other_kind_or_no_manifest_object_refused(built, tmp_path):
             make_backend(backend, model, artifacts=d)
 
 
+@pytest.fixture(scope="module")
+def one_bucket_llvm(one_bucket_model, tmp_path_factory):
+    """A TVM-llvm set of the one-bucket model (one library: quick to build)."""
+    from export.build import build
+
+    return build(one_bucket_model, ["llvm"], tmp_path_factory.mktemp("one_llvm"), log=lambda m: None)["llvm"]
+
+
+def _edited_copy(src, dst, edit_manifest=None, edit_lib=None):
+    """A copy of a set whose manifest (and library, re-hashed) were edited by hand."""
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    if edit_lib is not None:
+        lib = dst / sorted(m["files"])[0]
+        lib.write_bytes(edit_lib(lib.read_bytes()))
+        m["files"][lib.name] = hashlib.sha256(lib.read_bytes()).hexdigest()
+    if edit_manifest is not None:
+        edit_manifest(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_library_headers_are_checked_before_the_loader_maps_it(one_bucket_model, one_bucket_llvm, tmp_path):
+    """A truncated library whose manifest vouches for it killed the process inside the loader
+    (SIGBUS, no message); one for another architecture was reported as "No such file"."""
+    import struct
+
+    from runtime.backends import make_backend
+
+    good = sorted(one_bucket_llvm.glob("*.so"))[0]
+    artifacts.check_shared_library(good, "FIX")
+    half = tmp_path / "half.so"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ArtifactError, match="truncated.*FIX"):
+        artifacts.check_shared_library(half, "FIX")
+    onnx = next((one_bucket_llvm.parent / "onnx").glob("*.onnx"))
+    with pytest.raises(ArtifactError, match="no ELF header"):
+        artifacts.check_shared_library(onnx, "FIX")
+
+    cut = _edited_copy(one_bucket_llvm, tmp_path / "cut", edit_lib=lambda b: b[: len(b) // 2])
+    with pytest.raises(ArtifactError, match="truncated") as e:
+        make_backend("tvm", one_bucket_model, artifacts=cut)
+    assert "rebuild with: python -m export" in str(e.value)
+    # an aarch64 library whose manifest no longer says "cross": named as such, not "No such file"
+    arm = _edited_copy(one_bucket_llvm, tmp_path / "arm",
+                       edit_lib=lambda b: b[:18] + struct.pack("<H", 183) + b[20:])
+    with pytest.raises(ArtifactError, match="library for aarch64 and cannot run on this") as e:
+        make_backend("tvm", one_bucket_model, artifacts=arm)
+    assert "--targets llvm" in str(e.value) and "No such file" not in str(e.value)
+
+
+def test_llvm_set_compiled_for_another_cpu_is_refused(one_bucket_model, one_bucket_llvm, tmp_path):
+    """"llvm" is the CPU of the machine that built the set: on another CPU its code can die on
+    an instruction this one lacks (SIGILL). The cache rebuilds such a set; --artifacts refuses it."""
+    from tvm.target import codegen
+
+    from runtime.backends import make_backend
+
+    here = codegen.llvm_get_system_cpu()
+    other = "skylake" if here != "skylake" else "znver4"
+    d = _edited_copy(one_bucket_llvm, tmp_path / "other_cpu", lambda m: m["target_dict"].update(mcpu=other))
+    with pytest.raises(ArtifactError) as e:
+        make_backend("tvm", one_bucket_model, artifacts=d)
+    msg = str(e.value)
+    assert f"compiled for the CPU {other}" in msg and f"this CPU is {here}" in msg and "--targets llvm" in msg, msg
+    make_backend("tvm", one_bucket_model, artifacts=one_bucket_llvm)  # this CPU's set loads
+
+
+def test_tvm_device_mismatch_and_missing_gpu_say_what_to_do(one_bucket_model, one_bucket_llvm, tmp_path):
+    import tvm
+
+    from runtime.backends import make_backend
+    from runtime.errors import TrackerInputError
+
+    cuda = _edited_copy(one_bucket_llvm, tmp_path / "cuda",
+                        lambda m: m.update(target="cuda-sm_87", device="cuda", target_dict={"kind": "cuda"}))
+    with pytest.raises(ArtifactError) as e:
+        make_backend("tvm", one_bucket_model, artifacts=cuda)  # --device cpu
+    assert "but --device is cpu; run it with --device cuda" in str(e.value)
+    with pytest.raises(ArtifactError) as e:
+        make_backend("tvm", one_bucket_model, device="cuda", artifacts=one_bucket_llvm)
+    assert "--device is cuda:0; pass a set built for the GPU" in str(e.value)
+    if tvm.cuda(0).exist:
+        return
+    # no GPU: say so, instead of "a loader of that name is not registered ... rebuild with"
+    with pytest.raises(TrackerInputError) as e:
+        make_backend("tvm", one_bucket_model, device="cuda", artifacts=cuda)
+    assert "TVM sees no CUDA device 0" in str(e.value) and "rebuild" not in str(e.value)
+
+
+def test_onnx_set_that_does_not_load_or_a_cuda_provider_that_does_not_start(one_bucket_model, one_bucket_llvm,
+                                                                             tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from runtime.backends import make_backend
+    from runtime.errors import TrackerInputError
+
+    onnx = one_bucket_llvm.parent / "onnx"
+    cut = _edited_copy(onnx, tmp_path / "cut", edit_lib=lambda b: b[: len(b) // 2])
+    with pytest.raises(ArtifactError, match="cannot load .*rebuild with: python -m export"):  # not a traceback
+        make_backend("onnxruntime", one_bucket_model, artifacts=cut)
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return
+    # onnxruntime-gpu whose CUDA provider cannot start (no driver, no cuDNN) runs on the CPU,
+    # saying so in a log line only: --device cuda must not quietly become the CPU
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(TrackerInputError, match="could not start its CUDA provider"):
+        make_backend("onnxruntime", one_bucket_model, device="cuda", artifacts=onnx)
+
+
+def test_export_cli_names_a_missing_cross_compiler_before_any_work(one_bucket_model, tmp_path, monkeypatch, capsys):
+    from export import targets
+    from export.__main__ import main
+
+    monkeypatch.setitem(targets.CROSS_CC, "aarch64", "aarch64-linux-gnu-g++-not-installed")
+    for t in ("aarch64", "llvm,cuda:sm_87@aarch64"):
+        assert main(["--model", str(one_bucket_model.path), "--targets", t, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "apt-get install g++-aarch64-linux-gnu" in err, err
+        assert "aarch64-linux-gnu-g++-not-installed" in err and "Traceback" not in err
+        assert not (tmp_path / "out").exists()  # nothing built before the refusal
+
+
 def test_failed_export_leaves_the_previous_set(one_bucket_model, tmp_path, monkeypatch):
     from export import build as B
 
@@ -297,7 +420,7 @@ def test_build_log_says_tuned_only_for_buckets_the_database_holds(tmp_path):
     build log must not call them tuned."""
     from export.tvm_build import tuned_buckets, tuning_db
 
-    assert tuned_buckets(tuning_db("cuda-sm_90")[0]) == {"288x192", "288x288"}  # the H100 run's budget
+    assert tuned_buckets(tuning_db("cuda-sm_90")[0]) == {"192x192", "288x192", "288x288"}  # the H100 runs' budgets
     assert len(tuned_buckets(tuning_db("llvm")[0])) == 8
     assert tuned_buckets(None) == set()
     (tmp_path / "tuning_log.json").write_text("{damaged")

@@ -43,11 +43,23 @@ class OnnxRuntimeBackend(FeatureBackend):
         from export.onnx_export import onnx_session
 
         self.folder = ensure_onnx(model, artifacts)
-        from ..artifacts import bucket_file
+        from ..artifacts import bucket_file, rebuild_command
 
         self.sessions = []
         for b, shape in enumerate(self.policy.shapes):
-            s = onnx_session(self.folder / bucket_file(b, shape, "onnx"), device)
+            path = self.folder / bucket_file(b, shape, "onnx")
+            try:
+                s = onnx_session(path, device)
+            except Exception as e:  # ONNX Runtime's reason, on one line (a file the manifest vouches for)
+                lines = str(e).strip().splitlines()
+                raise ArtifactError(f"cannot load {path} ({lines[-1] if lines else type(e).__name__}); rebuild "
+                                    f"with: {rebuild_command(model, 'onnx', self.folder)}") from None
+            if device.startswith("cuda") and "CUDAExecutionProvider" not in s.get_providers():
+                # ONNX Runtime falls back to the CPU when its CUDA provider cannot start, saying
+                # so only in a log line the session options silence
+                raise TrackerInputError(f"--device {device}: ONNX Runtime could not start its CUDA provider (NVIDIA "
+                                        f"driver, or the CUDA / cuDNN libraries onnxruntime-gpu needs) and would run "
+                                        f"on the CPU; fix the CUDA set-up or use --device cpu")
             s.run(None, {s.get_inputs()[0].name: np.zeros((1, 3) + tuple(shape), np.float32)})  # warm-up
             self.sessions.append((s, s.get_inputs()[0].name))
 

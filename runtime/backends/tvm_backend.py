@@ -49,15 +49,28 @@ _HOST_ARCH = {"aarch64": ("aarch64", "arm64")}
 
 
 def _check_host(folder, target: str) -> None:
-    """Refuse a set cross-compiled for another CPU architecture before loading its code."""
+    """Refuse a set cross-compiled for another CPU architecture, or an ``llvm`` set (the CPU
+    of the machine that built it) compiled for another CPU than this one, before loading its
+    code: instructions this CPU lacks would kill the process (SIGILL) at the first frame."""
     import platform
 
-    cross = (artifacts.peek_manifest(folder) or {}).get("cross")
+    m = artifacts.peek_manifest(folder) or {}
+    cross = m.get("cross")
     machine = platform.machine().lower()
     if cross and machine not in _HOST_ARCH.get(cross, (cross,)):
         raise ArtifactError(f"{folder} was cross-compiled for {cross} ({target}) and cannot run on this "
                             f"{machine} machine; copy it to the {cross} board, or build for this CPU with: "
                             f"python -m export --targets llvm")
+    built = m["target_dict"].get("mcpu") if isinstance(m.get("target_dict"), dict) else None
+    if target == "llvm" and built:
+        from tvm.target import codegen
+
+        here = codegen.llvm_get_system_cpu()
+        if built != here:
+            raise ArtifactError(f"{folder} was compiled for the CPU {built} (target llvm: the CPU of the machine that "
+                                f"built it), this CPU is {here}; code for another CPU can crash on instructions this "
+                                f"one lacks: build for this CPU here with: python -m export --targets llvm, or on the "
+                                f"machine that built it with --targets llvm:{here}")
 
 
 def _manifest_target(folder):
@@ -95,7 +108,16 @@ class TVMBackend(FeatureBackend):
         want = "cpu" if device == "cpu" else "cuda"
         built_for = "cuda" if target.startswith("cuda") else "cpu"
         if want != built_for:
-            raise ArtifactError(f"{self.folder} holds {built_for} artifacts ({target}) but --device is {device}")
+            raise ArtifactError(f"{self.folder} holds {built_for} artifacts ({target}) but --device is {device}; "
+                                + ("run it with --device cuda, or pass a CPU set (python -m export --targets llvm)"
+                                   if built_for == "cuda" else
+                                   "pass a set built for the GPU (python -m export --targets cuda:sm_XX)"))
+        if device != "cpu" and not self.dev.exist:
+            # else loading the first library fails with "a loader of that name is not
+            # registered", and the advice would be a rebuild that cannot help
+            raise TrackerInputError(f"--device {device}: TVM sees no CUDA device {device_index(device)} (no NVIDIA "
+                                    f"driver, TVM's libtvm_runtime_cuda.so cannot load, or CUDA_VISIBLE_DEVICES hides "
+                                    f"it); use --device cpu with a CPU set (python -m export --targets llvm)")
         if device != "cpu":
             # This TVM wheel stores CUDA kernels as source and compiles them when the library
             # loads, through a Python callback: register it (nvcc; nvrtc needs cuda-bindings).
@@ -104,18 +126,20 @@ class TVMBackend(FeatureBackend):
             os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
             import tvm.support.nvcc  # noqa: F401
 
-        from ..artifacts import bucket_file, rebuild_command
+        from ..artifacts import bucket_file, check_shared_library, rebuild_command
 
         self._tvm = tvm
         self.vms = []
+        fix = f"rebuild with: {rebuild_command(model, target, self.folder)}"
         for b, shape in enumerate(self.policy.shapes):
             path = self.folder / bucket_file(b, shape, "so")
+            # before the loader maps it: a truncated library would kill the process (SIGBUS)
+            check_shared_library(path, fix, "build for this CPU with: python -m export --targets llvm")
             try:
                 lib = tvm.runtime.load_module(str(path))
             except Exception as e:  # the loader's reason, on one line
                 lines = str(e).strip().splitlines()
-                raise ArtifactError(f"cannot load {path} ({lines[-1] if lines else type(e).__name__}); "
-                                    f"rebuild with: {rebuild_command(model, target, self.folder)}") from None
+                raise ArtifactError(f"cannot load {path} ({lines[-1] if lines else type(e).__name__}); {fix}") from None
             vm = relax.VirtualMachine(lib, self.dev)
             x = tvm.runtime.tensor(np.zeros((1, 3) + tuple(shape), np.float32), self.dev)
             vm["main"](x).numpy()  # warm-up
