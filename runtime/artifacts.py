@@ -161,11 +161,13 @@ def verify(folder, model, kind: str, target: str) -> dict:
     fix = f"rebuild with: {rebuild_command(model, target, folder)}"
     m = read_manifest(folder, kind, fix)
     if m.get("model_hash") != model.model_hash:
-        # A cache folder belongs to the model whose hash names it: build this model's own.
-        own = default_dir(model, kind, target) if inside(folder, cache_root()) else folder
+        # The folder belongs to the other model (rebuilding it in place would destroy that
+        # model's set): this model's own set goes to its own folder in the runtime's cache.
+        own = rebuild_command(model, target, default_dir(model, kind, target))
+        where = "" if inside(folder, cache_root()) else " (the runtime's cache, used when --artifacts is left out)"
         raise ArtifactError(f"{folder} was built for another model ({str(m.get('model_hash'))[:12]}, "
                             f"this is {model.model_hash[:12]}); pass the model it was built for with --model, "
-                            f"or build this model's set with: {rebuild_command(model, target, own)}")
+                            f"or build this model's set{where} with: {own}")
     if m.get("buckets") != [list(s) for s in model.policy.shapes]:
         raise ArtifactError(f"{folder} was built for another bucket set {m.get('buckets')}; {fix}")
     if m.get("target") != target:

@@ -114,6 +114,8 @@ def test_stale_or_foreign_manifest_is_refused_with_rebuild_command(built, tmp_pa
             artifacts.verify(d, model, "tvm", "llvm")
         cases[name] = str(e.value)
     assert "another model" in cases["model"]
+    # the other model's folder is not offered for this model's rebuild (it would replace that set)
+    assert f"--out {tmp_path}" not in cases["model"] and "--out " + str(artifacts.cache_root()) in cases["model"]
     assert "bucket set" in cases["buckets"]
     assert "cuda-sm_87" in cases["target"]
     assert "TVM 0.1.0" in cases["tvm"]
@@ -248,6 +250,8 @@ def test_tvm_device_mismatch_and_missing_gpu_say_what_to_do(one_bucket_model, on
     assert "TVM sees no CUDA device 0" in str(e.value) and "rebuild" not in str(e.value)
 
 
+# the simulated provider list makes ONNX Runtime warn that CUDA is not among its real ones
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
 def test_onnx_set_that_does_not_load_or_a_cuda_provider_that_does_not_start(one_bucket_model, one_bucket_llvm,
                                                                              tmp_path, monkeypatch):
     import onnxruntime as ort
