@@ -138,7 +138,9 @@ def _sets_below(folder: Path, kind: str) -> list:
         subs = sorted(p for p in folder.iterdir() if p.is_dir())
     except OSError:
         return []
-    return [sub.name for sub in subs if (peek_manifest(sub) or {}).get("kind") == kind]
+    sets = [(sub.name, m) for sub in subs if (m := peek_manifest(sub) or {}).get("kind") == kind]
+    # the sets cross-compiled for a board are not the ones to pass here, unless there are no others
+    return [n for n, m in sets if runs_here(m)] or [n for n, _ in sets]
 
 
 def check_files(folder, manifest: dict, fix: str) -> None:
@@ -187,13 +189,19 @@ def verify(folder, model, kind: str, target: str) -> dict:
 
 
 _ELF_MACHINES = {62: "x86-64", 183: "aarch64", 40: "32-bit Arm", 3: "32-bit x86"}  # e_machine
-_HOST_ELF = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183}
+_ARCH_NAMES = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
 def host_arch() -> str:
-    """This machine's architecture as :func:`check_shared_library` names it."""
+    """This machine's architecture, named as export's cross targets and ELF headers are."""
     m = platform.machine().lower()
-    return _ELF_MACHINES.get(_HOST_ELF.get(m), m)
+    return _ARCH_NAMES.get(m, m)
+
+
+def runs_here(manifest: dict) -> bool:
+    """Whether a set's code is for this machine's architecture (not cross-compiled for another)."""
+    cross = manifest.get("cross")
+    return not cross or cross == host_arch()
 
 
 def check_shared_library(path, fix: str, other_arch_fix: str | None = None) -> None:
@@ -212,7 +220,7 @@ def check_shared_library(path, fix: str, other_arch_fix: str | None = None) -> N
             if head[4] != 2 or head[5] != 1:
                 raise ArtifactError(f"{path} is not a 64-bit little-endian library; {fix}")
             machine = struct.unpack_from("<H", head, 18)[0]
-            host = _HOST_ELF.get(platform.machine().lower())
+            host = {v: k for k, v in _ELF_MACHINES.items()}.get(host_arch())
             if host is not None and machine != host:
                 raise ArtifactError(f"{path} is a library for {_ELF_MACHINES.get(machine, 'another architecture')} "
                                     f"and cannot run on this {host_arch()} machine; {other_arch_fix or fix}")

@@ -135,6 +135,24 @@ def test_stale_or_foreign_manifest_is_refused_with_rebuild_command(built, tmp_pa
         make_backend("tvm", model, artifacts=d)
 
 
+def test_output_folder_hint_names_the_sets_that_run_here(tmp_path, monkeypatch):
+    """Export's --out given to --artifacts: the sets cross-compiled for a board are not offered
+    (they cannot run here), unless the folder holds nothing else."""
+    monkeypatch.setattr(artifacts.platform, "machine", lambda: "x86_64")
+    for name, cross in (("llvm", None), ("aarch64", "aarch64"), ("cuda-sm_87-aarch64", "aarch64")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"kind": "tvm", "cross": cross}))
+    with pytest.raises(ArtifactError) as e:
+        artifacts.read_manifest(tmp_path, "tvm", "FIX")
+    assert str(e.value).endswith(f"pass --artifacts {tmp_path / 'llvm'}"), str(e.value)
+    shutil.rmtree(tmp_path / "llvm")
+    with pytest.raises(ArtifactError) as e:
+        artifacts.read_manifest(tmp_path, "tvm", "FIX")
+    assert f"{tmp_path / 'aarch64'} or {tmp_path / 'cuda-sm_87-aarch64'}" in str(e.value)
+    monkeypatch.setattr(artifacts.platform, "machine", lambda: "aarch64")  # on the board they are the ones
+    assert artifacts.runs_here({"cross": "aarch64"}) and not artifacts.runs_here({"cross": "riscv64"})
+
+
 def test_set_of_the_other_kind_or_no_manifest_object_refused(built, tmp_path):
     from runtime.backends import make_backend
 

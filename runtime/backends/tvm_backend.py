@@ -45,22 +45,16 @@ def ensure_tvm(model, target_name: str, folder=None) -> Path:
     return folder
 
 
-_HOST_ARCH = {"aarch64": ("aarch64", "arm64")}
-
-
 def _check_host(folder, target: str) -> None:
     """Refuse a set cross-compiled for another CPU architecture, or an ``llvm`` set (the CPU
     of the machine that built it) compiled for another CPU than this one, before loading its
     code: instructions this CPU lacks would kill the process (SIGILL) at the first frame."""
-    import platform
-
     m = artifacts.peek_manifest(folder) or {}
     cross = m.get("cross")
-    machine = platform.machine().lower()
-    if cross and machine not in _HOST_ARCH.get(cross, (cross,)):
+    if not artifacts.runs_here(m):
         raise ArtifactError(f"{folder} was cross-compiled for {cross} ({target}) and cannot run on this "
-                            f"{machine} machine; copy it to the {cross} board, or build for this CPU with: "
-                            f"python -m export --targets llvm")
+                            f"{artifacts.host_arch()} machine; copy it to the {cross} board, or build for this CPU "
+                            f"with: python -m export --targets llvm")
     built = m["target_dict"].get("mcpu") if isinstance(m.get("target_dict"), dict) else None
     if target == "llvm" and built:
         from tvm.target import codegen
