@@ -530,8 +530,8 @@ def open_sequence_folder(folder, init_box=None, on_bad_frame: str = "raise") -> 
         # a dataset root (data/OTB) where one of its sequences belongs: the image-glob hint would mislead
         shown = ", ".join(p.name for p in inner[:3]) + (", ..." if len(inner) > 3 else "")
         raise SequenceError(f"{folder} is not a sequence but holds {len(inner)} sequence folders ({shown}); "
-                            f"give one ({inner[0]}), or to evaluate them all: python -m benchmarks.accuracy "
-                            f"--sequences {folder / '*'}")
+                            f"give one ({inner[0]}), or all of them ({folder / '*'}) where a command takes several "
+                            "(benchmarks.accuracy, train_mx.train --sequences)")
     raise SequenceError(
         f"{folder} is neither an OTB sequence (img/ + groundtruth_rect.txt) nor a VOT sequence "
         "(color/ + groundtruth.txt); for a plain folder of images use an image glob such as "
@@ -539,15 +539,22 @@ def open_sequence_folder(folder, init_box=None, on_bad_frame: str = "raise") -> 
     )
 
 
+SEQUENCE_MARKS = ("img", "color", "groundtruth_rect.txt", "groundtruth.txt")  # what open_sequence_folder looks for
+
+
+def looks_like_sequence(folder) -> bool:
+    """Whether ``folder`` has what an OTB or VOT sequence folder has (frames may still be bad)."""
+    return any((Path(folder) / m).exists() for m in SEQUENCE_MARKS)
+
+
 def sequence_subfolders(folder) -> list:
-    """The subfolders of ``folder`` laid out as sequences (``img/``, ``color/`` or a ground-truth
-    file), natural-sorted; empty when ``folder`` cannot be listed."""
+    """The subfolders of ``folder`` laid out as sequences, natural-sorted; empty when
+    ``folder`` cannot be listed."""
     try:
         subs = [p for p in Path(folder).expanduser().iterdir() if p.is_dir()]
     except OSError:
         return []
-    marks = ("img", "color", "groundtruth_rect.txt", "groundtruth.txt")
-    return sorted((p for p in subs if any((p / m).exists() for m in marks)), key=lambda p: natural_key(p.name))
+    return sorted((p for p in subs if looks_like_sequence(p)), key=lambda p: natural_key(p.name))
 
 
 # --------------------------------------------------------------------------- globs

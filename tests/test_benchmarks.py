@@ -187,8 +187,8 @@ def test_accuracy_refuses_inputs_it_cannot_score(tiny_seq, tiny_model, tmp_path,
     shutil.copytree(tiny_seq, nogt)
     (nogt / "groundtruth_rect.txt").unlink()
     base = ["--trackers", "ours", "--model", str(tiny_model), "--out", str(tmp_path / "acc")]
-    cases = [([str(root)], f"holds 1 sequence folders (syn8); give one ({root / 'syn8'}), or to evaluate "
-                           f"them all: python -m benchmarks.accuracy --sequences {root / '*'}"),
+    cases = [([str(root)], f"holds 1 sequence folders (syn8); give one ({root / 'syn8'}), or all of them "
+                           f"({root / '*'}) where a command takes several"),
              ([str(nogt)], "has no usable ground-truth box"),
              ([str(tiny_seq), str(root / "syn8")], "two sequences are named 'syn8'"),
              ([str(tiny_seq), "--trackers", f"ours:{tiny_model},ours:{tiny_model}"], "names ours[model] twice")]

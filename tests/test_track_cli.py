@@ -371,4 +371,4 @@ def test_a_dataset_root_names_its_sequences(otb, tmp_path):
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith(f"error: {root} is not a sequence but holds 1 sequence folders (synth); "
                           f"give one ({root / 'synth'})")
-    assert f"--sequences {root / '*'}" in err and "*.jpg" not in err
+    assert f"({root / '*'}) where a command takes several" in err and "*.jpg" not in err

@@ -741,3 +741,87 @@ def test_load_domains_skips_absent_frames(tmp_path):
     (dom,) = load_domains([str(folder)])
     assert len(dom.frames) == 11 and not any(p.endswith("0005.jpg") for p in map(str, dom.frames))
     assert np.isfinite(dom.boxes).all()
+
+
+def _one_error_line(capsys, rc, *words):
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err, err
+
+
+def test_sampler_leaves_out_corrupt_frames_once(tmp_path, capsys):
+    """A corrupt or truncated frame met during training (hours in, on a real dataset) is left
+    out with one warning, and the batch still has every patch; it once ended the run."""
+    folder = write_otb(make_sequence(n_frames=12, size=(160, 120), seed=6), tmp_path / "s", ext=".jpg")
+    (folder / "img" / "0005.jpg").write_bytes(b"not a jpeg")
+    good = (folder / "img" / "0008.jpg").read_bytes()
+    (folder / "img" / "0008.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (dom,) = load_domains([str(folder)])
+    sampler = BatchSampler([dom], SMALL, MEAN["squeezenet"], n_pos=4, n_neg=16, patches=12, seed=0)
+    batch = sampler.sample()  # 12 patches of 12 frames: both bad ones are drawn
+    assert batch.data.shape[0] == 12
+    err = capsys.readouterr().err
+    assert err.count("0005.jpg") == 1 and err.count("0008.jpg") == 1 and "Traceback" not in err
+    assert len(dom.frames) == 10 and len(dom.boxes) == 10
+    sampler.sample()
+    assert capsys.readouterr().err == ""
+
+
+def test_load_domains_says_what_it_leaves_out(tmp_path, capsys):
+    """A sequence left out of training (too few usable boxes, no ground truth) and a ground
+    truth that does not match the frames are reported, not dropped in silence; a folder that
+    is not a sequence is refused with a training hint, not the tracker's image-glob one."""
+    from runtime.errors import TrackerInputError
+
+    def seq(name):
+        return write_otb(make_sequence(n_frames=12, size=(160, 120), seed=7), tmp_path / name, ext=".jpg")
+
+    one = seq("one")
+    rows = (one / "groundtruth_rect.txt").read_text().splitlines()
+    (one / "groundtruth_rect.txt").write_text("\n".join(rows[:1] + ["NaN,NaN,NaN,NaN"] * 11) + "\n")
+    short = seq("short")
+    (short / "groundtruth_rect.txt").write_text("\n".join(rows[:11]) + "\n")
+    nogt = seq("nogt")
+    (nogt / "groundtruth_rect.txt").unlink()
+    bad_first = seq("bad_first")
+    (bad_first / "img" / "0001.jpg").write_bytes(b"")
+    domains = load_domains([str(one), str(short), str(nogt), str(bad_first)])
+    assert [(d.name, len(d.frames)) for d in domains] == [("short", 11), ("bad_first", 11)]
+    err = capsys.readouterr().err
+    assert "one left out: 1 of its 12 frames" in err
+    assert "11 rows for 12 frames" in err and "nogt left out: no ground truth" in err
+    assert "bad_first" in err and "0001.jpg" in err
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(TrackerInputError, match="--sequences .*notes is not a sequence folder") as e:
+        load_domains([str(tmp_path / "notes")])
+    assert "glob" not in str(e.value)
+
+
+def test_train_refuses_unknown_holdout_same_names_a_used_out_and_other_sequences_on_resume(
+        sequences, tmp_path, capsys):
+    """Mistakes found before any training, in one line, nothing on disk touched: a --holdout
+    no sequence has (once silently no held-out set), two sequences of one name, an --out that
+    holds a run without --resume (once overwritten), a resume with other sequences (once a
+    traceback, or fc6 branches silently given to other sequences)."""
+    import shutil
+
+    from train_mx import train
+
+    out = tmp_path / "run"
+    base = ["--iterations", "2", "--epoch-size", "2", "--pretrained", "", "--out", str(out), "--quiet"]
+    _one_error_line(capsys, train.main(["--sequences", *sequences, "--holdout", "syn1,nosuch", *base]),
+                    "--holdout", "nosuch", "syn2")
+    twin = tmp_path / "other" / Path(sequences[0]).name
+    shutil.copytree(sequences[0], twin)
+    _one_error_line(capsys, train.main(["--sequences", *sequences, str(twin), *base]), "two sequences named syn1")
+    assert not out.exists()
+    assert train.main(["--sequences", *sequences, *base]) == 0
+    capsys.readouterr()
+    state = (out / "state.json").read_text()
+    _one_error_line(capsys, train.main(["--sequences", *sequences, *base]),
+                    "already holds a training run", "--resume")
+    _one_error_line(capsys, train.main(["--sequences", sequences[0], *base, "--iterations", "4", "--resume"]),
+                    "--resume", "syn1, syn2", "new --out")
+    assert (out / "state.json").read_text() == state

@@ -2,6 +2,7 @@
 one patch per frame with positive and negative RoIs drawn as MDNet does."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import numpy as np
 
 from runtime import sampling
 from runtime.buckets import BucketPolicy, crop_patch
-from runtime.sources import OTBSequence, open_sequence_folder, read_image
+from runtime.errors import SequenceError, TrackerInputError
+from runtime.sources import OTBSequence, looks_like_sequence, open_sequence_folder, read_image, sequence_subfolders
 
 
 def clean_groundtruth(gt: np.ndarray, image_size, window: int = 5, max_ratio: float = 2.0) -> np.ndarray:
@@ -59,20 +61,66 @@ class Domain:
     boxes: np.ndarray  # (n, 4)
 
 
+def warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+SEQUENCE_LAYOUT = "OTB: img/ + groundtruth_rect.txt, VOT: color/ + groundtruth.txt"
+
+
+def open_training_sequence(folder):
+    """``open_sequence_folder`` with the errors worded for a --sequences entry (the tracker's
+    hints, an image glob or --init, do not apply to training)."""
+    p = Path(folder).expanduser()
+    if p.exists() and not p.is_dir():
+        raise TrackerInputError(f"--sequences {folder} is not a folder; every entry must be a sequence folder "
+                                f"({SEQUENCE_LAYOUT})")
+    if p.is_dir() and not looks_like_sequence(p) and not sequence_subfolders(p):
+        raise TrackerInputError(f"--sequences {folder} is not a sequence folder ({SEQUENCE_LAYOUT}); "
+                                "leave it out of --sequences")
+    try:
+        return open_sequence_folder(folder)
+    except SequenceError as e:
+        if sequence_subfolders(p):  # a dataset root: the message names its sequences
+            raise
+        msg = str(e).split("; fix the file, or pass --init")[0]
+        raise SequenceError(f"{msg}; fix it, or leave {Path(folder).name} out of --sequences") from None
+
+
 def load_domains(folders, min_frames: int = 10) -> list:
-    """One domain per sequence folder, keeping only frames with clean ground truth."""
+    """One domain per sequence folder, keeping only frames with clean ground truth. A folder
+    left out (no ground truth, fewer than ``min_frames`` usable frames) and a ground truth
+    whose row count does not match the frames are reported on stderr."""
     domains = []
     for folder in folders:
-        seq = open_sequence_folder(folder)
+        seq = open_training_sequence(folder)
+        name = Path(folder).name
+        for w in seq.warnings:
+            warn(f"{name}: {w}")
         if seq.groundtruth is None:
+            warn(f"{name} left out: no ground truth")
             continue
         paths = list(seq.frame_paths)
         n = min(len(paths), len(seq.groundtruth))
-        first = read_image(paths[0])
+        unreadable = []
+        for i in range(n):  # the image size, from the first frame that can be read
+            try:
+                first = read_image(paths[i])
+                break
+            except SequenceError as e:
+                warn(f"{name}: frame left out of training: {e}")
+                unreadable.append(i)
+        else:
+            warn(f"{name} left out: none of its frames can be read")
+            continue
         mask = clean_groundtruth(seq.groundtruth[:n], (first.shape[1], first.shape[0]))
+        mask[unreadable] = False
         idx = np.flatnonzero(mask)
         if len(idx) >= min_frames:
-            domains.append(Domain(Path(folder).name, [paths[i] for i in idx], seq.groundtruth[idx]))
+            domains.append(Domain(name, [paths[i] for i in idx], seq.groundtruth[idx]))
+        else:
+            warn(f"{name} left out: {len(idx)} of its {n} frames have a usable box (present, at least 2x2 px, "
+                 f"mostly inside the image, not an outlier); at least {min_frames} are needed")
     return domains
 
 
@@ -111,8 +159,9 @@ class BatchSampler:
         frames = rng.choice(len(dom.frames), self.patches, replace=len(dom.frames) < self.patches)
         bucket = None
         data, pos_all, neg_all = [], [], []
+        bad = set()
         for k in frames:
-            image = read_image(dom.frames[k])
+            image, k = self._read(dom, int(k), bad)
             gt = dom.boxes[k]
             # The tracker crops around its previous estimate, not the truth: jitter it.
             prev = sampling.gaussian(rng, gt, 1, trans=self.prev_jitter, scale=1.1)[0]
@@ -134,7 +183,26 @@ class BatchSampler:
             data.append((patch.astype(np.float32) - self.mean).transpose(2, 0, 1))
             pos_all.append(geom.to_patch(pos))
             neg_all.append(geom.to_patch(neg))
+        if bad:  # dropped for good once this batch no longer indexes them
+            keep = [i for i in range(len(dom.frames)) if i not in bad]
+            dom.frames, dom.boxes = [dom.frames[i] for i in keep], dom.boxes[keep]
         return Batch(bucket, np.stack(data), np.stack(pos_all), np.stack(neg_all), d)
+
+    def _read(self, dom, k: int, bad: set):
+        """Frame ``k`` of ``dom``, or, when it cannot be read (a corrupt or truncated file met
+        hours into a run), another frame of the domain; the bad one is reported once and added
+        to ``bad``."""
+        while True:
+            if k not in bad:
+                try:
+                    return read_image(dom.frames[k]), k
+                except SequenceError as e:
+                    warn(f"{dom.name}: frame left out of training: {e}")
+                    bad.add(k)
+            if len(bad) >= len(dom.frames):
+                raise TrackerInputError(f"{dom.name}: none of its frames can be read; fix them or leave "
+                                        f"{dom.name} out of --sequences")
+            k = int(self.rng.integers(len(dom.frames)))
 
 
 def _fill(rng, boxes, n, fallback):

@@ -26,7 +26,10 @@ def feature_moment(model: Model, domains, every: int = 10) -> tuple:
     frame in ``every`` of each domain; returns (moment, number of cells)."""
     from runtime.backends import make_backend
     from runtime.buckets import extractor_input
+    from runtime.errors import SequenceError
     from runtime.sources import read_image
+
+    from .data import warn
 
     backend = make_backend("mxnet", model)
     policy = model.policy
@@ -35,7 +38,12 @@ def feature_moment(model: Model, domains, every: int = 10) -> tuple:
     for d in domains:
         for path, box in list(zip(d.frames, d.boxes))[::every]:
             geom = policy.select(box)
-            x = extractor_input(read_image(path), geom, model.mean)
+            try:
+                image = read_image(path)
+            except SequenceError as e:  # a corrupt frame: one less sample, not a failed run
+                warn(f"{d.name}: frame left out of the statistics: {e}")
+                continue
+            x = extractor_input(image, geom, model.mean)
             f = backend.extract(geom.bucket, x)[0].reshape(model.channels, -1).astype(np.float64)
             acc += f @ f.T
             cells += f.shape[1]
@@ -59,7 +67,8 @@ def add_feature_stats(model_dir, sequences=None, every: int = 10) -> Path:
         sequences = [given.get(n, SEQUENCES / n) for n in names]
     missing = [str(s) for s in sequences if not Path(s).is_dir()]
     if missing:
-        raise ValueError(f"sequence folder(s) not found: {', '.join(missing)}")
+        raise ValueError(f"sequence folder(s) not found: {', '.join(missing)}; pass --sequences with the model's "
+                         "training folders")
     cov, cells = feature_moment(model, load_domains(sequences), every)
     params = dict(model.params)
     params[FEATURE_COV] = cov.astype(np.float32)

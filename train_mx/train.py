@@ -238,6 +238,38 @@ def resume_mismatch(config: dict, args, parser) -> str | None:
     return None
 
 
+def check_sequence_names(seqs, holdout) -> None:
+    """Sequences are known by their folder names (--holdout, the fc6 branches, the model's
+    config, feature_stats): refuse two of one name and a --holdout name none has."""
+    names = [Path(s).name for s in seqs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        paths = [str(s) for s in seqs if Path(s).name == twice[0]]
+        raise TrackerInputError(f"--sequences: two sequences named {twice[0]} ({', '.join(paths)}); sequences are "
+                                "known by their folder names, rename one")
+    unknown = sorted(holdout - set(names))
+    if unknown:
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise TrackerInputError(f"--holdout names {', '.join(unknown)}, not among the --sequences ({shown}); "
+                                "give folder names of --sequences")
+
+
+def check_resumed_domains(resumed, names, ckpt) -> None:
+    """A resumed run must train the checkpoint's sequences, in its order: each has its own fc6
+    branch. Checkpoints that predate the recorded list are checked by their branch count."""
+    recorded = resumed.config.get("training", {}).get("domains")
+    fc6 = resumed.params.get("fc6_weight")
+    if recorded is not None:
+        same = list(recorded) == list(names)
+    else:
+        same = fc6 is None or fc6.shape[0] == 2 * len(names)
+        recorded = [f"{fc6.shape[0] // 2} sequences" if fc6 is not None else "?"]
+    if not same:
+        raise TrackerInputError(f"--resume: the checkpoint in {ckpt} trains {', '.join(recorded)}, these --sequences "
+                                f"and --holdout give {', '.join(names)}; resume with the checkpoint's sequences or "
+                                "train into a new --out")
+
+
 def model_config(extractor, policy, args=None, roi_shrink: float = 0.0) -> dict:
     return {
         "extractor": extractor,
@@ -304,6 +336,9 @@ def _startup_checks(args, ap):
     out = Path(args.out)
     ckpt = out / "checkpoint"
     resumed = state = pre = None
+    if not args.resume and ((out / "state.json").exists() or (ckpt / "manifest.json").exists()):
+        raise TrackerInputError(f"--out {out} already holds a training run; pass --resume to continue it, or give "
+                                "a new --out (or remove that folder to start over)")
     if args.resume:
         if not (ckpt / "manifest.json").is_file():
             raise TrackerInputError(f"--resume: no checkpoint in {ckpt}; pass the --out of the run to resume, "
@@ -339,6 +374,7 @@ def _train(args, ap) -> int:
     seqs = args.sequences or sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "sequences").iterdir()
                                     if p.is_dir())
     holdout = {h for h in args.holdout.split(",") if h}
+    check_sequence_names(seqs, holdout)
     policy = BucketPolicy(target_size=args.target_size)
     domains = load_domains([s for s in seqs if Path(s).name not in holdout])
     held = load_domains([s for s in seqs if Path(s).name in holdout]) if holdout else []
@@ -346,6 +382,8 @@ def _train(args, ap) -> int:
         print("error: no training sequences with usable ground truth (each needs at least 10 frames with a "
               "box inside the image); check --sequences and --holdout", file=sys.stderr)
         return 2
+    if resumed is not None:
+        check_resumed_domains(resumed, [d.name for d in domains], ckpt)
     contexts = parse_ctx(args.ctx)
     freeze = FREEZE[args.extractor] if args.freeze is None else [f for f in args.freeze.split(",") if f]
     trainer = Trainer(args.extractor, len(domains), policy, contexts, lr=args.lr, fc_lr_mult=args.fc_lr_mult,
@@ -369,6 +407,7 @@ def _train(args, ap) -> int:
     held_sampler = BatchSampler(held, policy, MEAN[args.extractor], n_neg=args.mine_from, patches=len(contexts),
                                 seed=12345) if held else None
     config = model_config(args.extractor, policy, {k: v for k, v in vars(args).items()}, args.roi_shrink)
+    config["training"]["domains"] = [d.name for d in domains]  # in every checkpoint: --resume checks them
     t_start = time.time()
     it = start
     bar = tqdm(total=args.iterations, initial=start, disable=args.quiet or not sys.stderr.isatty(), unit="it")
@@ -410,7 +449,8 @@ def _train(args, ap) -> int:
         config["training"]["heldout"] = sorted(holdout)
         if args.save_model:
             save_model(args.save_model, config, params)
-            print(f"model written to {args.save_model}")
+            print(f"model written to {args.save_model} (next: python -m train_mx.feature_stats --model "
+                  f"{args.save_model}; without its statistics the tracker factors fc4 less well)")
         (out / "final_params.json").write_text(json.dumps({"binds": trainer.binds, "keys": [list(k) for k in trainer.bound_keys]}))
     print(f"trained {it - start} iterations in {total / 60:.1f} min; binds {trainer.binds}")
     return 0
