@@ -84,3 +84,12 @@ def no_cost_model(monkeypatch):
     import export
 
     monkeypatch.setattr(export, "TUNE_PACKAGES", {k: v for k, v in export.TUNE_PACKAGES.items() if k != "xgboost"})
+
+
+def expect_one_error_line(capsys, code, *words):
+    """A user's mistake: exit 2 and one ``error:`` line on stderr naming every one of ``words``."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err, err

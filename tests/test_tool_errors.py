@@ -6,6 +6,7 @@ import os
 import pytest
 
 from runtime.synthetic import make_sequence, write_otb
+from conftest import expect_one_error_line as _expect
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +19,6 @@ def afile(tmp_path):
     f = tmp_path / "afile"
     f.write_text("not a folder")
     return f
-
-
-def _expect(capsys, code, *words):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for w in words:
-        assert w in err, err
 
 
 def test_training_refuses_bad_counts_and_paths(seq, tmp_path, afile, capsys):

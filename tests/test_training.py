@@ -25,6 +25,7 @@ from runtime.synthetic import make_sequence, write_otb
 from train_mx import network
 from train_mx.data import Batch, BatchSampler, clean_groundtruth, load_domains
 from train_mx.train import MEAN, Trainer
+from conftest import expect_one_error_line as _one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny buckets keep every Trainer test fast; the default policy is covered by the bind test.
@@ -741,14 +742,6 @@ def test_load_domains_skips_absent_frames(tmp_path):
     (dom,) = load_domains([str(folder)])
     assert len(dom.frames) == 11 and not any(p.endswith("0005.jpg") for p in map(str, dom.frames))
     assert np.isfinite(dom.boxes).all()
-
-
-def _one_error_line(capsys, rc, *words):
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.startswith("error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for w in words:
-        assert w in err, err
 
 
 def test_sampler_leaves_out_corrupt_frames_once(tmp_path, capsys):
