@@ -127,10 +127,6 @@ class OpenCVTracker:
         return self.box, bool(ok)
 
 
-def _usable(box) -> bool:
-    return box is not None and bool(np.all(np.isfinite(box))) and box[2] > 0 and box[3] > 0
-
-
 def run_sequence(make_tracker, seq, max_frames=None, on_frame=None) -> dict:
     """Run one tracker over ``seq``; return boxes, per-frame ms, scores, ok flags and stages.
 
@@ -142,6 +138,8 @@ def run_sequence(make_tracker, seq, max_frames=None, on_frame=None) -> dict:
     frames only, its first entry the initialisation. Without ground truth, frame 0 starts
     from ``seq.init_box``.
     """
+    from runtime.sources import usable_box
+
     tracker = make_tracker()
     boxes, ms, scores, oks, stages = [], [], [], [], []
     gts = []
@@ -151,7 +149,7 @@ def run_sequence(make_tracker, seq, max_frames=None, on_frame=None) -> dict:
         if max_frames is not None and frame.index >= max_frames:
             break
         gt = frame.gt if frame.gt is not None else np.full(4, np.nan)
-        if not started and has_gt and not _usable(frame.gt):
+        if not started and has_gt and not usable_box(frame.gt):
             boxes.append(np.full(4, np.nan))
             scores.append(float("nan"))
             oks.append(False)

@@ -262,11 +262,16 @@ def _frame_ranges(start: int, stop: int) -> str:
     return f"frame {start}" if stop - start == 1 else f"frames {start}-{stop - 1}"
 
 
+def usable_box(box) -> bool:
+    """A ground-truth box tracking can start from: present, finite, with w and h > 0."""
+    return box is not None and bool(np.all(np.isfinite(box))) and box[2] > 0 and box[3] > 0
+
+
 def _first_valid(boxes: np.ndarray | None) -> np.ndarray | None:
     if boxes is None:
         return None
     for row in boxes:
-        if np.all(np.isfinite(row)) and row[2] > 0 and row[3] > 0:
+        if usable_box(row):
             return row.copy()
     return None
 

@@ -199,10 +199,6 @@ def _select_box(image):
     return np.array([x, y, w, h], dtype=np.float64)
 
 
-def _usable(box) -> bool:
-    return box is not None and bool(np.all(np.isfinite(box))) and box[2] > 0 and box[3] > 0
-
-
 def _ranges(indices) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'."""
     out, start, prev = [], None, None
@@ -228,6 +224,7 @@ def run(args) -> dict:
     """
     from .evaluation import cost_stats, evaluate_sequence
     from .geometry import iou
+    from .sources import usable_box
     from .tracker import Tracker
 
     show = args.show
@@ -298,7 +295,7 @@ def run(args) -> dict:
                 if args.select and frame.image is not None:
                     start = _select_box(frame.image)
                 else:
-                    start = source.init_box if not from_gt else (frame.gt if _usable(frame.gt) else None)
+                    start = source.init_box if not from_gt else (frame.gt if usable_box(frame.gt) else None)
                 if frame.image is None or start is None:
                     if not from_gt:
                         raise TrackerInputError(f"the first frame cannot be read: {frame.error}")
