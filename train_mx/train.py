@@ -445,7 +445,6 @@ def _train(args, ap) -> int:
         # fc6 branches belong to the training sequences; the tracker starts a fresh fc6.
         params = {k: v for k, v in params.items() if not k.startswith("fc6")}
         config["training"]["seconds"] = total
-        config["training"]["domains"] = [d.name for d in domains]
         config["training"]["heldout"] = sorted(holdout)
         if args.save_model:
             save_model(args.save_model, config, params)
