@@ -16,8 +16,15 @@ class TrackerStateError(TrackerInputError, RuntimeError):
 class SequenceError(TrackerInputError):
     """A sequence source (folder, video, glob, camera) cannot be read as asked.
 
-    The message names the file and, where it applies, the line.
+    The message names the file and, where it applies, the line. ``problem`` and ``advice``
+    are its two halves, kept apart so that a command with other means (training's
+    --sequences) can give its own advice for the same problem.
     """
+
+    def __init__(self, problem: str, advice: str | None = None):
+        self.problem = problem
+        self.advice = advice
+        super().__init__(f"{problem}; {advice}" if advice else problem)
 
 
 class ModelError(TrackerInputError):

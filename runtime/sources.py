@@ -398,7 +398,7 @@ class FileSequenceSource(SequenceSource):
             gt = load_groundtruth(gt_path, allow_polygon=allow_polygon)
         except SequenceError as exc:
             if self._user_box is None:
-                raise SequenceError(f"{exc}; fix the file, or pass --init x,y,w,h to track without it") from None
+                raise SequenceError(str(exc), "fix the file, or pass --init x,y,w,h to track without it") from None
             self.warnings.append(f"{exc}; tracking from the given initial box without ground truth")
             return
         self._gt = self._align_groundtruth(gt, gt_path)
@@ -449,11 +449,11 @@ def _require_folder(folder) -> Path:
         pass  # reported below
     if not folder.exists():
         raise SequenceError(
-            f"sequence folder {folder} does not exist; pass a folder that holds the frames "
-            "(OTB: img/ and groundtruth_rect.txt, VOT: color/ and groundtruth.txt)"
+            f"sequence folder {folder} does not exist",
+            "pass a folder that holds the frames (OTB: img/ and groundtruth_rect.txt, VOT: color/ and groundtruth.txt)"
         )
     if not folder.is_dir():
-        raise SequenceError(f"{folder} is not a folder; pass a sequence folder (or use a video / glob source)")
+        raise SequenceError(f"{folder} is not a folder", "pass a sequence folder (or use a video / glob source)")
     return folder
 
 
@@ -539,8 +539,8 @@ def open_sequence_folder(folder, init_box=None, on_bad_frame: str = "raise") -> 
                             "(benchmarks.accuracy, train_mx.train --sequences)")
     raise SequenceError(
         f"{folder} is neither an OTB sequence (img/ + groundtruth_rect.txt) nor a VOT sequence "
-        "(color/ + groundtruth.txt); for a plain folder of images use an image glob such as "
-        f"'{folder / '*.jpg'}'"
+        "(color/ + groundtruth.txt)",
+        f"for a plain folder of images use an image glob such as '{folder / '*.jpg'}'"
     )
 
 

@@ -6,6 +6,7 @@ sample collection and long/short-term updates spread over the following frames.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -21,6 +22,8 @@ from .geometry import iou, keep_center_inside
 from .imageops import to_bgr8
 from .model import Model, load_model
 from .params import TrackerParams
+
+log = logging.getLogger("runtime.tracker")
 
 STAGES = ("crop", "features", "head", "bbreg", "update")
 
@@ -84,6 +87,10 @@ class Tracker:
                                     "online_layers trains fc4: a factored fc4 is cached, not trained")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise TrackerInputError(f"seed must be a whole number >= 0, got {seed!r}")
+        if 0 < p.fc4_rank < self.model.channels and self.model.feature_cov is None:
+            # a model trained without the README's feature_stats step still tracks, less well
+            log.warning("model %s has no feature statistics, so fc4 is factored without them (lower accuracy); "
+                        "add them with: python -m train_mx.feature_stats --model %s", self.model.path, self.model.path)
         self.policy = self.model.policy
         device = parse_device(device)
         if artifacts is not None and backend == "mxnet":

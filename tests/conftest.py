@@ -39,7 +39,7 @@ def _xavier(rng: np.random.Generator, n_out: int, n_in: int) -> np.ndarray:
 def tiny_model(tmp_path_factory) -> Path:
     """A small SqueezeNet model folder (config, weights, manifest) written by save_model."""
     from runtime.buckets import BucketPolicy
-    from runtime.model import save_model
+    from runtime.model import FEATURE_COV, save_model
 
     rng = np.random.default_rng(0)
     config = {
@@ -54,6 +54,8 @@ def tiny_model(tmp_path_factory) -> Path:
     params["fc4_bias"] = np.zeros(512, np.float32)
     params["fc5_weight"] = _xavier(rng, 512, 512)
     params["fc5_bias"] = np.zeros(512, np.float32)
+    # identity feature statistics: the same factored fc4 as none, without the missing-stats warning
+    params[FEATURE_COV] = np.eye(256, dtype=np.float32)
     return save_model(tmp_path_factory.mktemp("tiny_model") / "model", config, params)
 
 

@@ -104,20 +104,30 @@ def test_samples_use_their_own_smaller_executor():
     assert head.binds == binds
 
 
-def test_feature_stats_are_stored_hashed_and_kept_out_of_the_extractor(tiny_model, tmp_path):
-    import shutil
-
-    from runtime.model import FEATURE_COV, load_model
+def test_feature_stats_are_stored_hashed_and_kept_out_of_the_extractor(tiny_model, tmp_path, caplog):
+    """A model without statistics tracks, with a warning naming the command that adds them."""
+    from runtime import Tracker
+    from runtime.model import FEATURE_COV, load_model, save_model
     from runtime.synthetic import make_sequence, write_otb
     from train_mx.feature_stats import add_feature_stats, main
 
-    model_dir = tmp_path / "model"
-    shutil.copytree(tiny_model, model_dir)
+    tiny = load_model(tiny_model)
+    model_dir = save_model(tmp_path / "model", tiny.config,
+                           {k: v for k, v in tiny.params.items() if k != FEATURE_COV})
     seq = write_otb(make_sequence(n_frames=12, seed=4), tmp_path / "syn")
     before = load_model(model_dir)
     assert before.feature_cov is None
+    with caplog.at_level("WARNING", logger="runtime.tracker"):
+        Tracker(model_dir)
+        Tracker(model_dir, fc4_rank=0)  # the exact fc4 needs none
+    assert len(caplog.records) == 1
+    assert "no feature statistics" in caplog.text and f"feature_stats --model {model_dir}" in caplog.text
     add_feature_stats(model_dir, [seq], every=4)
     after = load_model(model_dir)  # the manifest was rewritten: hashes verify
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="runtime.tracker"):
+        Tracker(model_dir)
+    assert not caplog.records
     cov = after.feature_cov
     assert cov.shape == (256, 256) and np.allclose(cov, cov.T, atol=1e-5 * np.abs(cov).max())
     assert np.linalg.eigvalsh(cov.astype(np.float64)).min() > -1e-4 * np.abs(cov).max()

@@ -790,6 +790,14 @@ def test_load_domains_says_what_it_leaves_out(tmp_path, capsys):
     with pytest.raises(TrackerInputError, match="--sequences .*notes is not a sequence folder") as e:
         load_domains([str(tmp_path / "notes")])
     assert "glob" not in str(e.value)
+    # the problem with training's advice in place of the tracker's (--init, a frames folder)
+    (nogt / "groundtruth_rect.txt").write_text("1,2,3\n")
+    for folder, problem in ((nogt, "groundtruth_rect.txt:1: expected"), (tmp_path / "gone", "gone does not exist")):
+        with pytest.raises(TrackerInputError) as e:
+            load_domains([str(folder)])
+        msg = str(e.value)
+        assert problem in msg and msg.endswith(f"fix it, or leave {folder.name} out of --sequences"), msg
+        assert "--init" not in msg and "pass a folder" not in msg, msg
 
 
 def test_train_refuses_unknown_holdout_same_names_a_used_out_and_other_sequences_on_resume(
@@ -818,3 +826,20 @@ def test_train_refuses_unknown_holdout_same_names_a_used_out_and_other_sequences
     _one_error_line(capsys, train.main(["--sequences", sequences[0], *base, "--iterations", "4", "--resume"]),
                     "--resume", "syn1, syn2", "new --out")
     assert (out / "state.json").read_text() == state
+
+
+def test_save_model_replaces_only_its_own_runs_model(sequences, tmp_path, capsys):
+    """--save-model into a folder holding another run's model is refused before training
+    (it was replaced at the end); the run that wrote it may write it again when resumed."""
+    from runtime.model import load_model
+    from train_mx import train
+
+    model = tmp_path / "model"
+    base = ["--sequences", *sequences, "--epoch-size", "2", "--pretrained", "", "--quiet", "--save-model", str(model)]
+    assert train.main([*base, "--iterations", "2", "--out", str(tmp_path / "a")]) == 0
+    first = load_model(model).model_hash
+    _one_error_line(capsys, train.main([*base, "--iterations", "2", "--out", str(tmp_path / "b")]),
+                    f"--save-model {model} already holds a model", "a)", "new folder")
+    assert not (tmp_path / "b").exists() and load_model(model).model_hash == first
+    assert train.main([*base, "--iterations", "4", "--out", str(tmp_path / "a"), "--resume"]) == 0
+    assert load_model(model).model_hash != first

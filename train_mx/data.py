@@ -69,8 +69,8 @@ SEQUENCE_LAYOUT = "OTB: img/ + groundtruth_rect.txt, VOT: color/ + groundtruth.t
 
 
 def open_training_sequence(folder):
-    """``open_sequence_folder`` with the errors worded for a --sequences entry (the tracker's
-    hints, an image glob or --init, do not apply to training)."""
+    """``open_sequence_folder`` with the errors worded for a --sequences entry: the problem
+    with training's advice (the tracker's, an image glob or --init, does not apply)."""
     p = Path(folder).expanduser()
     if p.exists() and not p.is_dir():
         raise TrackerInputError(f"--sequences {folder} is not a folder; every entry must be a sequence folder "
@@ -83,8 +83,7 @@ def open_training_sequence(folder):
     except SequenceError as e:
         if sequence_subfolders(p):  # a dataset root: the message names its sequences
             raise
-        msg = str(e).split("; fix the file, or pass --init")[0]
-        raise SequenceError(f"{msg}; fix it, or leave {Path(folder).name} out of --sequences") from None
+        raise SequenceError(e.problem, f"fix it, or leave {Path(folder).name} out of --sequences") from None
 
 
 def load_domains(folders, min_frames: int = 10) -> list:

@@ -270,6 +270,26 @@ def check_resumed_domains(resumed, names, ckpt) -> None:
                                 "train into a new --out")
 
 
+def check_save_model_free(save_model, out) -> None:
+    """--save-model may replace only a model this same run (its --out) wrote, as a resumed
+    run does: any other model there (one's previous recipe, a copy of the shipped one) would
+    be lost at the end of training."""
+    folder = Path(save_model).expanduser()
+    cfg_path = folder / "config.json"
+    if not (folder / "manifest.json").exists() and not cfg_path.exists():
+        return
+    try:
+        trained = json.loads(cfg_path.read_text()).get("training", {})
+    except (OSError, ValueError, AttributeError):
+        trained = {}
+    this_run = str(Path(out).expanduser().resolve())
+    if trained.get("out_abs", str(Path(trained.get("out") or "").resolve())) == this_run:  # out_abs is newer
+        return
+    where = f" (trained into {trained['out']})" if trained.get("out") else ""
+    raise TrackerInputError(f"--save-model {save_model} already holds a model{where}; give a new folder, "
+                            "or remove that one to replace it")
+
+
 def model_config(extractor, policy, args=None, roi_shrink: float = 0.0) -> dict:
     return {
         "extractor": extractor,
@@ -333,6 +353,7 @@ def _startup_checks(args, ap):
     check_output_folder(args.out, "--out")
     if args.save_model:
         check_output_folder(args.save_model, "--save-model")
+        check_save_model_free(args.save_model, args.out)
     out = Path(args.out)
     ckpt = out / "checkpoint"
     resumed = state = pre = None
@@ -408,6 +429,7 @@ def _train(args, ap) -> int:
                                 seed=12345) if held else None
     config = model_config(args.extractor, policy, {k: v for k, v in vars(args).items()}, args.roi_shrink)
     config["training"]["domains"] = [d.name for d in domains]  # in every checkpoint: --resume checks them
+    config["training"]["out_abs"] = str(out.expanduser().resolve())  # --save-model replaces only this run's model
     t_start = time.time()
     it = start
     bar = tqdm(total=args.iterations, initial=start, disable=args.quiet or not sys.stderr.isatty(), unit="it")
