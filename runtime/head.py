@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 FC_LAYERS = ("fc4", "fc5", "fc6")
+MIN_ROI = 1e-2  # patch pixels: the narrowest RoI handed to RoIAlign (see embed)
 LR_MULT = {"fc4_weight": 1.0, "fc4_bias": 2.0, "fc5_weight": 1.0, "fc5_bias": 2.0,
            "fc6_weight": 10.0, "fc6_bias": 20.0}
 
@@ -219,8 +220,10 @@ class OnlineHead:
             rois[:] = pad
             rois[: len(b), 1] = b[:, 0]
             rois[: len(b), 2] = b[:, 1]
-            rois[: len(b), 3] = b[:, 0] + b[:, 2]
-            rois[: len(b), 4] = b[:, 1] + b[:, 3]
+            # A RoI of no width in float32 (a box shrunk to nothing by a far-widened search's
+            # patch scale) aborts the whole process in MXNet's RoIAlign: keep MIN_ROI px.
+            rois[: len(b), 3] = b[:, 0] + np.maximum(b[:, 2], MIN_ROI)
+            rois[: len(b), 4] = b[:, 1] + np.maximum(b[:, 3], MIN_ROI)
             ex.arg_dict["rois"][:] = rois
             ex.forward(is_train=False)
             if pooled is not None:

@@ -32,13 +32,16 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
         # NaN (e.g. from a float TIFF with holes) becomes black rather than undefined.
         scaled = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
         # HDR highlights above 1 are clipped; but a float image in 0..255 (most values far
-        # above 1) would turn white: refuse it rather than track a blank frame. A subsample
-        # keeps the test cheap on large frames.
+        # above 1) would turn white: refuse it rather than track a blank frame. A dark frame
+        # of a converted uint8 (median under 2) is caught by its whole numbers above 1.
+        # A subsample keeps the test cheap on large frames.
         sample = scaled[::4, ::4]
-        if sample.size and float(np.median(sample)) > 2.0:
-            raise TrackerInputError(f"float image with a median value of {float(np.median(sample)):.4g}: float "
-                                    "images are read as 0..1 (0..255 values would all be white); divide by "
-                                    "255 or pass uint8")
+        if sample.size:
+            median, top = float(np.median(sample)), float(sample.max())
+            if median > 2.0 or (top > 1.0 and np.array_equal(sample, np.rint(sample))):
+                raise TrackerInputError(f"float image with a median value of {median:.4g} and a maximum of {top:.4g}: "
+                                        "float images are read as 0..1 (0..255 values would all be white); divide "
+                                        "by 255 or pass uint8")
         return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
     raise TrackerInputError(
         f"unsupported image dtype {image.dtype} (expected uint8, uint16 or float in [0, 1])"

@@ -9,6 +9,9 @@ import numpy as np
 
 from .geometry import iou
 
+# Training samples are at least this many pixels a side, whatever the tracker's min_size.
+MIN_SAMPLE_SIZE = 4.0
+
 
 def _centered(box):
     x, y, w, h = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
@@ -55,7 +58,7 @@ def whole(rng, box, n, bounds, scale=1.6):
     return _to_xywh(c)
 
 
-def clip_into(boxes, bounds, min_size=4.0):
+def clip_into(boxes, bounds, min_size=MIN_SAMPLE_SIZE):
     """Keep sizes in [min_size, bounds] and centres inside ``bounds``."""
     b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
     bx, by, bw, bh = (float(v) for v in bounds)

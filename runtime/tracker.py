@@ -96,14 +96,15 @@ class Tracker:
         if artifacts is not None and backend == "mxnet":
             raise TrackerInputError("artifacts are compiled sets for the onnxruntime and tvm backends; "
                                     "the mxnet backend takes none (drop --artifacts or pick --backend)")
+        # bucketed=False: the unbucketed baseline for benchmarks (MXNet only): one exact
+        # patch shape per frame, binding new executors whenever the shape is new. Checked
+        # before the backend, which may export or compile for minutes on first use.
+        if not bucketed and backend != "mxnet":
+            raise TrackerInputError("the unbucketed baseline exists for the mxnet backend only")
         kw = {"artifacts": artifacts} if artifacts is not None and backend != "mxnet" else {}
         self.backend = make_backend(backend, self.model, device=device, **kw)
         self.ctx = mx_context(device) if backend == "mxnet" else mx_context("cpu")
         self.seed = int(seed)
-        # bucketed=False: the unbucketed baseline for benchmarks (MXNet only): one exact
-        # patch shape per frame, binding new executors whenever the shape is new.
-        if not bucketed and backend != "mxnet":
-            raise TrackerInputError("the unbucketed baseline exists for the mxnet backend only")
         self.bucketed = bucketed
         self.head = None
         self.frame = -1
@@ -125,11 +126,15 @@ class Tracker:
 
     def _check_box(self, box, size):
         try:
-            b = np.asarray(box, dtype=np.float64).reshape(-1)
+            b = np.asarray(box, dtype=np.float64)
+            raw = np.asarray(box)
         except (TypeError, ValueError):
             raise TrackerInputError(f"initial box must be 4 finite numbers x,y,w,h, got {box!r}") from None
-        if b.shape != (4,) or not np.all(np.isfinite(b)):
-            raise TrackerInputError(f"initial box must be 4 finite numbers x,y,w,h, got {np.asarray(box).tolist()}")
+        # (4,) or one row (1, 4); a (2, 2) corner pair flattened would be read as x,y,w,h
+        # without a word, and booleans are no coordinates.
+        if b.shape not in ((4,), (1, 4)) or raw.dtype == np.bool_ or not np.all(np.isfinite(b)):
+            raise TrackerInputError(f"initial box must be 4 finite numbers x,y,w,h, got {raw.tolist()}")
+        b = b.reshape(4)
         if b[2] <= 0 or b[3] <= 0:
             raise TrackerInputError(f"initial box {b.tolist()} has no area: width and height must be positive")
         x1, y1 = max(b[0], 0.0), max(b[1], 0.0)
@@ -138,9 +143,10 @@ class Tracker:
             raise TrackerInputError(f"initial box {b.tolist()} lies outside the {size[0]}x{size[1]} image")
         # Part outside the image: keep the visible part (what the first frame can show).
         b = np.array([x1, y1, x2 - x1, y2 - y1])
-        # Every sample and candidate is at least min_size pixels a side, so a thinner box
-        # would get no positive sample (IoU >= 0.7): grow it to min_size about its centre.
-        m = self.params.min_size
+        # Every candidate is at least min_size pixels a side and every training sample at
+        # least sampling.MIN_SAMPLE_SIZE, so a thinner box would get no positive sample (IoU >= 0.7):
+        # grow it to the larger of the two about its centre.
+        m = max(self.params.min_size, sampling.MIN_SAMPLE_SIZE)
         if b[2] < m or b[3] < m:
             c = b[:2] + b[2:] / 2
             wh = np.maximum(b[2:], m)
@@ -149,6 +155,8 @@ class Tracker:
 
     # -- the interface ------------------------------------------------------------------
     def init(self, image, box) -> TrackResult:
+        """Start a new sequence. Everything is built aside and swapped in at the end, so an
+        init refused half-way leaves the tracker on its previous sequence (or uninitialised)."""
         from .head import OnlineHead
 
         t0 = time.perf_counter()
@@ -156,24 +164,15 @@ class Tracker:
         image = to_bgr8(image)
         size = (image.shape[1], image.shape[0])
         box = self._check_box(box, size)
-        self.rng = np.random.default_rng(self.seed)
-        self.head = OnlineHead(self.model, self.ctx, p, self.rng)
-        self.head.prepare([(1, self.model.channels) + self.policy.feature_shape(b) for b in range(len(self.policy.shapes))])
-        self.frame = 0
-        self.size = size
-        self.box = box.copy()
-        self.trans_f = p.trans
-        self.pos_mem = deque(maxlen=p.long_frames)
-        self.neg_mem = deque(maxlen=p.short_frames)
-        self.pending = None
-        self.updates = {"long": 0, "short": 0}
+        rng = np.random.default_rng(self.seed)
+        head = OnlineHead(self.model, self.ctx, p, rng)
+        head.prepare([(1, self.model.channels) + self.policy.feature_shape(b) for b in range(len(self.policy.shapes))])
         stages = {}
 
         geom = self._geometry(box)
         feat = self._features(image, geom, stages)
         t = time.perf_counter()
         bounds = geom.sample_bounds(size)
-        rng = self.rng
         pos = sampling.sample_by_iou(rng, "gaussian", box, p.n_pos_init, p.pos_iou_init, 1.0, bounds,
                                      trans=0.1, scale=1.3)
         half = p.n_neg_init // 2
@@ -181,26 +180,41 @@ class Tracker:
             sampling.sample_by_iou(rng, "uniform", box, half, 0.0, p.neg_iou_init, bounds, trans=1.0, scale=1.6),
             sampling.sample_by_iou(rng, "whole", box, p.n_neg_init - half, 0.0, p.neg_iou_init, bounds, scale=1.6),
         ])
-        _, pos_e = self.head.embed(feat, geom.to_patch(pos), want_pooled=False)
-        _, neg_e = self.head.embed(feat, geom.to_patch(neg), want_pooled=False)
+        # parameters can ask for an IoU range no sample reaches (pos_iou_init=1, a min_size
+        # larger than the frame): say so instead of failing inside the first training step
+        where = f"for the box {np.round(box, 2).tolist()} in the {size[0]}x{size[1]} image"
+        if not len(pos):
+            grown = f", or min_size={p.min_size} (the box is grown to it)" if p.min_size > min(size) else ""
+            raise TrackerInputError(f"no positive sample with IoU >= pos_iou_init={p.pos_iou_init} {where}; "
+                                    f"lower pos_iou_init{grown}")
+        if not len(neg):
+            raise TrackerInputError(f"no negative sample with IoU <= neg_iou_init={p.neg_iou_init} {where}; "
+                                    "raise neg_iou_init")
+        _, pos_e = head.embed(feat, geom.to_patch(pos), want_pooled=False)
+        _, neg_e = head.embed(feat, geom.to_patch(neg), want_pooled=False)
         stages["head"] = (time.perf_counter() - t) * 1e3
 
         t = time.perf_counter()
-        self.bbreg = None
+        bbreg = None
         if p.bbreg:
             bb = sampling.sample_by_iou(rng, "uniform", box, p.n_bbreg, p.bbreg_iou, 1.0, bounds, trans=0.3, scale=1.6)
             if len(bb) >= 10:
-                bb_pooled, _ = self.head.embed(feat, geom.to_patch(bb))
-                self.bbreg = BBoxRegressor(p.bbreg_alpha).fit(bb_pooled, bb, box)
+                bb_pooled, _ = head.embed(feat, geom.to_patch(bb))
+                bbreg = BBoxRegressor(p.bbreg_alpha).fit(bb_pooled, bb, box)
         stages["bbreg"] = (time.perf_counter() - t) * 1e3
 
         t = time.perf_counter()
-        self.head.set_lr(p.lr_init)
+        head.set_lr(p.lr_init)
         for _ in range(p.iters_init):
-            self.head.train_step(pos_e, neg_e)
-        self.pos_mem.append(pos_e[rng.permutation(len(pos_e))[: p.n_pos_update]])
-        self.neg_mem.append(neg_e[rng.permutation(len(neg_e))[: p.n_neg_update]])
+            head.train_step(pos_e, neg_e)
+        pos_mem = deque([pos_e[rng.permutation(len(pos_e))[: p.n_pos_update]]], maxlen=p.long_frames)
+        neg_mem = deque([neg_e[rng.permutation(len(neg_e))[: p.n_neg_update]]], maxlen=p.short_frames)
         stages["update"] = (time.perf_counter() - t) * 1e3
+
+        self.rng, self.head, self.bbreg, self.pos_mem, self.neg_mem = rng, head, bbreg, pos_mem, neg_mem
+        self.frame, self.size, self.box, self.trans_f = 0, size, box.copy(), p.trans
+        self.pending = None
+        self.updates = {"long": 0, "short": 0}
         return self._result(box, float("inf"), True, t0, stages, geom.bucket)
 
     def update(self, image) -> TrackResult:

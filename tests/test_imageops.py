@@ -92,3 +92,18 @@ def test_float_is_scaled_and_clipped(dtype):
 def test_rejects_unsupported_inputs(bad, words):
     with pytest.raises(TrackerInputError, match=words):
         to_bgr8(bad)
+
+
+def test_dark_float_frame_in_0_255_refused():
+    """A converted uint8 (``frame.astype(np.float32)``) of a mostly black frame has a median
+    under 2, and its lit part would have been silently clipped to white."""
+    img = np.zeros((40, 60, 3), np.float32)
+    img[10:30, 20:40] = np.arange(20 * 20 * 3).reshape(20, 20, 3) % 200 + 30
+    assert np.median(img) < 2
+    with pytest.raises(TrackerInputError, match="divide by 255"):
+        to_bgr8(img)
+    # 0..1 images stay accepted: a binary mask, and HDR highlights above 1 (clipped)
+    mask = (np.arange(40 * 60 * 3).reshape(40, 60, 3) % 3 == 0).astype(np.float32)
+    np.testing.assert_array_equal(to_bgr8(mask), (mask * 255).astype(np.uint8))
+    hdr = img / 100.0
+    assert to_bgr8(hdr).max() == 255 and to_bgr8(hdr)[0, 0, 0] == 0

@@ -1,6 +1,7 @@
 """Toolkit integrations: the GOT-10k toolkit adapter (driven through its experiments on
 synthetic sequences laid out in the toolkit's folder formats) and the VOT / TraX entry
 (its loop against a stub handle, and the real protocol through vot-trax when installed)."""
+import collections
 import importlib.util
 import json
 import math
@@ -117,6 +118,42 @@ def test_got10k_adapter_matches_runtime_tracker(got10k_tracker, tiny_model, tmp_
     ref.init(cv2.imread(files[0]), seq.groundtruth[0])
     expected = [ref.update(cv2.imread(p)).box for p in files[1:]]
     np.testing.assert_allclose(boxes[1:], np.array(expected), atol=1e-4)
+
+
+def _write_vot(root: Path, name: str, seed: int, n: int = 12) -> Path:
+    """GOT-10k toolkit's VOT layout: ROOT/list.txt, ROOT/<seq>/00000001.jpg and an 8-value polygon groundtruth.txt."""
+    seq = _seq(seed, n=n)
+    d = root / name
+    d.mkdir(parents=True)
+    for f in seq:
+        cv2.imwrite(str(d / f"{f.index + 1:08d}.jpg"), f.image)
+    x, y, w, h = seq.groundtruth.T
+    np.savetxt(d / "groundtruth.txt", np.stack([x, y, x + w, y, x + w, y + h, x, y + h], axis=1), fmt="%.2f",
+               delimiter=",")
+    (root / "list.txt").write_text(name + "\n")
+    return root
+
+
+def test_experiment_vot_with_paths_tracks_as_with_images(got10k_tracker, tmp_path):
+    """ExperimentVOT(read_image=False) hands init/update file paths, not PIL images: they are
+    read, and the records (re-initialisations included) equal those of read_image=True."""
+    from got10k.experiments import ExperimentVOT
+
+    root = _write_vot(tmp_path / "vot", "seq", seed=3)
+    records = []
+    for read_image in (True, False):
+        exp = ExperimentVOT(str(root), version=2017, read_image=read_image, experiments=("supervised",),
+                            result_dir=str(tmp_path / f"results{int(read_image)}"), report_dir=str(tmp_path / "reports"))
+        exp.run(got10k_tracker)
+        rec = tmp_path / f"results{int(read_image)}" / "VOT2017" / "mdtrack_test" / "baseline" / "seq" / "seq_001.txt"
+        records.append(rec.read_text().splitlines())
+    assert len(records[1]) == 12 and records[1][0] == "1"
+    assert records[1] == records[0]
+    from runtime.errors import SequenceError
+    from runtime.integrations.got10k import to_bgr
+
+    with pytest.raises(SequenceError, match="nowhere.jpg"):
+        to_bgr(str(tmp_path / "nowhere.jpg"))
 
 
 def test_experiment_otb_runs_and_reports(got10k_tracker, otb_root, tmp_path, no_download):
@@ -281,6 +318,106 @@ def test_vot_loop_keeps_box_on_a_frame_of_another_size(vot_frames, vot_tracker, 
     assert kept == before and conf == vot.UNREADABLE_CONFIDENCE
 
 
+def _fake_trax(monkeypatch, requests):
+    """A ``trax`` module whose Server replays ``requests`` and logs wait/status/quit into the returned list."""
+    import types
+
+    events = []
+
+    class Rect(collections.namedtuple("Rect", "x y w h")):
+        def bounds(self):
+            return tuple(self)
+
+    class Img:
+        def __init__(self, path):
+            self._path = path
+
+        def path(self):
+            return self._path
+
+    class Server:
+        def __init__(self, *args, **kwargs):
+            events.append(("server", kwargs.get("metadata")))
+
+        def wait(self):
+            events.append(("wait",))
+            return requests.pop(0)
+
+        def status(self, objects):
+            events.append(("status", tuple(round(v, 3) for v in objects[0][0].bounds())))
+
+        def quit(self, reason=None):
+            events.append(("quit", reason))
+
+    fake = types.ModuleType("trax")
+    fake.Region = types.SimpleNamespace(RECTANGLE="rectangle")
+    fake.Image = types.SimpleNamespace(PATH="path")
+    fake.TraxException = type("TraxException", (Exception,), {})
+    fake.Rectangle = types.SimpleNamespace(create=lambda x, y, w, h: Rect(x, y, w, h))
+    fake.Server = Server
+    monkeypatch.setitem(sys.modules, "trax", fake)
+    Request = collections.namedtuple("Request", "type image objects properties")
+
+    def initialize(path, box):
+        return Request("initialize", {"color": Img(path)}, [(Rect(*box), {})], {})
+
+    def frame(path):
+        return Request("frame", {"color": Img(path)}, None, {})
+
+    return events, initialize, frame, Request("quit", None, None, {})
+
+
+def test_trax_handle_answers_initialize_after_init_and_takes_a_new_one(monkeypatch):
+    """The initialize reply follows tracker.init (the toolkit times the reply: answered first,
+    the initialisation was recorded as 0 s and charged to the next frame), and a second
+    initialize in the session (VOT re-initialising after a failure) restarts the tracker
+    instead of ending the session."""
+    from types import SimpleNamespace
+
+    from runtime.integrations import vot
+
+    requests = []
+    events, initialize, frame, quit_ = _fake_trax(monkeypatch, requests)
+    requests += [initialize("f0", (10, 20, 30, 40)), frame("f1"), initialize("f2", (50, 60, 30, 40)), frame("f3"),
+                 quit_]
+
+    class Recorder:
+        def init(self, image, box):
+            events.append(("init", tuple(box)))
+            return SimpleNamespace(box=np.array(box))
+
+        def update(self, image):
+            events.append(("update",))
+            return SimpleNamespace(box=np.array([1.0, 2.0, 3.0, 4.0]), score=1.5)
+
+    handle = vot.TraxHandle()
+    assert vot.track(handle, Recorder(), read=lambda path: np.zeros((100, 100, 3), np.uint8)) == 2
+    assert events[0] == ("server", None)  # not a `vot` wrapper: the toolkit keeps the process
+    assert events[1:] == [("wait",), ("init", (10, 20, 30, 40)), ("status", (10, 20, 30, 40)),
+                          ("wait",), ("update",), ("status", (1, 2, 3, 4)),
+                          ("wait",), ("init", (50, 60, 30, 40)), ("status", (50, 60, 30, 40)),
+                          ("wait",), ("update",), ("status", (1, 2, 3, 4)),
+                          ("wait",)]
+
+
+def test_vot_entry_tells_the_toolkit_why_it_stops(monkeypatch, vot_frames, tiny_model, capsys):
+    """An initial region the tracker refuses ends the session with the reason, which the
+    toolkit shows, rather than a bare "server terminated the session"."""
+    from runtime.integrations import vot
+
+    seq, files = vot_frames
+    requests = []
+    events, initialize, _, _ = _fake_trax(monkeypatch, requests)
+    requests.append(initialize(files[0], (5000, 5000, 30, 40)))
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # main() points it at stderr
+    for k in ("MDTRACK_BACKEND", "MDTRACK_DEVICE", "MDTRACK_ARTIFACTS", "MDTRACK_VOT_HANDLE", "MDTRACK_SEED"):
+        monkeypatch.delenv(k, raising=False)
+    assert vot.main(["--model", str(tiny_model)]) == 2
+    assert events[-1][0] == "quit" and "outside" in events[-1][1]
+    assert not any(e[0] == "status" for e in events)  # the refused region is not acknowledged
+    assert "error:" in capsys.readouterr().err
+
+
 def test_open_handle_choices(monkeypatch):
     """builtin -> TraxHandle; helper -> vot.VOT, refusing a `vot` module without VOT (the toolkit package)."""
     import types
@@ -311,7 +448,8 @@ def test_vot_help():
 
 def test_vot_entry_speaks_trax(vot_frames, tiny_model, tmp_path):
     """The real protocol (vot-trax's client, as the VOT toolkit drives it): handshake,
-    initialise, one rectangle with a confidence per frame, quit."""
+    initialise, one rectangle with a confidence per frame, re-initialise in the same session
+    (as after a failure) with the boxes of a fresh tracker, quit."""
     trax = pytest.importorskip("trax")
     from trax.client import Client
     from trax.image import FileImage
@@ -327,7 +465,8 @@ def test_vot_entry_speaks_trax(vot_frames, tiny_model, tmp_path):
     messages = []
     try:
         client = Client(stream=(proc.stdin.fileno(), proc.stdout.fileno()), timeout=60, log=messages.append)
-        assert client.get("vot") == "python" and client.region_formats == ["rectangle"]
+        # no `vot` wrapper flag: the toolkit would restart the process (reloading the model) per initialisation
+        assert client.get("vot") is None and client.region_formats == ["rectangle"]
         x, y, w, h = (float(v) for v in seq.groundtruth[0])
         objects, _ = client.initialize({"color": FileImage.create(files[0])}, [(trax.Rectangle.create(x, y, w, h), {})], {})
         assert len(objects) == 1
@@ -338,6 +477,11 @@ def test_vot_entry_speaks_trax(vot_frames, tiny_model, tmp_path):
             bx, by, bw, bh = region.bounds()
             assert bw > 0 and bh > 0 and all(math.isfinite(v) for v in (bx, by, bw, bh))
             assert math.isfinite(float(props["confidence"]))
+        restart = np.round(seq.groundtruth[2], 4)  # TraX carries a region's numbers with 4 decimals
+        objects, _ = client.initialize({"color": FileImage.create(files[2])},
+                                       [(trax.Rectangle.create(*restart), {})], {})
+        assert len(objects) == 1
+        boxes = [client.frame({"color": FileImage.create(p)}, {}, [])[0][0][0].bounds() for p in files[3:6]]
         client.quit()
         assert proc.wait(timeout=60) == 0
     finally:
@@ -349,3 +493,8 @@ def test_vot_entry_speaks_trax(vot_frames, tiny_model, tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert "Traceback" not in err, err
+    from runtime.tracker import Tracker
+
+    fresh = Tracker(tiny_model, seed=0)
+    fresh.init(cv2.imread(files[2]), restart)
+    np.testing.assert_allclose(boxes, [fresh.update(cv2.imread(p)).box for p in files[3:6]], atol=1e-3)

@@ -564,13 +564,101 @@ def test_params_as_dict_and_bad_arguments(tiny_model):
             Tracker(**({"model": tiny_model} | kw))
 
 
-@pytest.mark.parametrize("box", ["40,30,30,20", [1, 2, [3, 4]], {"x": 1}])
+@pytest.mark.parametrize("box", ["40,30,30,20", [1, 2, [3, 4]], {"x": 1},
+                                 [[40, 30], [70, 50]],  # corners (x1, y1), (x2, y2): not read as x, y, w, h
+                                 [True, True, True, True]])
 def test_malformed_box_is_a_clear_error(tiny_model, box):
     from runtime.errors import TrackerInputError
     from runtime.tracker import Tracker
 
     with pytest.raises(TrackerInputError, match="4 finite numbers"):
         Tracker(tiny_model).init(np.zeros((120, 160, 3), np.uint8), box)
+
+
+def test_box_as_one_row_is_accepted(model):
+    f = _image()
+    r = Tracker(model, seed=0, **CHEAP).init(f.image, np.asarray(f.gt)[None])  # e.g. groundtruth[0:1]
+    np.testing.assert_allclose(r.box, f.gt)
+
+
+@pytest.mark.parametrize("min_size,wh", [(1.0, (2, 2)), (2.0, (3, 1.5)), (0.5, (0.5, 0.5))])
+def test_tiny_first_box_with_a_small_min_size(model, min_size, wh):
+    """min_size below the 4 px training samples are clipped to: a first box smaller than
+    those got no positive sample and failed inside numpy ("a must be a positive integer")."""
+    f = _image()
+    t = Tracker(model, seed=0, min_size=min_size, **CHEAP)
+    r = t.init(f.image, [100, 80, *wh])
+    np.testing.assert_allclose(_centres(r.box), _centres([100, 80, *wh]))  # grown about its centre
+    assert r.box[2] >= 4 and r.box[3] >= 4 and len(t.pos_mem[0]) > 0
+    r = t.update(make_sequence(n_frames=2, size=(320, 240), seed=1).read_frame(1).image)
+    assert np.isfinite(r.box).all() and r.box[2] >= min_size and r.box[3] >= min_size
+
+
+@pytest.mark.parametrize("kw,box,words", [
+    ({"pos_iou_init": 1.0}, None, "pos_iou_init=1.0"),
+    ({"min_size": 1000.0}, None, "min_size=1000.0"),  # the box grows past the frame: no sample fits
+    ({"neg_iou_init": 0.0}, [0, 0, 320, 240], "neg_iou_init=0.0"),  # the target fills the frame
+])
+def test_unreachable_sample_ranges_are_refused_by_name(model, kw, box, words):
+    f = _image()
+    t = Tracker(model, seed=0, **CHEAP, **kw)
+    with pytest.raises(TrackerInputError, match=words):
+        t.init(f.image, f.gt if box is None else box)
+    assert t.head is None and t.frame == -1  # nothing half-initialised
+
+
+def test_init_refused_half_way_keeps_the_running_sequence(model):
+    """An init refused after its first-frame work began (no negative sample for a box that
+    fills the frame) leaves the tracker on its sequence, as a refused box does."""
+    seq = make_sequence(n_frames=4, size=(320, 240), seed=1)
+    t = Tracker(model, seed=0, neg_iou_init=0.0, **CHEAP)
+    f0 = seq.read_frame(0)
+    t.init(f0.image, f0.gt)
+    t.update(seq.read_frame(1).image)
+    head, rng, box, pos_mem, bbreg = t.head, t.rng, t.box.copy(), t.pos_mem, t.bbreg
+    with pytest.raises(TrackerInputError, match="neg_iou_init"):
+        t.init(seq.read_frame(2).image, [0, 0, 320, 240])
+    assert t.head is head and t.rng is rng and t.pos_mem is pos_mem and t.bbreg is bbreg and t.frame == 1
+    np.testing.assert_array_equal(t.box, box)
+    r = t.update(seq.read_frame(2).image)
+    assert t.frame == 2 and iou(r.box[None], seq.groundtruth[2][None])[0] > 0.5
+
+
+def test_zero_width_roi_does_not_abort_the_process(tiny_model):
+    """MXNet's RoIAlign aborts the process (not an exception) on a RoI of no width in float32,
+    which a far-widened search (a large trans_max / trans) produces; run in a child process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, mxnet as mx\n"
+        "from runtime.model import load_model\nfrom runtime.params import TrackerParams\n"
+        "from runtime.head import OnlineHead\n"
+        f"m = load_model({str(tiny_model)!r})\n"
+        "h = OnlineHead(m, mx.cpu(), TrackerParams(), np.random.default_rng(0))\n"
+        "feat = np.random.default_rng(1).standard_normal((1, m.channels, 24, 24)).astype(np.float32)\n"
+        "boxes = np.array([[100.0, 90.0, 0.0, 5.0], [100.0, 90.0, 5.0, 0.0], [100.0, 90.0, 1e-9, 1e-9], [10, 10, 20, 20]])\n"
+        "pooled, emb = h.embed(feat, boxes)\n"
+        "ref, _ = h.embed(feat, boxes[3:])\n"
+        "assert np.isfinite(pooled).all() and np.isfinite(emb).all()\n"
+        "assert np.array_equal(pooled[3:], ref)\n"  # other rows untouched
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_unbucketed_onnx_refused_before_the_backend_is_built(tiny_model, monkeypatch):
+    """The check costs nothing; building an onnxruntime / tvm backend may export or compile
+    for minutes on first use only to be refused afterwards."""
+    import runtime.backends
+
+    def no_build(*a, **k):
+        raise AssertionError("the backend was built before the arguments were checked")
+
+    monkeypatch.setattr(runtime.backends, "make_backend", no_build)
+    with pytest.raises(TrackerInputError, match="unbucketed"):
+        Tracker(tiny_model, backend="onnxruntime", bucketed=False)
 
 
 def test_float_image_in_0_255_refused():

@@ -1,9 +1,10 @@
 """The tracker as a VOT toolkit (TraX) tracker: ``python -m runtime.integrations.vot``.
 
 The toolkit starts this module once per sequence and talks TraX over its stdin/stdout:
-the first request carries the first image and a rectangle, each later one an image path,
-and the tracker answers every frame with a rectangle and a ``confidence`` (the runtime's
-target score; above 0 means found). See ``runtime/integrations/README.md`` for the
+the first request carries the first image and a rectangle, each later one an image path
+(or, re-initialising after a failure, another image and rectangle), and the tracker answers
+every frame with a rectangle and a ``confidence`` (the runtime's target score; above 0 means
+found). See ``runtime/integrations/README.md`` for the
 ``trackers.ini`` entry.
 
 The loop talks to a *handle* with the four methods of the ``vot`` helper module of the VOT
@@ -43,8 +44,13 @@ UNREADABLE_CONFIDENCE = 0.0
 class TraxHandle:
     """A single-object, rectangle-only stand-in for the helper's ``vot.VOT`` on ``trax.Server``.
 
-    Like the helper, the constructor answers the ``initialize`` request with the given region
-    and keeps the first image for the first :meth:`frame` call.
+    Unlike the helper, it answers an ``initialize`` request only once the tracker has
+    initialised (at the next :meth:`frame` call): the toolkit times each reply, and an early
+    answer would record the initialisation as free and charge it (0.7-1.1 s) to the next frame.
+    A later ``initialize`` (the toolkit re-initialising after a failure, or starting another
+    repetition) is taken in the same session: :meth:`frame` returns its image and sets
+    :attr:`restarted`. So the server does not declare itself a ``vot`` wrapper, the flag on
+    which the VOT toolkit restarts the process (and reloads the model) for every initialisation.
     """
 
     def __init__(self, region_format: str = "rectangle"):
@@ -56,26 +62,38 @@ class TraxHandle:
         if region_format != trax.Region.RECTANGLE:
             raise ValueError(f"only the rectangle region format is supported, not {region_format!r}")
         self._trax_mod = trax
+        self._pending = None  # the objects of an initialize request not answered yet
+        self.restarted = False  # set by frame() when it returns the image of a new initialize request
         try:
-            self._trax = trax.Server([trax.Region.RECTANGLE], [trax.Image.PATH], ["color"],
-                                     metadata=dict(vot="python"))
+            self._trax = trax.Server([trax.Region.RECTANGLE], [trax.Image.PATH], ["color"], tracker_name="mdtrack")
             request = self._trax.wait()
         except trax.TraxException as e:
             from runtime.errors import TrackerInputError
 
             raise TrackerInputError(f"no TraX client on stdin/stdout ({e}): this entry is started by the VOT "
                                     "toolkit (vot evaluate), not by hand") from None
-        if request.type != "initialize" or not request.objects:
+        if request.type != "initialize":
             raise RuntimeError(f"TraX: expected an initialize request with one object, got {request.type!r}")
+        self._image = self._start(request)
+
+    def _start(self, request):
+        """Take an initialize request: its region, its reply (deferred), its image path."""
+        if not request.objects:
+            raise RuntimeError("TraX: an initialize request without an object")
         region, _ = request.objects[0]
         self._region = Rectangle(*region.bounds())
-        self._image = self._path(request.image)
-        self._trax.status(request.objects)
+        self._pending = request.objects
+        return self._path(request.image)
 
     @staticmethod
     def _path(images):
         paths = [img.path() for _, img in images.items()]
         return paths[0] if len(paths) == 1 else paths
+
+    def _answer_initialize(self) -> None:
+        if self._pending is not None:
+            objects, self._pending = self._pending, None
+            self._trax.status(objects)
 
     def region(self) -> Rectangle:
         return self._region
@@ -85,19 +103,25 @@ class TraxHandle:
         if self._image is not None:
             image, self._image = self._image, None
             return image
+        self._answer_initialize()  # the tracker has initialised on the image returned last
         request = self._trax.wait()
         if request.type == "frame":
             return self._path(request.image)
+        if request.type == "initialize":
+            self.restarted = True
+            return self._start(request)
         return None
 
     def report(self, region, confidence=None) -> None:
+        self._answer_initialize()
         props = {} if confidence is None else {"confidence": confidence}
         rect = self._trax_mod.Rectangle.create(region.x, region.y, region.width, region.height)
         self._trax.status([(rect, props)])
 
-    def quit(self) -> None:
+    def quit(self, reason=None) -> None:
+        """End the session; ``reason`` reaches the toolkit, which shows it with its error."""
         if getattr(self, "_trax", None) is not None:
-            self._trax.quit()
+            self._trax.quit(reason)
             self._trax = None
 
 
@@ -138,27 +162,34 @@ def track(handle, tracker, rectangle=Rectangle, read=_read) -> int:
 
     ``handle`` has the helper's methods: ``region()``, ``frame()`` (an image path, ``None`` at
     the end) and ``report(region, confidence)``. One report per frame after the first (the
-    first is answered when the handle is opened). ``rectangle`` builds the reported region,
-    ``read`` turns a path into a BGR image (``None`` when it cannot). Returns the number of
-    frames reported.
+    first is answered by the handle). A handle whose ``restarted`` is true after ``frame()``
+    (:class:`TraxHandle`) has been re-initialised: the tracker starts again from its
+    ``region()`` on that image. ``rectangle`` builds the reported region, ``read`` turns a path
+    into a BGR image (``None`` when it cannot). Returns the number of frames reported.
     """
     from runtime.errors import TrackerInputError
 
-    sel = handle.region()
-    box = [float(sel.x), float(sel.y), float(sel.width), float(sel.height)]
+    def start(path):
+        sel = handle.region()
+        image = read(path)
+        if image is None:
+            raise TrackerInputError(f"cannot read the frame to initialise on, {path}")
+        result = tracker.init(image, [float(sel.x), float(sel.y), float(sel.width), float(sel.height)])
+        return [float(v) for v in result.box], image.shape[:2]
+
     path = handle.frame()
     if not path:
         return 0
-    image = read(path)
-    if image is None:
-        raise TrackerInputError(f"cannot read the first frame {path}")
-    tracker.init(image, box)
-    size = image.shape[:2]
+    box, size = start(path)
     reported = 0
     while True:
         path = handle.frame()
         if not path:
             break
+        if getattr(handle, "restarted", False):  # re-initialised (after a failure, or a new repetition)
+            handle.restarted = False
+            box, size = start(path)
+            continue
         image = read(path)
         if image is None or image.shape[:2] != size:
             why = "cannot read" if image is None else f"{image.shape[1]}x{image.shape[0]} pixels, not {size[1]}x{size[0]}:"
@@ -216,20 +247,22 @@ def main(argv=None) -> int:
     from runtime.model import DEFAULT_MODEL
     from runtime.tracker import Tracker
 
+    handle, reason = None, None
     try:
         # Load the model before the handshake, so a bad path fails with a readable message.
         tracker = Tracker(args.model or DEFAULT_MODEL, backend=args.backend, device=args.device, seed=args.seed,
                           artifacts=args.artifacts if args.backend != "mxnet" else None)
         handle, rectangle = open_handle("rectangle", args.handle)
-        try:
-            track(handle, tracker, rectangle)
-        finally:
-            quit_ = getattr(handle, "quit", None)
-            if quit_ is not None:
-                quit_()
+        track(handle, tracker, rectangle)
     except (TrackerInputError, ImportError) as e:  # ImportError: neither vot.py nor vot-trax
+        reason = str(e)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if isinstance(handle, TraxHandle):
+            handle.quit(reason)  # the toolkit shows the reason, not just "server terminated the session"
+        elif getattr(handle, "quit", None) is not None:
+            handle.quit()
     return 0
 
 
