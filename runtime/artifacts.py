@@ -160,6 +160,12 @@ def verify(folder, model, kind: str, target: str) -> dict:
     command that rebuilds the set.
     """
     folder = Path(folder)
+    if not folder.exists():  # a mistyped --artifacts: a rebuild "into" its parent would be a guess
+        name = "onnx" if target == "onnx" else target
+        builds = " or leave --artifacts out (the runtime builds and caches its own set)," \
+            if target in ("onnx", "llvm") else ""
+        raise ArtifactError(f"artifact folder {folder} does not exist; pass the set export wrote (OUT/{name}),"
+                            f"{builds} or build one with: {rebuild_command(model, target, Path('OUT') / name)}")
     fix = f"rebuild with: {rebuild_command(model, target, folder)}"
     m = read_manifest(folder, kind, fix)
     if m.get("model_hash") != model.model_hash:

@@ -176,6 +176,13 @@ def test_set_of_the_other_kind_or_no_manifest_object_refused(built, tmp_path):
     for backend in ("tvm", "onnxruntime"):
         with pytest.raises(ArtifactError, match="not an artifact manifest"):
             make_backend(backend, model, artifacts=d)
+    # a mistyped --artifacts: said so, with no rebuild guessed into its parent (once "--out /")
+    for backend in ("tvm", "onnxruntime"):
+        with pytest.raises(ArtifactError) as e:
+            make_backend(backend, model, artifacts=tmp_path / "typo")
+        msg = str(e.value)
+        assert msg.startswith(f"artifact folder {tmp_path / 'typo'} does not exist") and "leave --artifacts out" in msg
+        assert f"--out {tmp_path}" not in msg, msg
 
 
 @pytest.fixture(scope="module")

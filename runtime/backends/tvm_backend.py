@@ -88,8 +88,12 @@ class TVMBackend(FeatureBackend):
             if target is None:  # no TVM set there: say what is there instead
                 from ..artifacts import read_manifest  # the "artifacts" argument shadows the module
 
-                read_manifest(artifacts, "tvm", "build one with: python -m export --targets "
-                                                "llvm (or cuda:sm_XX) --out NEW_FOLDER")
+                build = "python -m export --targets llvm (or cuda:sm_XX) --out OUT, then pass --artifacts OUT/<target>"
+                if not Path(artifacts).exists():
+                    raise ArtifactError(f"artifact folder {artifacts} does not exist; pass the set export wrote "
+                                        "(OUT/llvm, OUT/cuda-sm_XX), or leave --artifacts out (the runtime builds "
+                                        f"and caches an llvm set), or build one with: {build}")
+                read_manifest(artifacts, "tvm", f"build one with: {build}")
         if target is None:
             if device != "cpu":
                 raise TrackerInputError("--device cuda with tvm needs --artifacts DIR built by "
