@@ -45,6 +45,10 @@ NVCC_FLAGS = ["-O3", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIO
 SYSTEM_LIB_DIRS = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/")
 
 
+class PackError(RuntimeError):
+    """A build step failed (nvcc, cmake, the size limit): its message says which and why."""
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -85,7 +89,7 @@ def cuda_source(onnx_path: Path, target, library: Path) -> str | None:
     ex = compile_module(import_onnx(onnx_path), target, db_dir)
     cuda = _cuda_module(ex.mod)
     if cuda is None:
-        raise RuntimeError(f"{library}: no CUDA module in the compiled executable")
+        raise PackError(f"{library}: no CUDA module in the compiled executable")
     src = cuda.inspect_source("cuda")
     if not src:
         return None  # already PTX / cubin
@@ -119,14 +123,14 @@ def precompile_kernels(src: str, arch: str, out_dir: Path, nvcc: str) -> str:
                "-gencode", f"arch=compute_{num},code=compute_{num}", *NVCC_FLAGS, "-o", str(target), str(cu)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0 or not target.is_file():
-            raise RuntimeError(f"nvcc failed for {arch}:\n{(r.stdout + r.stderr)[-3000:]}")
+            raise PackError(f"nvcc failed for {arch}:\n{(r.stdout + r.stderr)[-3000:]}")
     return digest
 
 
 def build_runner(out: Path, build_dir: Path) -> None:
     """CMake Release build of the native runner, installed into out/bin and out/lib."""
     if shutil.which("cmake") is None:
-        raise RuntimeError("cmake is not installed: apt-get install cmake g++")
+        raise PackError("cmake is not installed: apt-get install cmake g++")
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     steps = [["cmake", "-S", str(ROOT), "-B", str(build_dir), *gen, "-DCMAKE_BUILD_TYPE=Release",
               f"-DTVM_PYTHON={sys.executable}"],
@@ -135,7 +139,7 @@ def build_runner(out: Path, build_dir: Path) -> None:
     for cmd in steps:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{(r.stdout + r.stderr)[-4000:]}")
+            raise PackError(f"{' '.join(cmd)} failed:\n{(r.stdout + r.stderr)[-4000:]}")
     shutil.rmtree(out / "include", ignore_errors=True)
 
 
@@ -304,12 +308,14 @@ def _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_c
     (out / PACK_MARKER).write_text(json.dumps(info, indent=1))
     log(f"{final}: {info['size_mb']} MB in {time.time() - t_start:.0f} s")
     if size > max_mb * 2**20:
-        raise RuntimeError(f"the pack is {size / 2**20:.1f} MB, over the {max_mb} MB limit: pick fewer --buckets "
+        raise PackError(f"the pack is {size / 2**20:.1f} MB, over the {max_mb} MB limit: pick fewer --buckets "
                            f"({final} is unchanged)")
     return info
 
 
 def main(argv=None) -> int:
+    from runtime.errors import TrackerInputError
+
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_pack", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(ROOT / "models" / "default"), help="model folder (default: models/default)")
     ap.add_argument("--out", required=True, help="pack folder to write (replaced if it is an older pack)")
@@ -334,7 +340,7 @@ def main(argv=None) -> int:
     try:
         build_pack(args.model, args.out, args.arch, args.cpu_target, buckets, args.build_dir, args.max_mb,
                    with_cpu=not args.no_cpu, sequence=args.sequence)
-    except (RuntimeError, ValueError) as e:  # ModelError / ArtifactError / TrackerInputError are ValueErrors
+    except (PackError, TrackerInputError) as e:  # a failed build step, a bad model or argument
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -46,6 +46,7 @@ def _grid(gt: np.ndarray) -> np.ndarray:
 def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
     """The three shares for one sequence (frames with ground truth after the first)."""
     from runtime.buckets import extractor_input
+    from runtime.sources import usable_box
     from runtime.tracker import Tracker
 
     t = Tracker(model, seed=seed)
@@ -55,12 +56,14 @@ def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
         for frame in seq:
             if frames is not None and frame.index > frames:
                 break
-            if frame.index == 0:
-                t.init(frame.image, seq.init_box)
+            usable = frame.image is not None and usable_box(frame.gt)
+            if t.head is None:  # tracking starts at the first frame with a usable box (run_sequence's rule)
+                if usable:
+                    t.init(frame.image, frame.gt)
                 continue
-            gt = np.asarray(frame.gt, float) if frame.gt is not None else np.full(4, np.nan)
-            if frame.image is None or not (np.all(np.isfinite(gt)) and gt[2] > 0 and gt[3] > 0):
+            if not usable:
                 continue  # no truth to force: skip the frame, as evaluation does
+            gt = np.asarray(frame.gt, float)
             geom = t._geometry(t.box, t.policy.search_region(t.box))
             feat = t.backend.extract(geom.bucket, extractor_input(frame.image, geom, t.model.mean))
             boxes = _grid(gt)

@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime.evaluation import cost_stats, evaluate_sequence, stage_stats
 from runtime.report import markdown_table, plot_frame_costs
-from runtime.sources import open_sequence_folder
+from runtime.sources import open_sequence_folder, usable_box
 from runtime.tracker import STAGES
 
 from .common import check_inputs, dump_json, machine, names_in, reports_user_errors, resolve_sequences
@@ -27,16 +27,20 @@ BASELINE = "mxnet-unbucketed"
 
 
 class _Frames:
-    """A sequence decoded once so every backend sees identical frames without I/O."""
+    """A sequence decoded once so every backend sees identical frames without I/O. It starts
+    where tracking starts (``common.run_sequence``'s rule): at the first frame whose own
+    ground-truth box is usable."""
 
     def __init__(self, seq, max_frames):
         self.name = seq.name
-        self.init_box = seq.init_box
+        has_gt = seq.groundtruth is not None
         self.frames = []
         for f in seq:
             if max_frames is not None and f.index >= max_frames:
                 break
-            self.frames.append(f)
+            if self.frames or not has_gt or usable_box(f.gt):
+                self.frames.append(f)
+        self.init_box = np.asarray(self.frames[0].gt, float) if has_gt and self.frames else seq.init_box
 
     def __iter__(self):
         return iter(self.frames)
@@ -49,7 +53,7 @@ def run_backend(name, frames, model, seed, params_kw):
     tracker = Tracker(model, backend=backend, seed=seed, bucketed=name != BASELINE, **params_kw)
     ms, stages, boxes, gts, buckets = [], {s: [] for s in STAGES + ("other",)}, [], [], []
     for f in frames:
-        r = tracker.init(f.image, frames.init_box) if f.index == 0 else tracker.update(f.image)
+        r = tracker.update(f.image) if f is not frames.frames[0] else tracker.init(f.image, frames.init_box)
         ms.append(r.ms)
         for s in stages:
             stages[s].append(r.stages.get(s, 0.0))

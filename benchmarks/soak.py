@@ -28,6 +28,9 @@ import time
 
 import numpy as np
 
+from runtime.backends import BACKENDS
+from runtime.errors import TrackerInputError
+
 MAX_GROWTH_MB = 100.0
 MAX_COST_RATIO = 1.25
 
@@ -48,7 +51,7 @@ def rss_mb() -> float:
 def windows(n_frames: int) -> dict:
     """Frame indices of the RSS reference point and the two cost windows for a run of ``n_frames``."""
     if n_frames < 20:
-        raise ValueError(f"a soak needs at least 20 frames, got {n_frames}")
+        raise TrackerInputError(f"a soak needs at least 20 frames, got {n_frames}")
     ref = max(1, round(0.05 * n_frames))
     return {"rss_ref_frame": ref, "rss_last_frame": n_frames - 1,
             "ref_window": [ref, max(ref + 1, round(0.15 * n_frames))],
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", type=_size, default=(320, 240), help="frame size WxH (default 320x240)")
     ap.add_argument("--seed", type=int, default=0, help="sequence and tracker seed")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
-    ap.add_argument("--backend", default="mxnet", choices=("mxnet", "onnxruntime", "tvm"), help="feature backend (default mxnet)")
+    ap.add_argument("--backend", default="mxnet", choices=BACKENDS, help="feature backend (default mxnet)")
     ap.add_argument("--json", metavar="FILE", help="write the figures (and RSS / cost curves) as JSON")
     ap.add_argument("--rss-every", type=int, default=100, help="sample RSS every N frames (default 100)")
     ap.add_argument("--max-growth-mb", type=float, default=MAX_GROWTH_MB,
@@ -193,7 +196,7 @@ def main(argv=None) -> int:
         r = soak(args.frames, size=args.size, seed=args.seed, model=args.model, backend=args.backend,
                  rss_every=args.rss_every, max_growth_mb=args.max_growth_mb,
                  max_cost_ratio=args.max_cost_ratio, progress=progress)
-    except ValueError as e:  # TrackerInputError (bad model, artifacts) is a ValueError
+    except TrackerInputError as e:  # a bad model or artifact set
         print(f"error: {e}", file=sys.stderr)
         return 2
     for line in summary_lines(r):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.errors import TrackerInputError
+
 CROSS_CC = {"aarch64": "aarch64-linux-gnu-g++"}
 CROSS_PACKAGE = {"aarch64": "g++-aarch64-linux-gnu"}  # the Debian / Ubuntu package of CROSS_CC
 AARCH64_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
@@ -63,17 +65,17 @@ def parse(name: str, mcpu: str | None = None) -> CompileTarget:
         spec, _, host = name.partition("@")
         arch = spec.split(":", 1)[1] if ":" in spec else "sm_80"
         if not arch.startswith("sm_") or not arch[3:].isdigit() or not 50 <= int(arch[3:]) < 200:
-            raise ValueError(f"bad CUDA architecture {arch!r}; use sm_ and the GPU's compute capability, "
+            raise TrackerInputError(f"bad CUDA architecture {arch!r}; use sm_ and the GPU's compute capability, "
                              f"e.g. cuda:sm_87 (Jetson Orin) or cuda:sm_90 (H100)")
         t = {"kind": "cuda", "arch": arch, **CUDA_LIMITS}
         if host == "aarch64":
             t["host"] = dict(AARCH64_HOST)
             return CompileTarget(f"cuda-{arch}-aarch64", t, "cuda", cross="aarch64")
         if host:
-            raise ValueError(f"unknown host {host!r} in {name!r}; only @aarch64 is supported")
+            raise TrackerInputError(f"unknown host {host!r} in {name!r}; only @aarch64 is supported")
         t["host"] = {"kind": "llvm"}
         return CompileTarget(f"cuda-{arch}", t, "cuda")
-    raise ValueError(f"unknown target {name!r}; use llvm, llvm:MCPU, aarch64, cuda:sm_XX or cuda:sm_XX@aarch64")
+    raise TrackerInputError(f"unknown target {name!r}; use llvm, llvm:MCPU, aarch64, cuda:sm_XX or cuda:sm_XX@aarch64")
 
 
 def parse_list(text: str, mcpu: str | None = None) -> list:
@@ -81,7 +83,7 @@ def parse_list(text: str, mcpu: str | None = None) -> list:
     ``--targets onnx`` builds it alone, for ONNX Runtime)."""
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
-        raise ValueError(f"no target in {text!r}; name at least one, e.g. onnx, llvm or cuda:sm_87")
+        raise TrackerInputError(f"no target in {text!r}; name at least one, e.g. onnx, llvm or cuda:sm_87")
     return [parse(t, mcpu) for t in names if t != "onnx"]
 
 
@@ -89,7 +91,7 @@ def _check_cpu(cpu: str) -> None:
     """A CPU name LLVM knows: LLVM ignores an unknown one with a log line and builds for the
     generic architecture, without SIMD."""
     if not cpu:
-        raise ValueError("llvm: needs a CPU name after the colon, e.g. llvm:znver3 (or plain llvm for this CPU)")
+        raise TrackerInputError("llvm: needs a CPU name after the colon, e.g. llvm:znver3 (or plain llvm for this CPU)")
     if cpu == "native":
         return
     try:
@@ -98,7 +100,7 @@ def _check_cpu(cpu: str) -> None:
         return
     triple = codegen.llvm_get_system_triple()  # llvm:MCPU compiles for this machine's architecture
     if not codegen.llvm_is_valid_cpu(cpu, triple):
-        raise ValueError(f"LLVM knows no CPU {cpu!r} for {triple}; use a name such as znver4, skylake-avx512 or "
+        raise TrackerInputError(f"LLVM knows no CPU {cpu!r} for {triple}; use a name such as znver4, skylake-avx512 or "
                          f"alderlake, or plain llvm for this CPU")
 
 
@@ -108,6 +110,6 @@ def check_toolchain(target: CompileTarget) -> None:
     import shutil
 
     if target.cross and shutil.which(CROSS_CC[target.cross]) is None:
-        raise ValueError(f"target {target.name} links with {CROSS_CC[target.cross]}, which is not on PATH; install it "
+        raise TrackerInputError(f"target {target.name} links with {CROSS_CC[target.cross]}, which is not on PATH; install it "
                          f"(Debian/Ubuntu: sudo apt-get install {CROSS_PACKAGE[target.cross]}) or leave "
                          f"{target.name} out of --targets")

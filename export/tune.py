@@ -111,7 +111,7 @@ def onnx_buckets(onnx_dir) -> dict:
     from runtime.artifacts import bucket_file, check_files, read_manifest
 
     folder = Path(onnx_dir)
-    fix = "write one with python -m export --model DIR --targets llvm --out DIR (its onnx/ folder)"
+    fix = "write one with python -m export --model MODEL --targets onnx --out OUT, then pass --onnx-dir OUT/onnx"
     manifest = read_manifest(folder, "onnx", fix)
     check_files(folder, manifest, fix)
     found = {}

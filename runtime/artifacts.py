@@ -27,7 +27,7 @@ def cache_root() -> Path:
 
 
 def default_dir(model, kind: str, target: str) -> Path:
-    return cache_root() / "artifacts" / model.model_hash[:16] / (kind if kind == "onnx" else target)
+    return cache_root() / "artifacts" / model.model_hash[:16] / target  # the ONNX set's target is "onnx"
 
 
 def inside(path, root) -> bool:
@@ -46,9 +46,8 @@ def rebuild_command(model, target: str, folder) -> str:
     """The export command that writes the set ``folder`` holds (``target``: 'onnx' or a TVM
     target name). Export writes ``OUT/onnx`` and ``OUT/<target>``, so its --out is the parent."""
     folder = Path(folder)
-    name = "onnx" if target == "onnx" else target
     cmd = f"python -m export --model {model.path} --targets {_target_arg(target)} --out {folder.parent}"
-    return cmd if folder.name == name else f"{cmd}, then pass --artifacts {folder.parent / name}"
+    return cmd if folder.name == target else f"{cmd}, then pass --artifacts {folder.parent / target}"
 
 
 def _target_arg(target: str) -> str:
@@ -161,11 +160,10 @@ def verify(folder, model, kind: str, target: str) -> dict:
     """
     folder = Path(folder)
     if not folder.exists():  # a mistyped --artifacts: a rebuild "into" its parent would be a guess
-        name = "onnx" if target == "onnx" else target
         builds = " or leave --artifacts out (the runtime builds and caches its own set)," \
             if target in ("onnx", "llvm") else ""
-        raise ArtifactError(f"artifact folder {folder} does not exist; pass the set export wrote (OUT/{name}),"
-                            f"{builds} or build one with: {rebuild_command(model, target, Path('OUT') / name)}")
+        raise ArtifactError(f"artifact folder {folder} does not exist; pass the set export wrote (OUT/{target}),"
+                            f"{builds} or build one with: {rebuild_command(model, target, Path('OUT') / target)}")
     fix = f"rebuild with: {rebuild_command(model, target, folder)}"
     m = read_manifest(folder, kind, fix)
     if m.get("model_hash") != model.model_hash:

@@ -1,6 +1,6 @@
 """One-pass evaluation (OTB convention) and per-frame cost statistics.
 
-The rules follow DESIGN.md section 4:
+The rules (the OTB toolkit's, as the GOT-10k toolkit computes them):
 
 * **Success**: per-frame IoU between the prediction and the ground truth; the success
   curve is the share of evaluated frames whose IoU is *strictly greater* than each
@@ -136,7 +136,7 @@ def evaluate_sequence(pred, gt) -> SequenceScore:
     """Score predicted boxes ``pred`` against ground truth ``gt`` (both ``(N, 4)`` x,y,w,h).
 
     See the module docstring for the rules (absent ground truth skipped, a non-finite
-    prediction is a failure). Raises ``ValueError`` when the shapes differ.
+    prediction is a failure). Raises :class:`TrackerInputError` when the shapes differ.
     """
     pred = _as_track(pred, "pred")
     gt = _as_track(gt, "gt")

@@ -2,7 +2,8 @@
 
 Every graph is bound exactly once, for the fixed batch sizes it is used with:
 
-* one *embed* executor per bucket: (feature map, ``chunk`` RoIs) -> pooled conv features
+* *embed* executors per bucket, one per row count (``chunk`` candidates, one frame's stored
+  samples): (feature map, RoIs) -> pooled conv features
   (for bounding-box regression) and the cached input of the trainable layers;
 * *score* (``chunk`` rows), *mine* (``mine_from`` rows) and *train* (``batch_pos +
   batch_neg`` rows) executors over the trainable layers, sharing one set of weights.

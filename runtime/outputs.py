@@ -1,5 +1,5 @@
-"""Checks on where a tool will write, made before anything slow runs, so a bad path costs
-nothing and a one-line error says what to do."""
+"""Where the tools write: checks made before anything slow runs, so a bad path costs
+nothing and a one-line error says what to do, and the result rows and the line writer."""
 from __future__ import annotations
 
 import os
@@ -37,3 +37,64 @@ def box_line(box) -> str:
     """One result row, OTB convention: ``x,y,w,h`` in pixels, 2 decimals, ``nan`` where the
     frame has no box (before the start, or a lost frame). The toolkits read it with numpy."""
     return ",".join(f"{float(v):.2f}" for v in box)
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v", ".mkv")  # containers OpenCV writes with the mp4v codec
+
+
+def check_output(path, flag: str) -> None:
+    """Refuse an output path that cannot be written, before anything slow runs."""
+    p = Path(path).expanduser()
+    if flag == "--save-video" and not p.is_dir() and p.suffix.lower() not in VIDEO_SUFFIXES:
+        raise TrackerInputError(f"--save-video {p}: OpenCV cannot write a video named {p.suffix or 'without an extension'}; "
+                                f"use {' or '.join(VIDEO_SUFFIXES[:2])}")
+    check_output_path(p, flag)
+
+
+def check_outputs_apart(outputs, source) -> None:
+    """Refuse two outputs on one file, or an output on one of the input's files (the ground
+    truth, a frame, the video): either would silently destroy what is there."""
+    named = {}
+    for flag, path in outputs:
+        p = Path(path).expanduser().resolve()
+        if p in named:
+            raise TrackerInputError(f"{named[p]} and {flag} both name {p}; give each output its own file")
+        named[p] = flag
+    inputs = {Path(p).resolve() for p in (getattr(source, "path", None), getattr(source, "groundtruth_path", None)) if p}
+    # frames: resolve each folder once (a long sequence has tens of thousands of frames)
+    by_dir = {}
+    for f in getattr(source, "frame_paths", ()):
+        d, name = os.path.split(f)
+        by_dir.setdefault(d, set()).add(name)
+    frames = {}
+    for d, names in by_dir.items():
+        frames.setdefault(Path(d or ".").resolve(), set()).update(names)
+    for p, flag in named.items():
+        if p in inputs or p.name in frames.get(p.parent, ()):
+            raise TrackerInputError(f"{flag} {p} is one of the input files and would be overwritten; "
+                                    "write the output somewhere else")
+
+
+class LineWriter:
+    """Writes whole lines, each with one unbuffered ``write`` call, so the file on disk
+    always ends with a complete line: a crash or a kill at frame N leaves frames 0..N-1."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        except OSError as e:
+            raise TrackerInputError(f"cannot write {self.path}: {e.strerror or e}") from None
+
+    def write(self, line: str) -> None:
+        data = memoryview((line + "\n").encode())
+        try:
+            while data:  # a regular file takes a short line in one call; loop for the rare partial write
+                data = data[os.write(self.fd, data):]
+        except OSError as e:
+            raise TrackerInputError(f"cannot write {self.path}: {e.strerror or e}") from None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -7,7 +7,7 @@ ground-truth row, corrupt frame, camera that does not open) raises
 :class:`runtime.errors.SequenceError` naming the file and, where it applies, the line.
 
 Ground truth is an ``(N, 4)`` float64 array of ``x, y, w, h`` rows aligned with the frames;
-a NaN row means the target is absent in that frame (DESIGN.md section 4).
+a NaN row means the target is absent in that frame (the evaluation skips it).
 """
 from __future__ import annotations
 

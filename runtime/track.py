@@ -12,12 +12,12 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
+from .backends import BACKENDS
 from .errors import TrackerInputError
-from .outputs import box_line
+from .outputs import LineWriter, box_line, check_output, check_outputs_apart
 
 log = logging.getLogger("runtime.track")
 
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "arrive while the tracker is still busy are dropped and counted")
     m = ap.add_argument_group("model and backend")
     m.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
-    m.add_argument("--backend", default="mxnet", choices=("mxnet", "onnxruntime", "tvm"),
+    m.add_argument("--backend", default="mxnet", choices=BACKENDS,
                    help="feature backend (default mxnet); the fc head always runs in MXNet")
     m.add_argument("--device", default="cpu", type=_device, help="cpu or cuda[:N] (default cpu)")
     m.add_argument("--artifacts", metavar="DIR", default=None, help="prebuilt compiled artifact set (onnxruntime/tvm)")
@@ -104,69 +104,6 @@ def open_source(args):
         return sources.ImageGlobSource(args.images, init_box=args.init, on_bad_frame="skip")
     cam = int(args.camera) if str(args.camera).isdigit() else args.camera
     return sources.CameraSource(cam, init_box=args.init, on_bad_frame="skip")
-
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v", ".mkv")  # containers OpenCV writes with the mp4v codec
-
-
-def check_output(path, flag: str) -> None:
-    """Refuse an output path that cannot be written, before anything slow runs."""
-    from .outputs import check_output_path
-
-    p = Path(path).expanduser()
-    if flag == "--save-video" and not p.is_dir() and p.suffix.lower() not in VIDEO_SUFFIXES:
-        raise TrackerInputError(f"--save-video {p}: OpenCV cannot write a video named {p.suffix or 'without an extension'}; "
-                                f"use {' or '.join(VIDEO_SUFFIXES[:2])}")
-    check_output_path(p, flag)
-
-
-def check_outputs_apart(outputs, source) -> None:
-    """Refuse two outputs on one file, or an output on one of the input's files (the ground
-    truth, a frame, the video): either would silently destroy what is there."""
-    named = {}
-    for flag, path in outputs:
-        p = Path(path).expanduser().resolve()
-        if p in named:
-            raise TrackerInputError(f"{named[p]} and {flag} both name {p}; give each output its own file")
-        named[p] = flag
-    inputs = {Path(p).resolve() for p in (getattr(source, "path", None), getattr(source, "groundtruth_path", None)) if p}
-    # frames: resolve each folder once (a long sequence has tens of thousands of frames)
-    by_dir = {}
-    for f in getattr(source, "frame_paths", ()):
-        d, name = os.path.split(f)
-        by_dir.setdefault(d, set()).add(name)
-    frames = {}
-    for d, names in by_dir.items():
-        frames.setdefault(Path(d or ".").resolve(), set()).update(names)
-    for p, flag in named.items():
-        if p in inputs or p.name in frames.get(p.parent, ()):
-            raise TrackerInputError(f"{flag} {p} is one of the input files and would be overwritten; "
-                                    "write the output somewhere else")
-
-
-class LineWriter:
-    """Writes whole lines, each with one unbuffered ``write`` call, so the file on disk
-    always ends with a complete line: a crash or a kill at frame N leaves frames 0..N-1."""
-
-    def __init__(self, path):
-        self.path = str(path)
-        try:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        except OSError as e:
-            raise TrackerInputError(f"cannot write {self.path}: {e.strerror or e}") from None
-
-    def write(self, line: str) -> None:
-        data = memoryview((line + "\n").encode())
-        try:
-            while data:  # a regular file takes a short line in one call; loop for the rare partial write
-                data = data[os.write(self.fd, data):]
-        except OSError as e:
-            raise TrackerInputError(f"cannot write {self.path}: {e.strerror or e}") from None
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 def draw(frame, box, gt, score, ok, ms, index):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import ModelError
+from runtime.errors import TrackerInputError
 from runtime.model import FEATURE_COV, Model, load_model, save_model
 
 SEQUENCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sequences"
@@ -48,7 +48,7 @@ def feature_moment(model: Model, domains, every: int = 10) -> tuple:
             acc += f @ f.T
             cells += f.shape[1]
     if not cells:
-        raise ValueError("no usable frames to measure feature statistics on")
+        raise TrackerInputError("no usable frames to measure feature statistics on")
     return acc / cells, cells
 
 
@@ -61,13 +61,13 @@ def add_feature_stats(model_dir, sequences=None, every: int = 10) -> Path:
     names = training.get("domains")
     if sequences is None:
         if not names:
-            raise ValueError(f"{model_dir}: config.json names no training sequences; pass --sequences")
+            raise TrackerInputError(f"{model_dir}: config.json names no training sequences; pass --sequences")
         # the folders given to train_mx.train (--sequences), else ../shared's of those names
         given = {Path(f).name: Path(f) for f in training.get("sequences") or []}
         sequences = [given.get(n, SEQUENCES / n) for n in names]
     missing = [str(s) for s in sequences if not Path(s).is_dir()]
     if missing:
-        raise ValueError(f"sequence folder(s) not found: {', '.join(missing)}; pass --sequences with the model's "
+        raise TrackerInputError(f"sequence folder(s) not found: {', '.join(missing)}; pass --sequences with the model's "
                          "training folders")
     cov, cells = feature_moment(model, load_domains(sequences), every)
     params = dict(model.params)
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         ap.error(f"--every must be at least 1, got {args.every}")
     try:
         path = add_feature_stats(args.model, args.sequences, args.every)
-    except (ValueError, OSError, ModelError) as e:
+    except (TrackerInputError, OSError) as e:  # ModelError and SequenceError are TrackerInputErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"feature statistics written to {path}")

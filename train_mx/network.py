@@ -15,10 +15,8 @@ POOLED = (3, 3)
 FC_DIM = 512
 
 
-def _conv(x, name, channels, kernel, stride=1, pad=0, dilate=1, lr_mult=None):
-    w = mx.sym.Variable(f"{name}_weight", **({"lr_mult": lr_mult} if lr_mult is not None else {}))
-    b = mx.sym.Variable(f"{name}_bias", **({"lr_mult": 2 * lr_mult} if lr_mult is not None else {}))
-    x = mx.sym.Convolution(x, weight=w, bias=b, num_filter=channels, kernel=(kernel, kernel),
+def _conv(x, name, channels, kernel, stride=1, pad=0, dilate=1):
+    x = mx.sym.Convolution(x, num_filter=channels, kernel=(kernel, kernel),
                            stride=(stride, stride), pad=(pad, pad), dilate=(dilate, dilate), name=name)
     return mx.sym.Activation(x, act_type="relu", name=f"{name}_relu")
 
@@ -95,11 +93,12 @@ def roi_pool(feat, rois, sample_ratio: int = 2, shrink: float = 0.0):
                                    sample_ratio=int(sample_ratio), aligned=True, name="roi_align")
 
 
-def fc_head(pooled, n_out: int = 2, dropout: float = 0.5, fc6_lr_mult: float = 10.0):
+def fc_head(pooled, n_out: int = 2, dropout: float = 0.5):
     """fc4 -> fc5 -> fc6 on pooled RoI features (K, C, 3, 3) or (K, C*9).
 
-    fc6 carries ``lr_mult`` 10 (biases 20), the MDNet per-layer learning rates; the
-    optimizer picks these up from the symbol's attributes.
+    The per-layer learning rates are not symbol attributes (an optimizer object ignores
+    them): offline training sets them in ``train_mx.train.Trainer`` (``lr_mult``), online
+    training in ``runtime.head.LR_MULT``.
     """
     x = mx.sym.flatten(pooled, name="flat")
     x = mx.sym.FullyConnected(x, num_hidden=FC_DIM, name="fc4")
@@ -110,9 +109,7 @@ def fc_head(pooled, n_out: int = 2, dropout: float = 0.5, fc6_lr_mult: float = 1
     x = mx.sym.Activation(x, act_type="relu", name="fc5_relu")
     if dropout:
         x = mx.sym.Dropout(x, p=dropout, name="drop5")
-    w6 = mx.sym.Variable("fc6_weight", lr_mult=fc6_lr_mult)
-    b6 = mx.sym.Variable("fc6_bias", lr_mult=2 * fc6_lr_mult)
-    return mx.sym.FullyConnected(x, weight=w6, bias=b6, num_hidden=n_out, name="fc6")
+    return mx.sym.FullyConnected(x, num_hidden=n_out, name="fc6")
 
 
 def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5, feature_scale: float = 1.0,

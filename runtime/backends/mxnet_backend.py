@@ -24,8 +24,8 @@ def mx_context(device: str):
 class MXNetBackend(FeatureBackend):
     """One bound executor per bucket, created and warmed up at construction.
 
-    ``rebind_every_shape=True`` is the unbucketed baseline the benchmarks compare against:
-    it binds a fresh executor for every new patch shape, as the original prototype did.
+    :meth:`extract_any` is the unbucketed baseline the benchmarks compare against: it binds
+    a fresh executor for every new patch shape, as the original prototype did.
     """
 
     name = "mxnet"

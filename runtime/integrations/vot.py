@@ -30,6 +30,8 @@ import math
 import os
 import sys
 
+from runtime.backends import BACKENDS
+
 __all__ = ["Rectangle", "TraxHandle", "open_handle", "track", "build_parser", "main"]
 
 log = logging.getLogger("runtime.integrations.vot")
@@ -149,12 +151,16 @@ def open_handle(region_format: str = "rectangle", which: str = "builtin"):
 
 
 def _read(path):
-    import cv2
+    """The frame as ``runtime.track`` reads it (a truncated JPEG is unreadable, not half grey), or None."""
+    from runtime.errors import SequenceError
+    from runtime.sources import read_image
 
     if isinstance(path, (list, tuple)):  # several channels: the tracker uses the colour one
         path = path[0]
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return image
+    try:
+        return read_image(path)
+    except SequenceError:
+        return None
 
 
 def track(handle, tracker, rectangle=Rectangle, read=_read) -> int:
@@ -220,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "it speaks TraX on stdin/stdout.")
     ap.add_argument("--model", default=env("MDTRACK_MODEL"),
                     help="model folder (default $MDTRACK_MODEL, else the shipped models/default)")
-    ap.add_argument("--backend", default=env("MDTRACK_BACKEND", "mxnet"), choices=("mxnet", "onnxruntime", "tvm"),
+    ap.add_argument("--backend", default=env("MDTRACK_BACKEND", "mxnet"), choices=BACKENDS,
                     help="feature backend (default $MDTRACK_BACKEND or mxnet)")
     ap.add_argument("--device", default=env("MDTRACK_DEVICE", "cpu"), help="cpu or cuda[:N] (default $MDTRACK_DEVICE or cpu)")
     ap.add_argument("--seed", type=_seed, default=env("MDTRACK_SEED", "0"),  # argparse converts a str default too
