@@ -156,6 +156,26 @@ def test_run_sequence_starts_at_the_first_frame_with_a_box(tiny_seq, tmp_path):
     assert len(r["boxes"]) == len(r["gt"]) == 6 and len(r["ms"]) == 3  # ms: tracked frames, init first
 
 
+def test_per_frame_and_oracle_start_where_tracking_starts(tiny_seq, tiny_model, tmp_path, monkeypatch):
+    """benchmarks.per_frame and benchmarks.oracle start on the first frame with a box too
+    (they once initialised frame 0 with a later frame's box)."""
+    from benchmarks.oracle import diagnose
+    from benchmarks.per_frame import _Frames
+    from runtime.sources import open_sequence_folder
+
+    folder, rows = _absent_first(tiny_seq, tmp_path, 3)
+    frames = _Frames(open_sequence_folder(folder), 8)
+    assert [f.index for f in frames] == [3, 4, 5, 6, 7]
+    assert tuple(frames.init_box) == tuple(float(v) for v in rows[3].split(","))
+    import runtime.tracker as T
+
+    log, orig = [], T.Tracker.init
+    monkeypatch.setattr(T.Tracker, "init",
+                        lambda self, image, box: (log.append(tuple(np.asarray(box, float))), orig(self, image, box))[1])
+    r = diagnose(open_sequence_folder(folder), model=tiny_model, frames=6)
+    assert log == [tuple(float(v) for v in rows[3].split(","))] and r["frames"] == 3  # frames 4-6 scored
+
+
 def test_accuracy_summary_with_a_sequence_without_scored_frames(tiny_seq, tiny_model, tmp_path, capsys):
     """A sequence whose run has no frame with ground truth scores n/a, is left out of the mean
     (as in results.json), and summary.json stays strict JSON (it used to raise on NaN)."""
