@@ -103,16 +103,29 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.system()}
 
 
+def opencv_builds() -> str:
+    """The installed OpenCV distributions: several share the one cv2 module, and the last
+    installed decides which build it is (a plain build has no contrib trackers)."""
+    from importlib import metadata
+
+    names = sorted({d.metadata["Name"] for d in metadata.distributions()
+                    if (d.metadata["Name"] or "").lower().startswith("opencv")})
+    return "installed: " + (", ".join(names) if names else "none")
+
+
 class OpenCVTracker:
     """OpenCV's CSRT / KCF / MIL behind the same init/update shape as ours."""
 
     def __init__(self, kind: str):
         import cv2
 
+        from runtime.errors import TrackerInputError
+
         make = {"csrt": "TrackerCSRT_create", "kcf": "TrackerKCF_create", "mil": "TrackerMIL_create"}[kind]
         fn = getattr(cv2, make, None) or getattr(getattr(cv2, "legacy", None), make, None)
         if fn is None:
-            raise RuntimeError(f"OpenCV has no {make}: pip install -e '.[bench]' (opencv-contrib-python-headless)")
+            raise TrackerInputError(f"OpenCV has no {make}: {opencv_builds()}; the peer trackers are in the contrib "
+                                    "builds: pip uninstall -y every one of those, then pip install -e '.[bench]'")
         self.t = fn()
         self.box = None
 

@@ -51,8 +51,12 @@ class CompileTarget:
         return tvm.target.Target(self.resolved())
 
 
-def parse(name: str, mcpu: str | None = None) -> CompileTarget:
-    """``llvm``, ``llvm:znver3``, ``aarch64``, ``cuda:sm_87``, ``cuda:sm_87@aarch64``."""
+TVM_TARGETS = "llvm, llvm:MCPU, aarch64, cuda:sm_XX or cuda:sm_XX@aarch64"
+
+
+def parse(name: str, mcpu: str | None = None, also: str = "") -> CompileTarget:
+    """``llvm``, ``llvm:znver3``, ``aarch64``, ``cuda:sm_87``, ``cuda:sm_87@aarch64``
+    (``also``: the caller's other names, for the message naming the valid ones)."""
     name = name.strip()
     if name == "llvm" or name.startswith("llvm:"):
         cpu = name.split(":", 1)[1].strip() if ":" in name else (mcpu or "native")
@@ -75,7 +79,7 @@ def parse(name: str, mcpu: str | None = None) -> CompileTarget:
             raise TrackerInputError(f"unknown host {host!r} in {name!r}; only @aarch64 is supported")
         t["host"] = {"kind": "llvm"}
         return CompileTarget(f"cuda-{arch}", t, "cuda")
-    raise TrackerInputError(f"unknown target {name!r}; use llvm, llvm:MCPU, aarch64, cuda:sm_XX or cuda:sm_XX@aarch64")
+    raise TrackerInputError(f"unknown target {name!r}; use {also}{TVM_TARGETS}")
 
 
 def parse_list(text: str, mcpu: str | None = None) -> list:
@@ -84,7 +88,7 @@ def parse_list(text: str, mcpu: str | None = None) -> list:
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
         raise TrackerInputError(f"no target in {text!r}; name at least one, e.g. onnx, llvm or cuda:sm_87")
-    return [parse(t, mcpu) for t in names if t != "onnx"]
+    return [parse(t, mcpu, also="onnx (the ONNX set alone), ") for t in names if t != "onnx"]
 
 
 def _check_cpu(cpu: str) -> None:

@@ -383,6 +383,7 @@ def main(argv=None) -> int:
     # OpenCV's own log lines (a codec it lacks, a camera index out of range) would precede
     # this tool's one-line messages; set before OpenCV loads. OPENCV_LOG_LEVEL=INFO shows them.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own (a stream URL that does not resolve): quiet
     args = build_parser().parse_args(_negative_init(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:

@@ -36,6 +36,10 @@ def test_training_refuses_bad_counts_and_paths(seq, tmp_path, afile, capsys):
         (["--resume"], ["no checkpoint", "drop --resume"]),  # once started afresh, silently
     ):
         _expect(capsys, train.main(base + extra), *words)
+    import mxnet as mx
+
+    if mx.context.num_gpus() == 0:  # once a 48-line MXNetError from the first bind
+        _expect(capsys, train.main(base + ["--ctx", "cpu:0,gpu:0"]), "--ctx gpu:0", "0 GPU(s)", "cpu:0,cpu:1")
     # vggm: no default ImageNet weights to look for, so this holds without ../shared too
     _expect(capsys, train.main(["--sequences", str(tmp_path / "nowhere"), "--quiet", "--out", str(tmp_path / "r2"),
                                 "--extractor", "vggm"]), "nowhere")
@@ -90,6 +94,7 @@ def test_export_and_tuning_refuse_bad_input(tmp_path, afile, capsys, no_cost_mod
         (["--targets", "llvm:"], ["CPU name"]),
         (["--targets", "cuda:sm_1"], ["sm_1"]),
         (["--targets", ","], ["no target"]),
+        (["--targets", "bogus"], ["unknown target 'bogus'", "use onnx (the ONNX set alone), llvm"]),
         (["--out", str(afile)], ["is a file"]),
         (["--model", str(tmp_path / "nowhere")], ["nowhere"]),
     ):
@@ -197,3 +202,19 @@ def test_gpu_pack_checks_before_touching_the_old_pack(tmp_path, capsys):
                          (["--sequence", str(tmp_path / "noseq")], ["noseq"])):
         _expect(capsys, main(["--out", str(old)] + extra), *words)
     assert (old / "results.json").read_text() == "kept"
+
+
+def test_peer_tracker_missing_from_opencv_names_the_installed_builds(monkeypatch):
+    """A plain OpenCV build (installed for --show) has no CSRT: one line naming what is installed."""
+    import types
+
+    import cv2
+
+    from benchmarks.common import OpenCVTracker
+    from runtime.errors import TrackerInputError
+
+    monkeypatch.delattr(cv2, "TrackerCSRT_create", raising=False)
+    monkeypatch.setattr(cv2, "legacy", types.SimpleNamespace(), raising=False)
+    with pytest.raises(TrackerInputError, match="no TrackerCSRT_create: installed: .*opencv") as e:
+        OpenCVTracker("csrt")
+    assert "\n" not in str(e.value)

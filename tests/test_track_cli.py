@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+import os
 import shutil
 
 import numpy as np
@@ -372,3 +373,15 @@ def test_a_dataset_root_names_its_sequences(otb, tmp_path):
     assert err.startswith(f"error: {root} is not a sequence but holds 1 sequence folders (synth); "
                           f"give one ({root / 'synth'})")
     assert f"({root / '*'}) where a command takes several" in err and "*.jpg" not in err
+
+
+def test_unreachable_stream_is_one_error_line():
+    """FFmpeg's own log line (connection refused) no longer precedes the tool's one line."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    r = subprocess.run([sys.executable, "-m", "runtime.track", "--camera", "rtsp://127.0.0.1:9/stream",
+                        "--init", "1,2,3,4"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "error: cannot open stream rtsp://127.0.0.1:9/stream; check that the device exists / the URL is reachable"]

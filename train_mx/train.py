@@ -41,6 +41,9 @@ def parse_ctx(text: str) -> list:
         kind, _, idx = part.strip().partition(":")
         if kind not in ("cpu", "gpu", "cuda") or not (idx or "0").isdigit():
             raise TrackerInputError(f"bad context {part!r} in --ctx; use cpu:0,cpu:1 or gpu:0,gpu:1")
+        if kind != "cpu" and int(idx or 0) >= mx.context.num_gpus():  # MXNet would fail at bind, with a traceback
+            raise TrackerInputError(f"--ctx {part.strip()}: MXNet sees {mx.context.num_gpus()} GPU(s); use cpu:0,cpu:1 "
+                                    "(or the mxnet-cu11x wheel on a GPU machine)")
         out.append(mx.cpu(int(idx or 0)) if kind == "cpu" else mx.gpu(int(idx or 0)))
     return out
 
