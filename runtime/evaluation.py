@@ -163,9 +163,7 @@ def evaluate_sequence(pred, gt) -> SequenceScore:
     ious = np.zeros(n_eval)
     errs = np.full(n_eval, np.inf)
     if p_ok.any():
-        # Clip to [0, 1]: corner arithmetic ((x + w) - x != w in floating point) can put an
-        # exact overlap a few ulps above 1, which would count as success at threshold 1.
-        ious[p_ok] = np.clip(np.nan_to_num(iou(p[p_ok], g[p_ok]), nan=0.0), 0.0, 1.0)
+        ious[p_ok] = iou(p[p_ok], g[p_ok])  # finite boxes: finite, and clipped to [0, 1] there
         errs[p_ok] = center_error(p[p_ok], g[p_ok])
 
     success = (ious[None, :] > SUCCESS_THRESHOLDS[:, None]).mean(axis=1)

@@ -37,6 +37,14 @@ def centers(boxes) -> np.ndarray:
     return b[..., :2] + b[..., 2:4] / 2.0
 
 
+def xywh_to_cxcywh(boxes) -> np.ndarray:
+    """Centre form ``(cx, cy, w, h)``, in which the samplers shift and scale boxes."""
+    b = np.asarray(boxes, dtype=np.float64)
+    out = b.copy()
+    out[..., :2] = centers(b)
+    return out
+
+
 def cxcywh_to_xywh(c) -> np.ndarray:
     c = np.asarray(c, dtype=np.float64)
     out = c.copy()

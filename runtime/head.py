@@ -69,6 +69,12 @@ def _embed_symbol(first: str, sample_ratio: int, rank: int = 0, shrink: float = 
     return mx.sym.Group([pooled, x]) if x is not pooled else mx.sym.Group([pooled])
 
 
+def effective_rank(params, channels: int) -> int:
+    """The rank fc4 is factored to; 0 is the exact fc4 (``fc4_rank`` 0, or not below the
+    feature channels, where a factoring would save nothing)."""
+    return int(params.fc4_rank) if 0 < int(params.fc4_rank) < channels else 0
+
+
 def factor_fc4(w4: np.ndarray, rank: int, cov: np.ndarray | None = None):
     """fc4 weights (512, C*9) -> (P (rank, C), W (512, rank*9)) with fc4(pool(F)) ~=
     W pool(P F): pooling is linear per channel, so the projection commutes with it.
@@ -106,7 +112,7 @@ class OnlineHead:
         if self.online_layers not in (("fc4", "fc5", "fc6"), ("fc5", "fc6"), ("fc6",)):
             raise ValueError(f"online_layers must be a suffix of {FC_LAYERS}, got {self.online_layers}")
         first = self.online_layers[0]
-        self.rank = int(params.fc4_rank) if 0 < int(params.fc4_rank) < model.channels else 0
+        self.rank = effective_rank(params, model.channels)
         if self.rank and first == "fc4":
             raise ValueError("fc4_rank needs fc4 frozen: train online_layers ('fc5', 'fc6') or ('fc6',)")
         self.pooled_dim = (self.rank or model.channels) * 9

@@ -7,28 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import iou
+from .geometry import cxcywh_to_xywh, iou, xywh_to_cxcywh
 
 # Training samples are at least this many pixels a side, whatever the tracker's min_size.
 MIN_SAMPLE_SIZE = 4.0
 
 
-def _centered(box):
-    x, y, w, h = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
-    return np.array([x + w / 2.0, y + h / 2.0, w, h])
-
-
-def _to_xywh(c):
-    out = c.copy()
-    out[:, 0] -= c[:, 2] / 2.0
-    out[:, 1] -= c[:, 3] / 2.0
-    return out
-
-
 def gaussian(rng, box, n, trans=0.6, scale=1.05, aspect=None):
     """MDNet candidates: centre shift ``trans * mean(w, h) * clip(0.5 N(0,1), -1, 1)``,
     size times ``scale ** clip(0.5 N(0,1), -1, 1)`` (and optionally aspect jitter)."""
-    c = np.tile(_centered(box), (n, 1))
+    c = np.tile(xywh_to_cxcywh(np.reshape(box, 4)), (n, 1))
     m = c[:, 2:].mean(axis=1, keepdims=True)
     c[:, :2] += trans * m * np.clip(0.5 * rng.standard_normal((n, 2)), -1, 1)
     c[:, 2:] *= scale ** np.clip(0.5 * rng.standard_normal((n, 1)), -1, 1)
@@ -36,26 +24,26 @@ def gaussian(rng, box, n, trans=0.6, scale=1.05, aspect=None):
         a = aspect ** np.clip(0.5 * rng.standard_normal(n), -1, 1)
         c[:, 2] *= a ** 0.5
         c[:, 3] /= a ** 0.5
-    return _to_xywh(c)
+    return cxcywh_to_xywh(c)
 
 
 def uniform(rng, box, n, trans=1.0, scale=1.6):
     """Centre shift uniform in ``+-trans * mean(w, h)``, size times ``scale ** U(-1, 1)``."""
-    c = np.tile(_centered(box), (n, 1))
+    c = np.tile(xywh_to_cxcywh(np.reshape(box, 4)), (n, 1))
     m = c[:, 2:].mean(axis=1, keepdims=True)
     c[:, :2] += trans * m * (rng.random((n, 2)) * 2 - 1)
     c[:, 2:] *= scale ** (rng.random((n, 1)) * 2 - 1)
-    return _to_xywh(c)
+    return cxcywh_to_xywh(c)
 
 
 def whole(rng, box, n, bounds, scale=1.6):
     """Boxes of about the target's size anywhere in ``bounds`` (x, y, w, h)."""
-    c = np.tile(_centered(box), (n, 1))
+    c = np.tile(xywh_to_cxcywh(np.reshape(box, 4)), (n, 1))
     c[:, 2:] *= scale ** (rng.random((n, 1)) * 2 - 1)
     bx, by, bw, bh = (float(v) for v in bounds)
     c[:, 0] = bx + rng.random(n) * bw
     c[:, 1] = by + rng.random(n) * bh
-    return _to_xywh(c)
+    return cxcywh_to_xywh(c)
 
 
 def clip_into(boxes, bounds, min_size=MIN_SAMPLE_SIZE):

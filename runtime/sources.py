@@ -643,6 +643,7 @@ class VideoSource(_CaptureSource):
         first = None
         try:
             count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            self.fps = _fps(cap)
             for _ in range(MAX_VIDEO_GAP + 1):
                 ok, first = cap.read()
                 if ok and first is not None:
@@ -654,7 +655,6 @@ class VideoSource(_CaptureSource):
             raise SequenceError(f"{path}: empty video (no frame could be decoded)")
         self._count = int(count) if count and count > 0 and math.isfinite(count) else None
         self.frame_size = (int(first.shape[1]), int(first.shape[0]))
-        self.fps = _fps(self.path)
 
     def _open(self) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(self.path)
@@ -698,13 +698,9 @@ class VideoSource(_CaptureSource):
             cap.release()
 
 
-def _fps(path) -> float | None:
-    """The container's frame rate, or None where it reports none (or nonsense)."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        f = cap.get(cv2.CAP_PROP_FPS)
-    finally:
-        cap.release()
+def _fps(cap) -> float | None:
+    """An open capture's frame rate, or None where it reports none (or nonsense)."""
+    f = cap.get(cv2.CAP_PROP_FPS)
     return float(f) if f and math.isfinite(f) and 0 < f < 1000 else None
 
 
@@ -735,8 +731,7 @@ class CameraSource(_CaptureSource):
             kind = f"camera index {target}" if isinstance(target, int) else f"stream {target}"
             raise SequenceError(f"cannot open {kind}; check that the device exists / the URL is reachable")
         self._cap = cap
-        f = cap.get(cv2.CAP_PROP_FPS)
-        self.fps = float(f) if f and math.isfinite(f) and 0 < f < 1000 else None
+        self.fps = _fps(cap)
 
     def _frames(self) -> Iterator[Frame]:
         index = 0

@@ -19,6 +19,7 @@ from .bbreg import BBoxRegressor
 from .buckets import extractor_input
 from .errors import TrackerInputError, TrackerStateError
 from .geometry import iou, keep_center_inside
+from .head import effective_rank
 from .imageops import to_bgr8
 from .model import Model, load_model
 from .params import TrackerParams
@@ -82,12 +83,12 @@ class Tracker:
             raise TrackerInputError(f"params must be a TrackerParams or a dict of its fields, got {type(params).__name__}")
         self.params = (params or TrackerParams()).replace(**params_kw) if params_kw else (params or TrackerParams())
         p = self.params
-        if p.online_layers[0] == "fc4" and 0 < p.fc4_rank < self.model.channels:  # the head's rule
+        if p.online_layers[0] == "fc4" and effective_rank(p, self.model.channels):
             raise TrackerInputError(f"tracker parameter fc4_rank={p.fc4_rank}: must be 0 (the exact fc4) when "
                                     "online_layers trains fc4: a factored fc4 is cached, not trained")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise TrackerInputError(f"seed must be a whole number >= 0, got {seed!r}")
-        if 0 < p.fc4_rank < self.model.channels and self.model.feature_cov is None:
+        if effective_rank(p, self.model.channels) and self.model.feature_cov is None:
             # a model trained without the README's feature_stats step still tracks, less well
             log.warning("model %s has no feature statistics, so fc4 is factored without them (lower accuracy); "
                         "add them with: python -m train_mx.feature_stats --model %s", self.model.path, self.model.path)

@@ -68,6 +68,9 @@ def test_conversions():
     np.testing.assert_allclose(g.xyxy_to_xywh(g.xywh_to_xyxy(boxes)), boxes)
     np.testing.assert_array_equal(g.centers([[0, 0, 10, 4], [2, 2, 2, 2]]), [[5, 2], [3, 3]])
     np.testing.assert_array_equal(g.cxcywh_to_xywh([5, 2, 10, 4]), [0, 0, 10, 4])
+    np.testing.assert_array_equal(g.xywh_to_cxcywh([[0, 0, 10, 4], [1, 2, 3, 5]]), [[5, 2, 10, 4], [2.5, 4.5, 3, 5]])
+    box = np.array([3.3, 1.7, 10.1, 4.9])
+    np.testing.assert_allclose(g.cxcywh_to_xywh(g.xywh_to_cxcywh(box)), box, rtol=0, atol=1e-12)
     # conversions do not modify their input
     before = boxes.copy()
     g.xywh_to_xyxy(boxes)
