@@ -77,3 +77,16 @@ def sample_by_iou(rng, kind, box, n, iou_min=0.0, iou_max=1.0, bounds=None, max_
             break
     s = np.concatenate(got, axis=0)[:n] if got else np.zeros((0, 4))
     return s
+
+
+def first_frame_samples(rng, box, n_pos, n_neg, bounds, pos_iou=0.7, neg_iou=0.5):
+    """MDNet's samples of a frame with a known box, for offline training and the tracker's
+    first frame alike: positives (IoU >= ``pos_iou``) close around the box, negatives
+    (IoU <= ``neg_iou``) half near it, half anywhere in ``bounds``."""
+    pos = sample_by_iou(rng, "gaussian", box, n_pos, pos_iou, 1.0, bounds, trans=0.1, scale=1.3)
+    half = n_neg // 2
+    neg = np.concatenate([
+        sample_by_iou(rng, "uniform", box, half, 0.0, neg_iou, bounds, trans=1.0, scale=1.6),
+        sample_by_iou(rng, "whole", box, n_neg - half, 0.0, neg_iou, bounds, scale=1.6),
+    ])
+    return pos, neg

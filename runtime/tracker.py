@@ -174,13 +174,8 @@ class Tracker:
         feat = self._features(image, geom, stages)
         t = time.perf_counter()
         bounds = geom.sample_bounds(size)
-        pos = sampling.sample_by_iou(rng, "gaussian", box, p.n_pos_init, p.pos_iou_init, 1.0, bounds,
-                                     trans=0.1, scale=1.3)
-        half = p.n_neg_init // 2
-        neg = np.concatenate([
-            sampling.sample_by_iou(rng, "uniform", box, half, 0.0, p.neg_iou_init, bounds, trans=1.0, scale=1.6),
-            sampling.sample_by_iou(rng, "whole", box, p.n_neg_init - half, 0.0, p.neg_iou_init, bounds, scale=1.6),
-        ])
+        pos, neg = sampling.first_frame_samples(rng, box, p.n_pos_init, p.n_neg_init, bounds,
+                                                p.pos_iou_init, p.neg_iou_init)
         # parameters can ask for an IoU range no sample reaches (pos_iou_init=1, a min_size
         # larger than the frame): say so instead of failing inside the first training step
         where = f"for the box {np.round(box, 2).tolist()} in the {size[0]}x{size[1]} image"

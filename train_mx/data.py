@@ -168,12 +168,7 @@ class BatchSampler:
             geom = self.policy.select(prev, region) if bucket is None else self.policy.for_shape(prev, bucket, region)
             bucket = geom.bucket
             bounds = geom.sample_bounds((image.shape[1], image.shape[0]))
-            pos = sampling.sample_by_iou(rng, "gaussian", gt, self.n_pos, 0.7, 1.0, bounds, trans=0.1, scale=1.3)
-            half = self.n_neg // 2
-            neg = np.concatenate([
-                sampling.sample_by_iou(rng, "uniform", gt, half, 0.0, 0.5, bounds, trans=1.0, scale=1.6),
-                sampling.sample_by_iou(rng, "whole", gt, self.n_neg - half, 0.0, 0.5, bounds, scale=1.6),
-            ])
+            pos, neg = sampling.first_frame_samples(rng, gt, self.n_pos, self.n_neg, bounds)
             pos = _fill(rng, pos, self.n_pos, gt)
             neg = _fill(rng, neg, self.n_neg, None)
             patch = crop_patch(image, geom, fill=self.mean.reshape(3))
