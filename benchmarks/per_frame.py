@@ -46,11 +46,11 @@ class _Frames:
         return iter(self.frames)
 
 
-def run_backend(name, frames, model, seed, params_kw):
+def run_backend(name, frames, model, seed):
     from runtime.tracker import Tracker
 
     backend = "mxnet" if name == BASELINE else name
-    tracker = Tracker(model, backend=backend, seed=seed, bucketed=name != BASELINE, **params_kw)
+    tracker = Tracker(model, backend=backend, seed=seed, bucketed=name != BASELINE)
     ms, stages, boxes, gts, buckets = [], {s: [] for s in STAGES + ("other",)}, [], [], []
     for f in frames:
         r = tracker.update(f.image) if f is not frames.frames[0] else tracker.init(f.image, frames.init_box)
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         frames = _Frames(open_sequence_folder(path), args.max_frames)
         result["sequences"][frames.name] = {}
         for b in backends:
-            r = run_backend(b, frames, args.model, args.seed, {})
+            r = run_backend(b, frames, args.model, args.seed)
             c = cost_stats(r["ms"])
             score = evaluate_sequence(r["boxes"], r["gt"])
             result["sequences"][frames.name][b] = {"cost": c, "stages": stage_stats(r["stages"]),

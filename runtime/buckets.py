@@ -124,10 +124,8 @@ class BucketPolicy:
         box = np.asarray(box, dtype=np.float64).reshape(4)
         if not (np.all(np.isfinite(box)) and box[2] > 0 and box[3] > 0):
             raise ValueError(f"target box must be finite with positive size, got {box.tolist()}")
-        if region is None:
-            region = self.search_region(box)
-        region = np.asarray(region, dtype=np.float64).reshape(4)
-        s0 = min(self.target_size / np.sqrt(box[2] * box[3]), self.max_upscale)
+        region = self._region(box, region)
+        s0 = self._base_scale(box)
         rw, rh = region[2] * s0, region[3] * s0
         best, best_key = None, None
         for i, (h, w) in enumerate(self.shapes):
@@ -140,17 +138,29 @@ class BucketPolicy:
     def for_shape(self, box, bucket: int, region=None) -> PatchGeometry:
         """Fit ``region`` into a given bucket (used to put several frames into one batch)."""
         box = np.asarray(box, dtype=np.float64).reshape(4)
-        region = np.asarray(self.search_region(box) if region is None else region, dtype=np.float64).reshape(4)
-        return self._fit(bucket, min(self.target_size / np.sqrt(box[2] * box[3]), self.max_upscale), region)
+        return self._fit(bucket, self._base_scale(box), self._region(box, region))
+
+    def _region(self, box, region) -> np.ndarray:
+        return np.asarray(self.search_region(box) if region is None else region, dtype=np.float64).reshape(4)
+
+    def _base_scale(self, box) -> float:
+        """Patch pixels per image pixel that put the target at ``target_size`` (capped for tiny targets)."""
+        return min(self.target_size / np.sqrt(box[2] * box[3]), self.max_upscale)
+
+    @staticmethod
+    def _centred(bucket: int, shape, s: float, region) -> PatchGeometry:
+        """A patch of ``shape`` at scale ``s`` with ``region``'s centre at its centre."""
+        h, w = shape
+        cx = region[0] + region[2] / 2.0
+        cy = region[1] + region[3] / 2.0
+        return PatchGeometry(bucket=bucket, shape=(h, w), scale=float(s),
+                             offset=(float(cx - (w / 2.0) / s), float(cy - (h / 2.0) / s)))
 
     def _fit(self, bucket: int, s0: float, region) -> PatchGeometry:
         """Scale ``s0`` (shrunk if the region does not fit) with the region centred in ``bucket``."""
         h, w = self.shapes[bucket]
         s = s0 * min(1.0, w / (region[2] * s0), h / (region[3] * s0))
-        cx = region[0] + region[2] / 2.0
-        cy = region[1] + region[3] / 2.0
-        return PatchGeometry(bucket=bucket, shape=(h, w), scale=float(s),
-                             offset=(float(cx - (w / 2.0) / s), float(cy - (h / 2.0) / s)))
+        return self._centred(bucket, (h, w), s, region)
 
     def unbucketed(self, box, region=None) -> PatchGeometry:
         """The patch the region needs at the target's scale, rounded up to the stride only.
@@ -159,19 +169,13 @@ class BucketPolicy:
         every frame is a new shape, so every frame re-binds (bucket index -1).
         """
         box = np.asarray(box, dtype=np.float64).reshape(4)
-        if region is None:
-            region = self.search_region(box)
-        region = np.asarray(region, dtype=np.float64).reshape(4)
-        s = min(self.target_size / np.sqrt(box[2] * box[3]), self.max_upscale)
+        region = self._region(box, region)
         limit = max(max(hw) for hw in self.shapes)
-        s = min(s, limit / max(region[2], region[3]))
+        s = min(self._base_scale(box), limit / max(region[2], region[3]))
         st = self.stride
         w = int(np.ceil(region[2] * s / st) * st)
         h = int(np.ceil(region[3] * s / st) * st)
-        cx = region[0] + region[2] / 2.0
-        cy = region[1] + region[3] / 2.0
-        return PatchGeometry(bucket=-1, shape=(h, w), scale=float(s),
-                             offset=(float(cx - (w / 2.0) / s), float(cy - (h / 2.0) / s)))
+        return self._centred(-1, (h, w), s, region)
 
     def feature_shape(self, bucket: int) -> tuple:
         h, w = self.shapes[bucket]
