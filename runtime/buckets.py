@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .geometry import is_valid_box
+
 # (H, W) pairs, multiples of 32 so that the stride-8 feature map is whole and friendly to
 # compiled kernels. Square ones for square-ish regions, 5:3 and 3:2 for elongated ones.
 DEFAULT_SHAPES = (
@@ -122,7 +124,7 @@ class BucketPolicy:
         region fits the shape that needs the least shrinking.
         """
         box = np.asarray(box, dtype=np.float64).reshape(4)
-        if not (np.all(np.isfinite(box)) and box[2] > 0 and box[3] > 0):
+        if not is_valid_box(box):
             raise ValueError(f"target box must be finite with positive size, got {box.tolist()}")
         region = self._region(box, region)
         s0 = self._base_scale(box)

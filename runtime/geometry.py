@@ -8,14 +8,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def as_boxes(boxes) -> np.ndarray:
-    """Return ``boxes`` as a float64 ``(N, 4)`` array (a single box becomes ``(1, 4)``)."""
-    b = np.asarray(boxes, dtype=np.float64)
-    if b.shape[-1:] != (4,):  # (3, 8) would otherwise reshape into six "boxes"
-        raise ValueError(f"boxes must end in 4 numbers x, y, w, h, got shape {b.shape}")
-    return b.reshape(-1, 4)
-
-
 def xywh_to_xyxy(boxes) -> np.ndarray:
     b = np.asarray(boxes, dtype=np.float64)
     out = b.copy()
@@ -76,39 +68,17 @@ def iou(a, b) -> np.ndarray:
     return np.where(nan, np.nan, out)
 
 
-def iou_matrix(a, b) -> np.ndarray:
-    """IoU of every box in ``a`` (N, 4) against every box in ``b`` (M, 4): (N, M)."""
-    a = as_boxes(a)
-    b = as_boxes(b)
-    return iou(a[:, None, :], b[None, :, :])
-
-
 def center_error(a, b) -> np.ndarray:
     """Euclidean distance between box centres (NaN where either box is NaN)."""
     d = centers(a) - centers(b)
     return np.sqrt((d ** 2).sum(axis=-1))
 
 
-def clip_box(box, image_size, min_size: float = 1.0) -> np.ndarray:
-    """Clip an ``(x, y, w, h)`` box (or ``(N, 4)``) to an image of ``(width, height)``.
-
-    The result keeps at least ``min_size`` pixels per side and stays inside the image,
-    so it is always a valid crop. Used for the tracker's own output, not for ground truth.
-    """
-    width, height = float(image_size[0]), float(image_size[1])
-    b = np.array(box, dtype=np.float64)
-    w = np.clip(b[..., 2], min_size, width)
-    h = np.clip(b[..., 3], min_size, height)
-    x = np.clip(b[..., 0], 0.0, width - w)
-    y = np.clip(b[..., 1], 0.0, height - h)
-    return np.stack([x, y, w, h], axis=-1)
-
-
 def keep_center_inside(box, image_size, min_size: float = 1.0) -> np.ndarray:
     """Keep the box size but move the centre inside the image and bound the size.
 
-    Unlike :func:`clip_box` this lets the box extend past the border: a target that is
-    half out of frame keeps its size, as trackers on OTB do.
+    The box may extend past the border: a target that is half out of frame keeps its
+    size, as trackers on OTB do.
     """
     width, height = float(image_size[0]), float(image_size[1])
     b = np.array(box, dtype=np.float64)

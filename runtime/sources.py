@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import SequenceError, TrackerInputError
+from runtime.geometry import is_valid_box
 from runtime.imageops import to_bgr8
 
 __all__ = [
@@ -264,7 +265,7 @@ def _frame_ranges(start: int, stop: int) -> str:
 
 def usable_box(box) -> bool:
     """A ground-truth box tracking can start from: present, finite, with w and h > 0."""
-    return box is not None and bool(np.all(np.isfinite(box))) and box[2] > 0 and box[3] > 0
+    return box is not None and is_valid_box(box)
 
 
 def _first_valid(boxes: np.ndarray | None) -> np.ndarray | None:
