@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sequences"
+from runtime.sources import SHARED_SEQUENCES as SHARED
+
 # Held out of training (see models/default/TRAINING.md): the development set.
 DEV_SEQUENCES = ("vot_bolt1", "vot_traffic", "uav_person12_1", "dtb_Surfing06", "uav_truck4_1")
 

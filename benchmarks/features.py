@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.artifacts import peek_manifest
 from runtime.errors import TrackerInputError
 from runtime.model import load_model
 from runtime.report import markdown_table
@@ -40,7 +41,7 @@ def time_alone(name, model_dir, artifacts, calls, warmup=5) -> dict:
     be = make_backend(name, model, **kw)
     out = {"tvm_tuning_db": None, "ms": {}}
     if name == "tvm":
-        out["tvm_tuning_db"] = json.loads((Path(be.folder) / "manifest.json").read_text()).get("tuning_db")
+        out["tvm_tuning_db"] = (peek_manifest(be.folder) or {}).get("tuning_db")
     for b, shape in enumerate(model.policy.shapes):
         x = np.random.default_rng(b).uniform(-128, 128, (1, 3) + tuple(shape)).astype(np.float32)
         for _ in range(warmup):

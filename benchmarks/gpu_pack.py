@@ -199,9 +199,8 @@ def sample_patches(model, sequence=None, seed=0):
 def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buckets=None, build_dir=None,
                max_mb=60.0, seed=0, with_cpu=True, sequence=None) -> dict:
     from export.targets import parse
-    from runtime.model import load_model
-
     from runtime.errors import TrackerInputError
+    from runtime.model import load_model
     from runtime.outputs import check_output_folder
     from runtime.sources import open_sequence_folder
 
@@ -228,7 +227,7 @@ def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buck
 
 def _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_cpu, sequence, max_mb, final) -> dict:
     from export.build import build_onnx, build_tvm
-    from runtime.artifacts import bucket_file
+    from runtime.artifacts import bucket_file, peek_manifest
     from runtime.backends.mxnet_backend import MXNetBackend
 
     t_start = time.time()
@@ -293,7 +292,7 @@ def _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_c
             "feature_scale": model.feature_scale,
             "channels": model.channels,
             "model_hash": model.model_hash,
-            "versions": json.loads((out / "cuda" / "manifest.json").read_text()).get("versions"),
+            "versions": (peek_manifest(out / "cuda") or {}).get("versions"),
             "buckets": [{"name": n, "shape": list(s), "kernels": (f"kernels/{kernels[b]}.fatbin" if kernels[b] else None)}
                         for b, (n, s) in enumerate(zip(names, shapes))],
             "tolerance_rel": 1e-4,

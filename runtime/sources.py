@@ -26,6 +26,11 @@ from runtime.errors import SequenceError, TrackerInputError
 from runtime.geometry import is_valid_box
 from runtime.imageops import to_bgr8
 
+# A checkout's ../shared: the real sequences the benchmarks and training use by default (and
+# the ImageNet weights training starts from). Never needed to track.
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+SHARED_SEQUENCES = SHARED_DIR / "data" / "sequences"
+
 __all__ = [
     "Frame",
     "SequenceSource",

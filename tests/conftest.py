@@ -62,7 +62,8 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The ../shared folder next to the project (data and weights), or skip."""
-    path = Path(__file__).resolve().parents[2] / "shared"
+    from runtime.sources import SHARED_DIR as path
+
     if not path.is_dir():
         pytest.skip(f"{path} is not present")
     return path

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.sources import SHARED_SEQUENCES as SEQUENCES
 from runtime.sources import OTBSequence, open_sequence_folder
-
-SEQUENCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sequences"
 
 FRAME_COUNTS = {
     "dtb_MountainBike6": 81, "dtb_Surfing06": 106, "uav_boat1": 301, "uav_building4": 263,

@@ -24,6 +24,7 @@ import mxnet as mx  # noqa: E402
 from runtime.buckets import BucketPolicy  # noqa: E402
 from runtime.errors import TrackerInputError  # noqa: E402
 from runtime.model import load_model, save_model  # noqa: E402
+from runtime.sources import SHARED_SEQUENCES  # noqa: E402
 from runtime.outputs import check_output_folder  # noqa: E402
 
 from . import network  # noqa: E402
@@ -395,8 +396,7 @@ def _train(args, ap) -> int:
     resumed, state, pre = _startup_checks(args, ap)
     out = Path(args.out)
     ckpt = out / "checkpoint"
-    seqs = args.sequences or sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "sequences").iterdir()
-                                    if p.is_dir())
+    seqs = args.sequences or sorted(str(p) for p in SHARED_SEQUENCES.iterdir() if p.is_dir())
     holdout = {h for h in args.holdout.split(",") if h}
     check_sequence_names(seqs, holdout)
     policy = BucketPolicy(target_size=args.target_size)

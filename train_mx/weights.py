@@ -15,7 +15,9 @@ SQUEEZENET_LAYERS = ["conv1"] + [
 
 
 def default_squeezenet_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "shared" / "weights" / "squeezenet_v1.1_notop.h5"
+    from runtime.sources import SHARED_DIR
+
+    return SHARED_DIR / "weights" / "squeezenet_v1.1_notop.h5"
 
 
 def load_squeezenet_h5(path) -> dict:
