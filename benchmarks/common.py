@@ -36,10 +36,11 @@ def reports_user_errors(main):
     import functools
     import sys
 
-    from runtime.errors import TrackerInputError
+    from runtime.errors import TrackerInputError, cli_logging
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        cli_logging()
         try:
             return main(argv)
         except TrackerInputError as e:

@@ -3,6 +3,8 @@
 The CLI catches :class:`TrackerInputError` and prints its one-line message with a
 non-zero exit; anything else is a bug and keeps its traceback.
 """
+import logging
+import sys
 
 
 class TrackerInputError(ValueError):
@@ -33,3 +35,17 @@ class ModelError(TrackerInputError):
 
 class ArtifactError(TrackerInputError):
     """A compiled artifact set is missing, stale or built for something else."""
+
+
+
+class _LowerLevel(logging.Formatter):
+    def format(self, record):
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def cli_logging() -> None:
+    """Log warnings (and worse) to stderr as ``warning: ...``, the form of the CLI's
+    ``error: ...`` lines and of training's warnings, for the command-line entry points."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LowerLevel())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])

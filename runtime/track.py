@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from .backends import BACKENDS
-from .errors import TrackerInputError
+from .errors import TrackerInputError, cli_logging
 from .outputs import LineWriter, box_line, check_output, check_outputs_apart
 
 log = logging.getLogger("runtime.track")
@@ -385,7 +385,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own (a stream URL that does not resolve): quiet
     args = build_parser().parse_args(_negative_init(argv))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    cli_logging()
     try:
         s = run(args)
     except TrackerInputError as e:

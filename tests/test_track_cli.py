@@ -97,6 +97,20 @@ def test_corrupt_frame_keeps_last_box(otb, tiny_model, tmp_path, caplog):
     assert "0005.png" in caplog.text + err
 
 
+def test_warnings_are_printed_like_errors(otb, tiny_model, tmp_path):
+    """The command line prints ``warning: ...`` beside its ``error: ...`` (it printed ``WARNING:``)."""
+    import subprocess
+    import sys
+
+    seq = tmp_path / "seq"
+    shutil.copytree(otb, seq)
+    (seq / "img" / "0003.png").write_bytes(b"")
+    r = subprocess.run([sys.executable, "-m", "runtime.track", "--sequence", str(seq), "--model", str(tiny_model),
+                        "--max-frames", "4", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("warning: frame 2 skipped: cannot decode image") and "WARNING" not in r.stderr, r.stderr
+
+
 def _error(code, err, *words):
     assert code == 2
     assert err.startswith("error:") or "\nerror:" in err

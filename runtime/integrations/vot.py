@@ -242,14 +242,15 @@ def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     # argparse checks choices on the command line only, not on defaults from the environment
-    for flag, var, choices in (("backend", "MDTRACK_BACKEND", ("mxnet", "onnxruntime", "tvm")),
+    for flag, var, choices in (("backend", "MDTRACK_BACKEND", BACKENDS),
                                ("handle", "MDTRACK_VOT_HANDLE", ("builtin", "helper"))):
         if getattr(args, flag) not in choices:
             ap.error(f"--{flag} (or ${var}) {getattr(args, flag)!r}: use one of {', '.join(choices)}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    from runtime.errors import TrackerInputError, cli_logging
+
+    cli_logging()
     # stdout (file descriptor 1) carries the protocol: keep Python's prints off it.
     sys.stdout = sys.stderr
-    from runtime.errors import TrackerInputError
     from runtime.model import DEFAULT_MODEL
     from runtime.tracker import Tracker
 
