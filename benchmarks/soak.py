@@ -101,13 +101,12 @@ def soak(n_frames: int, size=(320, 240), seed: int = 0, model=None, backend: str
          progress=None, **params_kw) -> dict:
     """Run the soak and return its figures (see the module docstring)."""
     from runtime.evaluation import evaluate_sequence
-    from runtime.model import DEFAULT_MODEL
     from runtime.synthetic import make_sequence
     from runtime.tracker import Tracker
 
     win = windows(n_frames)
     seq = make_sequence(n_frames=n_frames, size=size, seed=seed)
-    tracker = Tracker(model if model is not None else DEFAULT_MODEL, backend=backend, seed=seed, **params_kw)
+    tracker = Tracker(model, backend=backend, seed=seed, **params_kw)
     ms = np.zeros(n_frames)
     boxes = np.zeros((n_frames, 4))
     ok = np.zeros(n_frames, bool)

@@ -71,10 +71,9 @@ class GOT10kTracker(_ToolkitTracker):
                  name: str = "mdtrack", is_deterministic: bool = True, params=None, artifacts=None,
                  **params_kw):
         super().__init__(name=name, is_deterministic=is_deterministic)
-        from runtime.model import DEFAULT_MODEL
         from runtime.tracker import Tracker
 
-        self.tracker = Tracker(DEFAULT_MODEL if model is None else model, backend=backend, device=device,
+        self.tracker = Tracker(model, backend=backend, device=device,
                                seed=seed, params=params, artifacts=artifacts, **params_kw)
         self.last = None  # the runtime's TrackResult of the last call (score, ok, ms, stages)
 

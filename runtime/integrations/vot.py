@@ -251,13 +251,12 @@ def main(argv=None) -> int:
     cli_logging()
     # stdout (file descriptor 1) carries the protocol: keep Python's prints off it.
     sys.stdout = sys.stderr
-    from runtime.model import DEFAULT_MODEL
     from runtime.tracker import Tracker
 
     handle, reason = None, None
     try:
         # Load the model before the handshake, so a bad path fails with a readable message.
-        tracker = Tracker(args.model or DEFAULT_MODEL, backend=args.backend, device=args.device, seed=args.seed,
+        tracker = Tracker(args.model or None, backend=args.backend, device=args.device, seed=args.seed,
                           artifacts=args.artifacts if args.backend != "mxnet" else None)
         handle, rectangle = open_handle("rectangle", args.handle)
         track(handle, tracker, rectangle)
