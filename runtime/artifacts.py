@@ -118,7 +118,20 @@ def read_manifest(folder, kind: str, fix: str) -> dict:
                                 f"--targets {targets} --out NEW_FOLDER, then pass --artifacts NEW_FOLDER/"
                                 f"{'onnx' if kind == 'onnx' else '<target>'}")
         raise ArtifactError(f"{folder} holds no {kind} artifacts (manifest kind {m.get('kind')!r}); {fix}")
+    _check_fields(mpath, m, fix)
     return m
+
+
+def _check_fields(mpath: Path, m: dict, fix: str) -> None:
+    """The manifest fields the runtime reads, of the types export writes, so a damaged or
+    hand-edited manifest is refused here rather than failing as an AttributeError later."""
+    files = m.get("files", {})
+    if not (isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
+        raise ArtifactError(f"{mpath}: 'files' must map file names to sha256 strings; {fix}")
+    for key, typ, what in (("target", str, "a string"), ("versions", dict, "an object"),
+                           ("buckets", list, "a list")):
+        if key in m and not isinstance(m[key], typ):
+            raise ArtifactError(f"{mpath}: {key!r} must be {what}, got {m[key]!r}; {fix}")
 
 
 def peek_manifest(folder) -> dict | None:
@@ -143,9 +156,20 @@ def _sets_below(folder: Path, kind: str) -> list:
 
 
 def check_files(folder, manifest: dict, fix: str) -> None:
-    """Every file the manifest lists is there and matches its sha256."""
+    """Every file the manifest lists is there, in the set's own folder, and matches its sha256.
+
+    A name with a folder part (``../x.so``, ``/abs/x.so``) or a link that leads out of the
+    folder is refused before anything is read: else a manifest could make the runtime hash
+    any file, and load a library from outside the set the user chose to trust."""
+    folder = Path(folder)
     for name, digest in manifest.get("files", {}).items():
-        f = Path(folder) / name
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise ArtifactError(f"{folder / MANIFEST} lists {name!r}, not a file name in the set's folder "
+                                f"(a set holds its files itself); {fix}")
+        f = folder / name
+        if f.is_symlink() and not inside(f, folder):
+            raise ArtifactError(f"{f} is a link to {f.resolve()}, outside the set's folder (the runtime loads only "
+                                f"the set's own files): copy the file in (cp -L) or {fix}")
         if not f.is_file():
             raise ArtifactError(f"{f} is missing; {fix}")
         if sha256_file(f) != digest:
@@ -190,6 +214,16 @@ def verify(folder, model, kind: str, target: str) -> dict:
         if name not in m.get("files", {}):
             raise ArtifactError(f"{folder} has no artifact for bucket {b} {tuple(shape)}; {fix}")
     return m
+
+
+def check_output(path, out, model, bucket: int, fix: str) -> None:
+    """A bucket's warm-up output has the feature-map shape the head pools from: a file of
+    another model or bucket whose hashes were rewritten would else give wrong features, or
+    fail in RoIAlign at the first frame."""
+    want = (1, model.channels) + tuple(model.policy.feature_shape(bucket))
+    if tuple(getattr(out, "shape", ())) != want:
+        raise ArtifactError(f"{path} gives features of shape {tuple(getattr(out, 'shape', ()))}, bucket {bucket} "
+                            f"of this model needs {want} (a file of another model or bucket); {fix}")
 
 
 _ELF_MACHINES = {62: "x86-64", 183: "aarch64", 40: "32-bit Arm", 3: "32-bit x86"}  # e_machine

@@ -127,6 +127,9 @@ def load_model(path=None) -> Model:
         files = dict(manifest["files"])
     except (ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{mpath} is not a valid manifest ({e}); restore the model folder") from None
+    if manifest.get("kind") in ("onnx", "tvm") and "model_hash" in manifest:
+        raise ModelError(f"{path} is a compiled artifact set, not a model folder: pass it with --artifacts "
+                         f"(Tracker(artifacts=...)) and the model it was built from with --model")
     for name in (CONFIG, WEIGHTS):
         f = path / name
         if name not in files:
@@ -143,12 +146,22 @@ def load_model(path=None) -> Model:
         reason = lines[-1] if lines else type(e).__name__
         raise ModelError(f"{path}: cannot read the model ({reason}); retrain or restore it") from None
     _check_config(path / CONFIG, config)
+    _check_params(path / WEIGHTS, config, params)
     return Model(path=path, config=config, params=params, model_hash=_model_hash(files))
+
+
+def _number(value, integer: bool = False) -> bool:
+    """A JSON number (not a bool, not a string that looks like one), finite, and whole
+    where ``integer``: what save_model writes; anything else was edited by hand or damaged."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        return False
+    return not integer or float(value).is_integer()
 
 
 def _check_config(cpath: Path, config) -> None:
     """The config keys every part of the runtime reads, present and well-formed, so a damaged
-    config fails here with its name instead of deep inside the tracker."""
+    config fails here with its name instead of deep inside the tracker (or, worse, tracks
+    with a value silently converted: a bucket side of 192.5 read as 192, "nan" as a mean)."""
     def bad(what):
         return ModelError(f"{cpath}: {what}; restore the model folder or retrain")
 
@@ -157,19 +170,70 @@ def _check_config(cpath: Path, config) -> None:
     for key in ("extractor", "buckets", "mean_bgr", "feature_channels"):
         if key not in config:
             raise bad(f"lacks {key!r}")
-    from train_mx.network import EXTRACTORS
+    from train_mx.network import EXTRACTORS, STRIDE
 
-    if config["extractor"] not in EXTRACTORS:
+    if not isinstance(config["extractor"], str) or config["extractor"] not in EXTRACTORS:
         raise bad(f"names extractor {config['extractor']!r}, not one of {', '.join(EXTRACTORS)}")
+    b = config["buckets"]
+    if not isinstance(b, dict):
+        raise bad(f"'buckets' must be an object with 'shapes', 'target_size' and 'context', got {b!r}")
+    for key in ("shapes", "target_size", "context"):
+        if key not in b:
+            raise bad(f"'buckets' lacks {key!r}")
+    shapes = b["shapes"]
+    if not (isinstance(shapes, list) and shapes
+            and all(isinstance(s, list) and len(s) == 2 and all(_number(v, True) for v in s) for s in shapes)):
+        raise bad(f"'buckets' 'shapes' must be a list of [height, width] whole numbers, got {shapes!r}")
+    for key, default in (("target_size", None), ("context", None), ("max_upscale", 6.0)):
+        v = b.get(key, default)
+        if not _number(v) or v <= 0:
+            raise bad(f"'buckets' {key!r} must be a number > 0, got {v!r}")
+    if b.get("stride", STRIDE) != STRIDE:
+        raise bad(f"'buckets' 'stride' is {b['stride']!r}, but the extractors' feature map has stride {STRIDE}")
     try:
-        BucketPolicy.from_dict(config["buckets"])
-    except (KeyError, TypeError, ValueError) as e:
+        BucketPolicy.from_dict(b)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:
         raise bad(f"has an unusable 'buckets' entry ({e})") from None
-    try:
-        mean = np.asarray(config["mean_bgr"], dtype=np.float32)
-        channels = int(config["feature_channels"])
-    except (TypeError, ValueError) as e:
-        raise bad(f"has an unusable 'mean_bgr' or 'feature_channels' ({e})") from None
-    if mean.shape != (3,) or channels < 1:
-        raise bad(f"'mean_bgr' must hold 3 numbers and 'feature_channels' be positive, got "
-                  f"{config['mean_bgr']!r} and {config['feature_channels']!r}")
+    mean, channels = config["mean_bgr"], config["feature_channels"]
+    if not (isinstance(mean, list) and len(mean) == 3 and all(_number(v) for v in mean)):
+        raise bad(f"'mean_bgr' must hold 3 numbers (B, G, R), got {mean!r}")
+    if not _number(channels, True) or channels < 1:
+        raise bad(f"'feature_channels' must be a whole number > 0, got {channels!r}")
+    # optional keys (absent in models written before they existed): the defaults of Model's properties
+    for key, ok, want in (("feature_scale", lambda v: _number(v) and v > 0, "a number > 0"),
+                          ("roi_shrink", lambda v: _number(v) and v >= 0, "a number >= 0"),
+                          ("roi_sample_ratio", lambda v: _number(v, True), "a whole number")):
+        if key in config and not ok(config[key]):
+            raise bad(f"{key!r} must be {want}, got {config[key]!r}")
+
+
+def _check_params(wpath: Path, config: dict, params: dict) -> None:
+    """Every array the extractor and the fc head read, present with the shape the config
+    implies and finite: weights of another model or width (fc4 for 512 channels beside a
+    256-channel config) otherwise fail as an MXNet or ONNX shape error at the first frame."""
+    from train_mx import network
+
+    def bad(what, why="the weights do not belong to this config.json: "):
+        return ModelError(f"{wpath}: {what}; {why}restore the model folder or retrain")
+
+    name, c = config["extractor"], int(config["feature_channels"])
+    feat, produces = network.extractor(name)
+    if produces != c:
+        raise ModelError(f"{wpath.parent / CONFIG}: 'feature_channels' is {c}, but extractor {name!r} gives "
+                         f"{produces}; restore the model folder or retrain")
+    h, w = config["buckets"]["shapes"][0]
+    arg_shapes, _, _ = feat.infer_shape(data=(1, 3, int(h), int(w)))
+    want = {n: tuple(s) for n, s in zip(feat.list_arguments(), arg_shapes) if n != "data"}
+    fc = network.FC_DIM
+    want.update(fc4_weight=(fc, c * 9), fc4_bias=(fc,), fc5_weight=(fc, fc), fc5_bias=(fc,))
+    for key, shape in want.items():
+        if key not in params:
+            raise bad(f"lacks {key} (extractor {name!r} with an fc head needs it)")
+        if tuple(params[key].shape) != shape:
+            raise bad(f"{key} has shape {tuple(params[key].shape)}, {name!r} with {c} feature channels needs {shape}")
+    cov = params.get(FEATURE_COV)
+    if cov is not None and tuple(cov.shape) != (c, c):
+        raise bad(f"{FEATURE_COV} has shape {tuple(cov.shape)}, {c} feature channels need {(c, c)}")
+    for key in list(want) + ([FEATURE_COV] if cov is not None else []):
+        if not np.isfinite(params[key]).all():
+            raise bad(f"{key} holds NaN or infinite values (a diverged or damaged training run)", "")

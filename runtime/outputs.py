@@ -98,3 +98,66 @@ class LineWriter:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class VideoOut:
+    """The annotated video: one picture per input frame, at the source's frame rate, so the
+    video's time line is the input's and picture i is frame i, as row i of ``--out`` is.
+
+    OpenCV's writer silently drops a picture of another size than its first, which would
+    shift every later picture; a frame that changed size is scaled to the video's size, and a
+    frame that could not be read becomes a black picture saying so (those before the first
+    readable frame are written once its size is known).
+    """
+
+    def __init__(self, path, fps: float | None = None):
+        self.path = str(path)
+        self.fps = float(fps) if fps and 0 < fps < 1000 else 30.0
+        self._writer = None
+        self._size = None  # (w, h)
+        self._pending = []  # notes of the unreadable frames before the first picture
+        self.frames = 0
+
+    def write(self, image, note: str | None = None) -> None:
+        """Add frame ``image`` (BGR), or, when it is None, a black picture with ``note``."""
+        import cv2
+
+        if image is None:
+            if self._writer is None:
+                self._pending.append(note)
+                return
+            self._put(self._blank(note))
+            return
+        if self._writer is None:
+            h, w = image.shape[:2]
+            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not self._writer.isOpened():
+                self._writer.release()
+                self._writer = None
+                raise TrackerInputError(f"cannot write video {self.path}; use a .mp4 or .avi path in a writable folder")
+            self._size = (w, h)
+            for n in self._pending:
+                self._put(self._blank(n))
+            self._pending = []
+        if (image.shape[1], image.shape[0]) != self._size:
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        self._put(image)
+
+    def _blank(self, note):
+        import cv2
+        import numpy as np
+
+        img = np.zeros((self._size[1], self._size[0], 3), np.uint8)
+        if note:
+            cv2.putText(img, note, (5, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        return img
+
+    def _put(self, image) -> None:
+        self._writer.write(image)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Finish the file (an mp4 is unplayable until its index is written here)."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None

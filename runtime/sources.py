@@ -715,7 +715,12 @@ class CameraSource(_CaptureSource):
 
     Has no length (``len()`` raises TypeError); iteration ends only when the device stops
     delivering frames (recorded in ``warnings``) or the caller stops.
+
+    ``live``: a frame arrives when the device delivers it, and frames the device discards
+    while the reader is busy never get an index (``--realtime`` paces by arrival).
     """
+
+    live = True
 
     def __init__(self, index_or_url, init_box=None, on_bad_frame: str = "raise",
                  name: str | None = None, open_timeout_s: float = 10.0):

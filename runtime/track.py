@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -17,7 +18,8 @@ import numpy as np
 
 from .backends import BACKENDS
 from .errors import TrackerInputError, cli_logging
-from .outputs import LineWriter, box_line, check_output, check_outputs_apart
+from .outputs import LineWriter, VideoOut, box_line, check_output, check_outputs_apart
+from .stopping import Interrupted, StdoutClosed, StopRequest, stdout_gone
 
 log = logging.getLogger("runtime.track")
 
@@ -51,7 +53,9 @@ def _device(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m runtime.track", description="MDNet-family single-object tracker.",
                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                 epilog="Exactly one input: --demo, --sequence, --video, --images or --camera.")
+                 epilog="Exactly one input: --demo, --sequence, --video, --images or --camera.\n"
+                        "Ctrl-C, SIGTERM or SIGHUP stops after the frame in hand: the outputs end on that "
+                        "frame,\nthe summary is printed, the exit status is 128 + the signal (130, 143, 129).")
     src = ap.add_argument_group("input")
     src.add_argument("--demo", action="store_true", help="track the built-in synthetic demo sequence (300 frames)")
     src.add_argument("--sequence", metavar="DIR", help="OTB or VOT folder; its first ground-truth box initialises")
@@ -149,9 +153,13 @@ def _ranges(indices) -> str:
     return ", ".join(out)
 
 
-def run(args) -> dict:
+def run(args, stop: StopRequest | None = None) -> dict:
     """Track ``args``' input; returns the summary. Raises :class:`TrackerInputError` for
     anything the user can fix.
+
+    With ``stop`` (installed as the signal handler), a signal while tracking ends the run
+    after the frame in hand, like the end of the input; the summary then has
+    ``interrupted`` (the signal's name).
 
     Every frame gets one output row, in frame order. A frame that cannot be read keeps the
     last box (with a warning). When the initial box comes from the ground truth, tracking
@@ -189,6 +197,10 @@ def run(args) -> dict:
         raise
     preds, gts, ms, oks, scores = [], [], [], [], []
     pace = None  # --realtime: (clock at the first tracked frame, its index, frame period)
+    # A live source's frames arrive when the device delivers them; the ones it discards while
+    # the tracker is busy never get an index, so its reported rate cannot pace by index alone.
+    live = getattr(source, "live", False)
+    stdout_closed = None  # index of the frame whose line found stdout closed
     dropped = 0
     box = None
     size = None  # (h, w) of the first tracked frame
@@ -208,6 +220,7 @@ def run(args) -> dict:
         tracker = Tracker(model, backend=args.backend, device=args.device, seed=args.seed, artifacts=args.artifacts)
         out = LineWriter(args.out) if args.out else None
         jsonl = LineWriter(args.jsonl) if args.jsonl else None
+        writer = VideoOut(args.save_video, getattr(source, "fps", None)) if args.save_video else None
         try:
             total = len(source)
         except TypeError:
@@ -219,9 +232,19 @@ def run(args) -> dict:
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="frame", file=sys.stderr)
+        if stop is not None:
+            stop.deferred = True
+        read_from = time.perf_counter()
         for frame in source:
+            if stop is not None and stop.signum is not None:
+                break
             if args.max_frames is not None and frame.index >= args.max_frames:
                 break
+            arrived = time.perf_counter()
+            if live and pace is not None and arrived - read_from > pace[2] / 2:
+                # we waited for this frame: it is fresh, whatever its index says (the device
+                # discarded frames during a stall, or runs slower than it reports)
+                pace = (arrived, frame.index, pace[2])
             score, ok, t, tracked, was_dropped = float("nan"), False, 0.0, True, False
             late = pace is not None and time.perf_counter() > pace[0] + (frame.index - pace[1] + 1) * pace[2]
             if box is not None and late and frame.image is not None:
@@ -289,37 +312,53 @@ def run(args) -> dict:
                         f"{t:7.1f} ms")
                 if np.isfinite(ov):
                     line += f"  iou {ov:.3f}"
-                print(line, flush=True)
+                try:
+                    print(line, flush=True)
+                except BrokenPipeError:
+                    stdout_gone()
+                    stdout_closed = frame.index
+                    per_frame = False
             elif bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"score {score:.2f} {t:.0f} ms" + (f" iou {ov:.2f}" if np.isfinite(ov) else ""))
             if (args.save_video or show) and frame.image is not None:
                 import cv2
 
-                img = draw(frame.image, shown, frame.gt, score, ok, t, frame.index)
+                resized = size is not None and frame.image.shape[:2] != size
+                # a resized frame's box belongs to the other size: not drawn
+                img = draw(frame.image, np.full(4, np.nan) if resized else shown, None if resized else frame.gt,
+                           score, ok, t, frame.index)
                 if args.save_video:
-                    if writer is None:
-                        writer = cv2.VideoWriter(args.save_video, cv2.VideoWriter_fourcc(*"mp4v"), 30,
-                                                 (img.shape[1], img.shape[0]))
-                        if not writer.isOpened():
-                            raise TrackerInputError(f"cannot write video {args.save_video}; use a .mp4 or .avi path in a writable folder")
                     writer.write(img)
                 if show:
                     cv2.imshow("runtime.track", img)
                     if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                         break
+            elif args.save_video:
+                writer.write(None, f"#{frame.index} could not be read")
+            if stdout_closed is not None:
+                break
+            read_from = time.perf_counter()
         for w in source.warnings[n_warned:]:
             if not w.startswith("skipped frame"):  # skipped frames were reported as they came
                 log.warning("%s", w)
     finally:
+        if stop is not None:
+            stop.deferred = False
         if bar is not None:
             bar.close()
         for f in (out, jsonl):
             if f:
                 f.close()
         if writer is not None:
-            writer.release()
+            writer.close()
         source.close()
+    if stdout_closed is not None:
+        raise StdoutClosed(f"stdout was closed (broken pipe) at frame {stdout_closed}; stopped there, "
+                           f"with the outputs holding frames 0-{stdout_closed}")
+    interrupted = signal.Signals(stop.signum).name if stop is not None and stop.signum is not None else None
+    if interrupted and box is None:
+        raise Interrupted(interrupted)  # nothing tracked yet: nothing to sum up
     if not preds:
         raise TrackerInputError("the input has no frames")
     if box is None:
@@ -341,10 +380,16 @@ def run(args) -> dict:
     if args.plot:
         from .report import plot_scores
 
-        plot_scores(scores, args.plot, ok=oks, title=f"Target score: {source.name}")
+        try:
+            plot_scores(scores, args.plot, ok=oks, title=f"Target score: {source.name}")
+        except OSError as e:
+            raise TrackerInputError(f"cannot write --plot {args.plot}: {e.strerror or e}; the other outputs "
+                                    "are complete") from None
     if waiting:
         summary["untracked_frames"] = len(waiting)
     summary["skipped_frames"] = len(preds) - len(waiting) - len(ms) - dropped
+    if interrupted:
+        summary["interrupted"] = interrupted
     return summary
 
 
@@ -386,15 +431,24 @@ def main(argv=None) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own (a stream URL that does not resolve): quiet
     args = build_parser().parse_args(_negative_init(argv))
     cli_logging()
+    stop = StopRequest()
     try:
-        s = run(args)
-    except TrackerInputError as e:
+        old = stop.install()
+    except ValueError:  # not the main thread: signals stay as they are
+        old = None
+    try:
+        s = run(args, stop=stop if old is not None else None)
+    except (TrackerInputError, StdoutClosed) as e:
         one_line = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"error: {one_line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        name = str(e) if str(e) in StopRequest.SIGNALS else "SIGINT"
+        print(f"interrupted ({name})", file=sys.stderr)
+        return 128 + getattr(signal, name)
+    finally:
+        if old is not None:
+            StopRequest.restore(old)
     c = s["cost"]
     line = (f"frames {s['frames']}  first {c['first_ms']:.0f} ms  median {_ms(c['median_ms'])}  "
             f"p95 {_ms(c['p95_ms'])}  max {_ms(c['max_ms'])}  lost {s['lost_frames']}")
@@ -406,7 +460,18 @@ def main(argv=None) -> int:
         line += f"  untracked {s['untracked_frames']}"
     if "auc" in s:
         line += f"  AUC {s['auc']:.3f}  precision@20 {s['precision']:.3f}  mean IoU {s['mean_iou']:.3f}"
-    print(line)
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        stdout_gone()
+        print("error: stdout was closed (broken pipe) before the summary; the outputs are complete",
+              file=sys.stderr)
+        return 2
+    if "interrupted" in s:
+        name = s["interrupted"]
+        print(f"interrupted ({name}) after {s['frames']} frames; the outputs hold frames 0-{s['frames'] - 1}",
+              file=sys.stderr)
+        return 128 + getattr(signal, name)
     return 0
 
 

@@ -193,6 +193,27 @@ def one_bucket_llvm(one_bucket_model, tmp_path_factory):
     return build(one_bucket_model, ["llvm"], tmp_path_factory.mktemp("one_llvm"), log=lambda m: None)["llvm"]
 
 
+def test_tvm_library_of_another_bucket_with_rewritten_hashes_is_refused(one_bucket_model, one_bucket_llvm, tmp_path):
+    """A 192x192 library passed off, manifest and hashes rewritten, as a 224x224 model's: one
+    line from the warm-up (it was TVM's match_cast RuntimeError)."""
+    from runtime.backends.tvm_backend import TVMBackend
+
+    config = json.loads(json.dumps(one_bucket_model.config))
+    config["buckets"]["shapes"] = [[224, 224]]
+    other = load_model(save_model(tmp_path / "model224", config, one_bucket_model.params))
+    d = tmp_path / "llvm"
+    shutil.copytree(one_bucket_llvm, d)
+    m = json.loads((d / "manifest.json").read_text())
+    old, new = artifacts.bucket_file(0, (192, 192), "so"), artifacts.bucket_file(0, (224, 224), "so")
+    (d / old).rename(d / new)
+    m["files"] = {new: m["files"].pop(old), **m["files"]}
+    m.update(model_hash=other.model_hash, buckets=[[224, 224]])
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError) as e:
+        TVMBackend(other, artifacts=d)
+    assert f"{new} does not run on a (224, 224) patch" in str(e.value) and "\n" not in str(e.value)
+
+
 def _edited_copy(src, dst, edit_manifest=None, edit_lib=None):
     """A copy of a set whose manifest (and library, re-hashed) were edited by hand."""
     shutil.copytree(src, dst)

@@ -702,6 +702,70 @@ def test_killed_process_leaves_only_whole_lines(seq, tiny_model, tmp_path):
     assert frames == list(range(len(frames))) and abs(len(frames) - len(rows)) <= 1
 
 
+def _track_process(folder, tiny_model, tmp_path, *extra, stdout=subprocess.DEVNULL):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "runtime.track", "--sequence", str(folder), "--model",
+                             str(tiny_model), "--out", str(tmp_path / "res.txt"), "--jsonl", str(tmp_path / "res.jsonl"),
+                             *map(str, extra)], cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_rows(p, path, n, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
+        if path.exists() and path.read_text().count("\n") >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} rows in {path} (exit {p.poll()})")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_stops_cleanly_with_outputs_and_summary(tiny_model, tmp_path, sig):
+    """Ctrl-C or SIGTERM (docker stop, systemd) while tracking: the frame in hand is finished,
+    --out, --jsonl and the video end on the same frame (SIGTERM used to kill the process with
+    the mp4 unplayable: no index), the summary is printed and the exit status is 128 + signal."""
+    folder = write_otb(make_sequence(n_frames=300, size=SIZE, seed=2), tmp_path / "long", ext=".jpg")
+    video = tmp_path / "res.mp4"
+    p = _track_process(folder, tiny_model, tmp_path, "--save-video", video, "--quiet", stdout=subprocess.PIPE)
+    try:
+        _wait_for_rows(p, tmp_path / "res.txt", 4)
+        p.send_signal(getattr(signal, sig))
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 128 + getattr(signal, sig), err
+    rows, frames = read_rows(tmp_path / "res.txt"), [r["frame"] for r in read_jsonl(tmp_path / "res.jsonl")]
+    n = len(rows)
+    assert 4 <= n < 300 and frames == list(range(n))
+    assert out.strip().splitlines()[-1].startswith(f"frames {n} ")
+    assert "Traceback" not in err and f"interrupted ({sig}) after {n} frames" in err, err
+    cap = cv2.VideoCapture(str(video))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == n
+    cap.release()
+
+
+def test_closed_stdout_is_one_error_line(tiny_model, tmp_path):
+    """Per-frame lines into a pipe whose reader has gone (``| head -1``): it stopped with a
+    BrokenPipeError traceback and exit 1; now one error line, exit 2, outputs whole."""
+    folder = write_otb(make_sequence(n_frames=300, size=SIZE, seed=2), tmp_path / "long", ext=".jpg")
+    p = _track_process(folder, tiny_model, tmp_path, stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline().startswith("frame 0 ")
+        p.stdout.close()
+        err = p.stderr.read()
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stderr.close()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: stdout was closed"), err
+    n = len(read_rows(tmp_path / "res.txt"))
+    assert 1 <= n < 300 and [r["frame"] for r in read_jsonl(tmp_path / "res.jsonl")] == list(range(n))
+
+
 # =========================================================================== properties: sampling
 
 

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import expect_one_error_line
 from runtime import track
 from runtime.synthetic import make_sequence, write_otb
 
@@ -245,6 +246,127 @@ def test_realtime_drops_and_counts_frames_and_keeps_rows_aligned(fast_video, tin
     lines, boxes = _boxes(tmp_path / "r.txt")
     assert len(lines) == 40
     np.testing.assert_allclose(boxes, [r["box"] for r in rows], atol=0.011)  # --out row i is frame i
+
+
+class _FakeCamera:
+    """A live source on the fake clock: frame k is produced at k * ``period`` s; a read
+    returns the newest produced frame (a one-frame buffer: older ones are lost unindexed, as
+    a device discards them) or waits (moves the clock) for the next one. Reports ``fps``."""
+
+    live = True
+
+    def __init__(self, clock, images, period, fps, init_box):
+        from runtime.sources import parse_box
+
+        self.clock, self.images, self.period, self.fps = clock, images, period, fps
+        self.init_box, self.warnings, self.name = parse_box(init_box), [], "camera:0"
+
+    def __iter__(self):
+        from runtime.sources import Frame
+
+        k = index = 0
+        while k < len(self.images):
+            newest = int(self.clock.now / self.period + 1e-9)
+            if newest < k:
+                self.clock.now = k * self.period  # wait for it
+            else:
+                k = newest
+            yield Frame(index=index, image=self.images[k])
+            index, k = index + 1, k + 1
+
+    def close(self):
+        pass
+
+
+# Reported 30 fps (P = 1/30 s). "slow device": it really delivers 15 fps and tracking costs
+# 1.2 P, faster than the frames come: nothing may be dropped (pacing by index dropped every
+# frame from the 2nd on). "stall": 30 fps, tracking 0.4 P but frame 10's update takes 10 P;
+# the device meanwhile discards frames 11-19, the stale frame 20 read next is dropped and
+# tracking goes on (pacing by index dropped every frame after the stall).
+@pytest.mark.parametrize("actual, cost, stall_at, expected",
+                         [(2, 1.2, None, []), (1, 0.4, 10, [11])], ids=["slow device", "stall"])
+def test_realtime_live_source_paces_by_arrival(otb, tiny_model, tmp_path, monkeypatch, actual, cost, stall_at,
+                                               expected):
+    from runtime import sources
+    from runtime.tracker import Tracker
+
+    P = 1 / 30
+    clock = _FakeClock()
+    monkeypatch.setattr(track, "time", clock)
+    seq = make_sequence(n_frames=40, size=(320, 240), seed=1)
+    images = [f.image for f in seq]
+    monkeypatch.setattr(sources, "CameraSource",
+                        lambda target, init_box, **kw: _FakeCamera(clock, images, actual * P, 30.0, init_box))
+    update = Tracker.update
+
+    def timed_update(self, image, *a, **kw):
+        r = update(self, image, *a, **kw)
+        clock.now += (10 if self.frame == stall_at else cost) * P
+        return r
+
+    monkeypatch.setattr(Tracker, "update", timed_update)
+    init = ",".join(f"{v:.1f}" for v in seq.init_box)
+    code, out, err = _run(["--camera", "0", "--init", init, "--realtime", "--model", tiny_model,
+                           "--jsonl", tmp_path / "r.jsonl", "--quiet"])
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in rows] == list(range(len(rows)))
+    assert [r["frame"] for r in rows if r.get("dropped")] == expected
+    assert f"dropped {len(expected)}" in out.strip().splitlines()[-1]
+
+
+def _video_frames(path):
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    n, fps, sizes = 0, cap.get(cv2.CAP_PROP_FPS), set()
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        n += 1
+        sizes.add(img.shape[:2])
+    cap.release()
+    return n, fps, sizes
+
+
+def test_save_video_keeps_the_source_frame_rate(fast_video, tiny_model, tmp_path):
+    """A 120 fps input saved at a fixed 30 fps plays 4x slow and drifts from any timestamps."""
+    path, box = fast_video
+    video = tmp_path / "t.mp4"
+    code, out, err = _run(["--video", path, "--init", ",".join(f"{v:.1f}" for v in box), "--model", tiny_model,
+                           "--max-frames", 5, "--save-video", video, "--quiet"])
+    assert code == 0, err
+    n, fps, _ = _video_frames(video)
+    assert n == 5 and fps == pytest.approx(FAST_FPS, abs=0.5)
+
+
+def test_save_video_has_one_picture_per_frame(otb, tiny_model, tmp_path):
+    """A frame of another size and an unreadable frame still get their picture: OpenCV's writer
+    dropped them silently, so picture i no longer showed frame i."""
+    import cv2
+
+    seq = shutil.copytree(otb, tmp_path / "seq")
+    frames = sorted(os.listdir(os.path.join(seq, "img")))
+    img = cv2.imread(os.path.join(seq, "img", frames[4]))
+    cv2.imwrite(os.path.join(seq, "img", frames[4]), cv2.resize(img, (160, 120)))
+    with open(os.path.join(seq, "img", frames[7]), "wb") as f:
+        f.write(b"not an image")
+    video = tmp_path / "t.mp4"
+    code, out, err = _run(["--sequence", seq, "--model", tiny_model, "--save-video", video,
+                           "--out", tmp_path / "t.txt", "--quiet"])
+    assert code == 0, err
+    n, _, sizes = _video_frames(video)
+    assert n == N_FRAMES == len((tmp_path / "t.txt").read_text().splitlines())
+    assert sizes == {(240, 320)}
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_plot_on_a_full_disk_is_one_error_line(otb, tiny_model, tmp_path, capsys):
+    code = track.main([str(a) for a in ["--sequence", otb, "--model", tiny_model, "--max-frames", 3,
+                                        "--out", tmp_path / "r.txt", "--plot", "/dev/full", "--quiet"]])
+    expect_one_error_line(capsys, code, "--plot", "/dev/full", "No space left")
+    assert len((tmp_path / "r.txt").read_text().splitlines()) == 3
 
 
 def test_plot_writes_score_png(otb, tiny_model, tmp_path):

@@ -43,7 +43,7 @@ class OnnxRuntimeBackend(FeatureBackend):
         from export.onnx_export import onnx_session
 
         self.folder = ensure_onnx(model, artifacts)
-        from ..artifacts import bucket_file, rebuild_command
+        from ..artifacts import bucket_file, check_output, rebuild_command
 
         self.sessions = []
         for b, shape in enumerate(self.policy.shapes):
@@ -60,8 +60,19 @@ class OnnxRuntimeBackend(FeatureBackend):
                 raise TrackerInputError(f"--device {device}: ONNX Runtime could not start its CUDA provider (NVIDIA "
                                         f"driver, or the CUDA / cuDNN libraries onnxruntime-gpu needs) and would run "
                                         f"on the CPU; fix the CUDA set-up or use --device cpu")
-            s.run(None, {s.get_inputs()[0].name: np.zeros((1, 3) + tuple(shape), np.float32)})  # warm-up
-            self.sessions.append((s, s.get_inputs()[0].name))
+            fix = f"rebuild with: {rebuild_command(model, 'onnx', self.folder)}"
+            name, takes = s.get_inputs()[0].name, tuple(s.get_inputs()[0].shape)
+            if all(isinstance(d, int) for d in takes) and takes != (1, 3) + tuple(shape):
+                # another bucket's graph under this name (ONNX Runtime's own message is three lines)
+                raise ArtifactError(f"{path} takes input {takes}, bucket {b} needs {(1, 3) + tuple(shape)} "
+                                    f"(a file of another bucket or model); {fix}")
+            try:  # warm-up, and the check that the file computes this bucket's features
+                out = s.run(None, {name: np.zeros((1, 3) + tuple(shape), np.float32)})[0]
+            except Exception as e:
+                reason = " ".join(line.strip() for line in str(e).strip().splitlines()) or type(e).__name__
+                raise ArtifactError(f"{path} does not run on a {tuple(shape)} patch ({reason}); {fix}") from None
+            check_output(path, out, model, b, fix)
+            self.sessions.append((s, name))
 
     def extract(self, bucket: int, patch: np.ndarray) -> np.ndarray:
         self._check(bucket, patch)

@@ -69,8 +69,10 @@ def _check_host(folder, target: str) -> None:
 
 def _manifest_target(folder):
     # only a TVM set names a TVM target; verify() reports a missing, broken or other manifest
+    # (a target that is not a string, from a damaged manifest, too: read_manifest names it)
     m = artifacts.peek_manifest(folder) or {}
-    return m.get("target") if m.get("kind") == "tvm" else None
+    target = m.get("target") if m.get("kind") == "tvm" else None
+    return target if isinstance(target, str) else None
 
 
 class TVMBackend(FeatureBackend):
@@ -124,7 +126,7 @@ class TVMBackend(FeatureBackend):
             os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
             import tvm.support.nvcc  # noqa: F401
 
-        from ..artifacts import bucket_file, check_shared_library, rebuild_command
+        from ..artifacts import bucket_file, check_output, check_shared_library, rebuild_command
 
         self._tvm = tvm
         self.vms = []
@@ -138,9 +140,15 @@ class TVMBackend(FeatureBackend):
             except Exception as e:  # the loader's reason, on one line
                 lines = str(e).strip().splitlines()
                 raise ArtifactError(f"cannot load {path} ({lines[-1] if lines else type(e).__name__}); {fix}") from None
-            vm = relax.VirtualMachine(lib, self.dev)
             x = tvm.runtime.tensor(np.zeros((1, 3) + tuple(shape), np.float32), self.dev)
-            vm["main"](x).numpy()  # warm-up
+            try:  # warm-up, and the check that the library computes this bucket's features
+                vm = relax.VirtualMachine(lib, self.dev)
+                out = vm["main"](x).numpy()
+            except Exception as e:  # e.g. another bucket's library under this name: a shape check in TVM
+                lines = str(e).strip().splitlines()
+                raise ArtifactError(f"{path} does not run on a {tuple(shape)} patch "
+                                    f"({lines[-1] if lines else type(e).__name__}); {fix}") from None
+            check_output(path, out, model, b, fix)
             self.vms.append((vm["main"], x))
 
     def extract(self, bucket: int, patch: np.ndarray) -> np.ndarray:

@@ -1,0 +1,67 @@
+"""How the command line stops early and still leaves whole outputs: a signal (Ctrl-C,
+SIGTERM from ``docker stop`` or systemd, SIGHUP) or a reader of stdout that went away."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal that stops the run at once; its argument is the signal's name. A subclass
+    because CPython, once a bare KeyboardInterrupt has escaped code it ran on behalf of C
+    (seen with a signal while the model loads), ends the process by SIGINT whatever
+    :func:`main` returned: exit -2 instead of 143."""
+
+
+class StopRequest:
+    """SIGINT / SIGTERM / SIGHUP as a handler: while frames are being tracked (``deferred``)
+    the first one only asks :func:`runtime.track.run` to stop after the frame in hand, so every output ends
+    on the same whole frame, the video is finished (an mp4 killed mid-write is unplayable)
+    and the summary is printed; a live feed has no other way to end. A second one, or one
+    before tracking starts (loading the model), stops at once with KeyboardInterrupt."""
+
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self):
+        self.signum = None
+        self.deferred = False
+
+    def __call__(self, signum, frame):
+        if self.deferred and self.signum is None:
+            self.signum = signum
+            return
+        raise Interrupted(signal.Signals(signum).name)
+
+    def install(self) -> dict:
+        """Handle the signals; returns the previous handlers for :meth:`restore`."""
+        old = {}
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            prev = signal.getsignal(sig)
+            if prev is signal.SIG_IGN:  # nohup, or a background job: the caller asked for it to be ignored
+                continue
+            old[sig] = prev
+            signal.signal(sig, self)
+        return old
+
+    @staticmethod
+    def restore(old: dict) -> None:
+        for sig, prev in old.items():
+            signal.signal(sig, prev)
+
+
+class StdoutClosed(Exception):
+    """The reader of stdout went away (``| head``, a log collector that died)."""
+
+
+def stdout_gone() -> None:
+    """Point stdout at /dev/null so nothing more (not even the flush at exit) hits the closed pipe."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (tests' StringIO)
+        pass
