@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.sources import SHARED_SEQUENCES as SHARED
+from runtime.model import SHARED_SEQUENCES as SHARED
 
 # Held out of training (see models/default/TRAINING.md): the development set.
 DEV_SEQUENCES = ("vot_bolt1", "vot_traffic", "uav_person12_1", "dtb_Surfing06", "uav_truck4_1")
@@ -127,7 +127,8 @@ class OpenCVTracker:
         fn = getattr(cv2, make, None) or getattr(getattr(cv2, "legacy", None), make, None)
         if fn is None:
             raise TrackerInputError(f"OpenCV has no {make}: {opencv_builds()}; the peer trackers are in the contrib "
-                                    "builds: pip uninstall -y every one of those, then pip install -e '.[bench]'")
+                                    "builds, which share the one cv2 module with the others: pip install "
+                                    f"--force-reinstall --no-deps opencv-contrib-python-headless=={cv2.__version__}")
         self.t = fn()
         self.box = None
 

@@ -313,7 +313,10 @@ def _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_c
 
 
 def main(argv=None) -> int:
-    from runtime.errors import TrackerInputError
+    from export.onnx_export import ParityError
+    from runtime.errors import TrackerInputError, cli_logging
+
+    cli_logging()
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_pack", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(ROOT / "models" / "default"), help="model folder (default: models/default)")
@@ -339,8 +342,8 @@ def main(argv=None) -> int:
     try:
         build_pack(args.model, args.out, args.arch, args.cpu_target, buckets, args.build_dir, args.max_mb,
                    with_cpu=not args.no_cpu, sequence=args.sequence)
-    except (PackError, TrackerInputError) as e:  # a failed build step, a bad model or argument
-        print(f"error: {e}", file=sys.stderr)
+    except (PackError, ParityError, TrackerInputError) as e:  # a failed build step or check, a bad model or argument
+        print(f"error: {e}; an existing pack is unchanged", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: {e.filename or args.out}: {e.strerror or e} (an existing pack is unchanged)", file=sys.stderr)

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from runtime.backends import BACKENDS
-from runtime.errors import TrackerInputError
+from runtime.errors import TrackerInputError, cli_logging
 
 MAX_GROWTH_MB = 100.0
 MAX_COST_RATIO = 1.25
@@ -178,6 +178,7 @@ def main(argv=None) -> int:
 
     ap = build_parser()
     args = ap.parse_args(argv)
+    cli_logging()
     import math
 
     if args.seed < 0:

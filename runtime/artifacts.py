@@ -176,6 +176,15 @@ def check_files(folder, manifest: dict, fix: str) -> None:
             raise ArtifactError(f"{f} does not match its sha256 in the manifest (corrupt or modified); {fix}")
 
 
+def missing_set(folder, model, target: str) -> ArtifactError:
+    """The error for a mistyped --artifacts (a rebuild "into" its parent would be a guess).
+    The runtime builds onnx and llvm sets itself when --artifacts is left out."""
+    builds = " or leave --artifacts out (the runtime builds and caches its own set)," \
+        if target in ("onnx", "llvm") else ""
+    return ArtifactError(f"artifact folder {folder} does not exist; pass the set export wrote (OUT/{target}),"
+                         f"{builds} or build one with: {rebuild_command(model, target, Path('OUT') / target)}")
+
+
 def verify(folder, model, kind: str, target: str) -> dict:
     """Check a set against the model, bucket set, target, installed TVM and file hashes.
 
@@ -183,11 +192,8 @@ def verify(folder, model, kind: str, target: str) -> dict:
     command that rebuilds the set.
     """
     folder = Path(folder)
-    if not folder.exists():  # a mistyped --artifacts: a rebuild "into" its parent would be a guess
-        builds = " or leave --artifacts out (the runtime builds and caches its own set)," \
-            if target in ("onnx", "llvm") else ""
-        raise ArtifactError(f"artifact folder {folder} does not exist; pass the set export wrote (OUT/{target}),"
-                            f"{builds} or build one with: {rebuild_command(model, target, Path('OUT') / target)}")
+    if not folder.exists():
+        raise missing_set(folder, model, target)
     fix = f"rebuild with: {rebuild_command(model, target, folder)}"
     m = read_manifest(folder, kind, fix)
     if m.get("model_hash") != model.model_hash:
@@ -216,7 +222,7 @@ def verify(folder, model, kind: str, target: str) -> dict:
     return m
 
 
-def check_output(path, out, model, bucket: int, fix: str) -> None:
+def check_feature_shape(path, out, model, bucket: int, fix: str) -> None:
     """A bucket's warm-up output has the feature-map shape the head pools from: a file of
     another model or bucket whose hashes were rewritten would else give wrong features, or
     fail in RoIAlign at the first frame."""

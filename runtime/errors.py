@@ -37,7 +37,6 @@ class ArtifactError(TrackerInputError):
     """A compiled artifact set is missing, stale or built for something else."""
 
 
-
 class _LowerLevel(logging.Formatter):
     def format(self, record):
         return f"{record.levelname.lower()}: {record.getMessage()}"

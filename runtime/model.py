@@ -24,6 +24,10 @@ WEIGHTS = "weights.params"
 FEATURE_COV = "stats_feature_cov"
 MANIFEST = "manifest.json"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+# A checkout's ../shared: the real sequences the benchmarks and training use by default, and
+# the ImageNet weights training starts from. Never needed to track.
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+SHARED_SEQUENCES = SHARED_DIR / "data" / "sequences"
 
 
 def sha256_file(path) -> str:

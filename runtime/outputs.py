@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .errors import TrackerInputError
+from .sources import frame_rate
 
 
 def check_output_path(path, flag: str) -> None:
@@ -112,7 +113,7 @@ class VideoOut:
 
     def __init__(self, path, fps: float | None = None):
         self.path = str(path)
-        self.fps = float(fps) if fps and 0 < fps < 1000 else 30.0
+        self.fps = frame_rate(fps) or 30.0  # a source that reports none (a glob of images): 30
         self._writer = None
         self._size = None  # (w, h)
         self._pending = []  # notes of the unreadable frames before the first picture

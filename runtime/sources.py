@@ -26,11 +26,6 @@ from runtime.errors import SequenceError, TrackerInputError
 from runtime.geometry import is_valid_box
 from runtime.imageops import to_bgr8
 
-# A checkout's ../shared: the real sequences the benchmarks and training use by default (and
-# the ImageNet weights training starts from). Never needed to track.
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
-SHARED_SEQUENCES = SHARED_DIR / "data" / "sequences"
-
 __all__ = [
     "Frame",
     "SequenceSource",
@@ -704,10 +699,13 @@ class VideoSource(_CaptureSource):
             cap.release()
 
 
+def frame_rate(value) -> float | None:
+    """A frame rate as reported (by a container, a camera), or None where it is none or nonsense."""
+    return float(value) if value and math.isfinite(value) and 0 < value < 1000 else None
+
+
 def _fps(cap) -> float | None:
-    """An open capture's frame rate, or None where it reports none (or nonsense)."""
-    f = cap.get(cv2.CAP_PROP_FPS)
-    return float(f) if f and math.isfinite(f) and 0 < f < 1000 else None
+    return frame_rate(cap.get(cv2.CAP_PROP_FPS))
 
 
 class CameraSource(_CaptureSource):

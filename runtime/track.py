@@ -212,12 +212,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
         from_gt = args.init is None and not args.select
         if source.init_box is None and not args.select:
             raise TrackerInputError("no initial box: the sequence has no usable ground-truth box; pass --init x,y,w,h")
-        model = args.model
-        if model is None:
-            from .model import DEFAULT_MODEL
-
-            model = DEFAULT_MODEL
-        tracker = Tracker(model, backend=args.backend, device=args.device, seed=args.seed, artifacts=args.artifacts)
+        tracker = Tracker(args.model, backend=args.backend, device=args.device, seed=args.seed, artifacts=args.artifacts)
         out = LineWriter(args.out) if args.out else None
         jsonl = LineWriter(args.jsonl) if args.jsonl else None
         writer = VideoOut(args.save_video, getattr(source, "fps", None)) if args.save_video else None
@@ -314,7 +309,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
                     line += f"  iou {ov:.3f}"
                 try:
                     print(line, flush=True)
-                except BrokenPipeError:
+                except OSError:  # a closed pipe, or a hung-up terminal (EIO)
                     stdout_gone()
                     stdout_closed = frame.index
                     per_frame = False
@@ -343,8 +338,6 @@ def run(args, stop: StopRequest | None = None) -> dict:
             if not w.startswith("skipped frame"):  # skipped frames were reported as they came
                 log.warning("%s", w)
     finally:
-        if stop is not None:
-            stop.deferred = False
         if bar is not None:
             bar.close()
         for f in (out, jsonl):
@@ -354,7 +347,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
             writer.close()
         source.close()
     if stdout_closed is not None:
-        raise StdoutClosed(f"stdout was closed (broken pipe) at frame {stdout_closed}; stopped there, "
+        raise StdoutClosed(f"stdout was closed at frame {stdout_closed}; stopped there, "
                            f"with the outputs holding frames 0-{stdout_closed}")
     interrupted = signal.Signals(stop.signum).name if stop is not None and stop.signum is not None else None
     if interrupted and box is None:
@@ -438,6 +431,7 @@ def main(argv=None) -> int:
         old = None
     try:
         s = run(args, stop=stop if old is not None else None)
+        return _report(s, stop)
     except (TrackerInputError, StdoutClosed) as e:
         one_line = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"error: {one_line}", file=sys.stderr)
@@ -446,9 +440,14 @@ def main(argv=None) -> int:
         name = str(e) if str(e) in StopRequest.SIGNALS else "SIGINT"
         print(f"interrupted ({name})", file=sys.stderr)
         return 128 + getattr(signal, name)
-    finally:
+    finally:  # a first signal stays deferred until the summary is out
         if old is not None:
+            stop.deferred = False
             StopRequest.restore(old)
+
+
+def _report(s: dict, stop: StopRequest) -> int:
+    """Print the summary line; the exit status (128 + a signal that stopped the run)."""
     c = s["cost"]
     line = (f"frames {s['frames']}  first {c['first_ms']:.0f} ms  median {_ms(c['median_ms'])}  "
             f"p95 {_ms(c['p95_ms'])}  max {_ms(c['max_ms'])}  lost {s['lost_frames']}")
@@ -462,13 +461,11 @@ def main(argv=None) -> int:
         line += f"  AUC {s['auc']:.3f}  precision@20 {s['precision']:.3f}  mean IoU {s['mean_iou']:.3f}"
     try:
         print(line, flush=True)
-    except BrokenPipeError:
+    except OSError as e:  # a closed pipe, or a hung-up terminal (EIO)
         stdout_gone()
-        print("error: stdout was closed (broken pipe) before the summary; the outputs are complete",
-              file=sys.stderr)
-        return 2
-    if "interrupted" in s:
-        name = s["interrupted"]
+        raise StdoutClosed(f"stdout was closed ({e.strerror or e}) before the summary; the outputs are complete") from None
+    name = s.get("interrupted") or (signal.Signals(stop.signum).name if stop.signum is not None else None)
+    if name:
         print(f"interrupted ({name}) after {s['frames']} frames; the outputs hold frames 0-{s['frames'] - 1}",
               file=sys.stderr)
         return 128 + getattr(signal, name)

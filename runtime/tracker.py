@@ -25,6 +25,7 @@ from .model import Model, load_model
 from .params import TrackerParams
 
 log = logging.getLogger("runtime.tracker")
+_WARNED_NO_STATS = set()  # model hashes warned about
 
 STAGES = ("crop", "features", "head", "bbreg", "update")
 
@@ -88,8 +89,10 @@ class Tracker:
                                     "online_layers trains fc4: a factored fc4 is cached, not trained")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise TrackerInputError(f"seed must be a whole number >= 0, got {seed!r}")
-        if effective_rank(p, self.model.channels) and self.model.feature_cov is None:
+        if effective_rank(p, self.model.channels) and self.model.feature_cov is None \
+                and self.model.model_hash not in _WARNED_NO_STATS:  # once, not once per sequence
             # a model trained without the README's feature_stats step still tracks, less well
+            _WARNED_NO_STATS.add(self.model.model_hash)
             log.warning("model %s has no feature statistics, so fc4 is factored without them (lower accuracy); "
                         "add them with: python -m train_mx.feature_stats --model %s", self.model.path, self.model.path)
         self.policy = self.model.policy

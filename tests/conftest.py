@@ -62,7 +62,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The ../shared folder next to the project (data and weights), or skip."""
-    from runtime.sources import SHARED_DIR as path
+    from runtime.model import SHARED_DIR as path
 
     if not path.is_dir():
         pytest.skip(f"{path} is not present")

@@ -104,7 +104,7 @@ def test_samples_use_their_own_smaller_executor():
     assert head.binds == binds
 
 
-def test_feature_stats_are_stored_hashed_and_kept_out_of_the_extractor(tiny_model, tmp_path, caplog):
+def test_feature_stats_are_stored_hashed_and_kept_out_of_the_extractor(tiny_model, tmp_path, caplog, monkeypatch):
     """A model without statistics tracks, with a warning naming the command that adds them."""
     from runtime import Tracker
     from runtime.model import FEATURE_COV, load_model, save_model
@@ -117,8 +117,10 @@ def test_feature_stats_are_stored_hashed_and_kept_out_of_the_extractor(tiny_mode
     seq = write_otb(make_sequence(n_frames=12, seed=4), tmp_path / "syn")
     before = load_model(model_dir)
     assert before.feature_cov is None
+    monkeypatch.setattr("runtime.tracker._WARNED_NO_STATS", set())
     with caplog.at_level("WARNING", logger="runtime.tracker"):
         Tracker(model_dir)
+        Tracker(model_dir)  # once per model, not once per sequence of a benchmark
         Tracker(model_dir, fc4_rank=0)  # the exact fc4 needs none
     assert len(caplog.records) == 1
     assert "no feature statistics" in caplog.text and f"feature_stats --model {model_dir}" in caplog.text

@@ -745,6 +745,28 @@ def test_signal_stops_cleanly_with_outputs_and_summary(tiny_model, tmp_path, sig
     cap.release()
 
 
+def test_signal_after_the_last_frame_still_gets_the_summary(tiny_model, tmp_path, monkeypatch, capsys):
+    """A first SIGTERM while the run is being summed up (here: writing the plot) stays
+    deferred: the summary is printed, then exit 143 (it once stopped at once, no summary)."""
+    import os
+    import signal
+
+    import runtime.report
+    from runtime import track
+
+    def plot_and_signal(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(runtime.report, "plot_scores", plot_and_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    code = track.main(["--demo", "--max-frames", "3", "--quiet", "--model", str(tiny_model),
+                       "--plot", str(tmp_path / "p.png"), "--out", str(tmp_path / "r.txt")])
+    out, err = capsys.readouterr()
+    assert code == 143 and out.startswith("frames 3 "), (out, err)
+    assert "interrupted (SIGTERM) after 3 frames" in err
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers put back
+
+
 def test_closed_stdout_is_one_error_line(tiny_model, tmp_path):
     """Per-frame lines into a pipe whose reader has gone (``| head -1``): it stopped with a
     BrokenPipeError traceback and exit 1; now one error line, exit 2, outputs whole."""

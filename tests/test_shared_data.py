@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.sources import SHARED_SEQUENCES as SEQUENCES
+from runtime.model import SHARED_SEQUENCES as SEQUENCES
 from runtime.sources import OTBSequence, open_sequence_folder
 
 FRAME_COUNTS = {

@@ -828,7 +828,7 @@ def test_train_refuses_unknown_holdout_same_names_a_used_out_and_other_sequences
     assert (out / "state.json").read_text() == state
 
 
-def test_save_model_replaces_only_its_own_runs_model(sequences, tmp_path, capsys):
+def test_save_model_replaces_only_its_own_runs_model(sequences, tmp_path, capsys, monkeypatch):
     """--save-model into a folder holding another run's model is refused before training
     (it was replaced at the end); the run that wrote it may write it again when resumed."""
     from runtime.model import load_model
@@ -843,3 +843,15 @@ def test_save_model_replaces_only_its_own_runs_model(sequences, tmp_path, capsys
     assert not (tmp_path / "b").exists() and load_model(model).model_hash == first
     assert train.main([*base, "--iterations", "4", "--out", str(tmp_path / "a"), "--resume"]) == 0
     assert load_model(model).model_hash != first
+    # a model no run wrote (a copy of the shipped one, "training" absent or damaged) is never "this run's"
+    from runtime.errors import TrackerInputError
+    from train_mx.train import check_save_model_free
+
+    for training in (None, "null", '{"out": 3}'):
+        other = tmp_path / f"other_{training}"
+        other.mkdir()
+        (other / "manifest.json").write_text("{}")
+        (other / "config.json").write_text("{}" if training is None else f'{{"training": {training}}}')
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(TrackerInputError, match="already holds a model; give a new folder"):
+            check_save_model_free(other, ".")

@@ -17,7 +17,7 @@ import numpy as np
 
 from runtime.errors import TrackerInputError
 from runtime.model import FEATURE_COV, Model, load_model, save_model
-from runtime.sources import SHARED_SEQUENCES as SEQUENCES
+from runtime.model import SHARED_SEQUENCES as SEQUENCES
 
 
 def feature_moment(model: Model, domains, every: int = 10) -> tuple:

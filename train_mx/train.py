@@ -24,7 +24,7 @@ import mxnet as mx  # noqa: E402
 from runtime.buckets import BucketPolicy  # noqa: E402
 from runtime.errors import TrackerInputError  # noqa: E402
 from runtime.model import load_model, save_model  # noqa: E402
-from runtime.sources import SHARED_SEQUENCES  # noqa: E402
+from runtime.model import SHARED_SEQUENCES  # noqa: E402
 from runtime.outputs import check_output_folder  # noqa: E402
 
 from . import network  # noqa: E402
@@ -283,13 +283,16 @@ def check_save_model_free(save_model, out) -> None:
     if not (folder / "manifest.json").exists() and not cfg_path.exists():
         return
     try:
-        trained = json.loads(cfg_path.read_text()).get("training", {})
+        trained = json.loads(cfg_path.read_text()).get("training")
     except (OSError, ValueError, AttributeError):
-        trained = {}
-    this_run = str(Path(out).expanduser().resolve())
-    if trained.get("out_abs", str(Path(trained.get("out") or "").resolve())) == this_run:  # out_abs is newer
+        trained = None
+    trained = trained if isinstance(trained, dict) else {}
+    # the run that wrote it (out_abs is newer than out); a model with neither is no run's
+    recorded = trained.get("out") if isinstance(trained.get("out"), str) else None
+    owner = trained.get("out_abs") or (str(Path(recorded).resolve()) if recorded else None)
+    if owner == str(Path(out).expanduser().resolve()):
         return
-    where = f" (trained into {trained['out']})" if trained.get("out") else ""
+    where = f" (trained into {recorded})" if recorded else ""
     raise TrackerInputError(f"--save-model {save_model} already holds a model{where}; give a new folder, "
                             "or remove that one to replace it")
 

@@ -15,7 +15,7 @@ SQUEEZENET_LAYERS = ["conv1"] + [
 
 
 def default_squeezenet_path() -> Path:
-    from runtime.sources import SHARED_DIR
+    from runtime.model import SHARED_DIR
 
     return SHARED_DIR / "weights" / "squeezenet_v1.1_notop.h5"
 

@@ -88,14 +88,14 @@ class TVMBackend(FeatureBackend):
         if target is None and artifacts is not None:
             target = _manifest_target(artifacts)
             if target is None:  # no TVM set there: say what is there instead
-                from ..artifacts import read_manifest  # the "artifacts" argument shadows the module
+                from ..artifacts import missing_set, read_manifest, rebuild_command  # "artifacts" is shadowed
 
-                build = "python -m export --targets llvm (or cuda:sm_XX) --out OUT, then pass --artifacts OUT/<target>"
+                wanted = "llvm" if device == "cpu" else "cuda-sm_XX"  # the set this device would load
                 if not Path(artifacts).exists():
-                    raise ArtifactError(f"artifact folder {artifacts} does not exist; pass the set export wrote "
-                                        "(OUT/llvm, OUT/cuda-sm_XX), or leave --artifacts out (the runtime builds "
-                                        f"and caches an llvm set), or build one with: {build}")
-                read_manifest(artifacts, "tvm", f"build one with: {build}")
+                    raise missing_set(Path(artifacts), model, wanted)
+                read_manifest(artifacts, "tvm", "build one with: "
+                              + rebuild_command(model, wanted, Path("NEW_FOLDER") / wanted)
+                              + f", then pass --artifacts NEW_FOLDER/{wanted}")
         if target is None:
             if device != "cpu":
                 raise TrackerInputError("--device cuda with tvm needs --artifacts DIR built by "
@@ -126,7 +126,7 @@ class TVMBackend(FeatureBackend):
             os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
             import tvm.support.nvcc  # noqa: F401
 
-        from ..artifacts import bucket_file, check_output, check_shared_library, rebuild_command
+        from ..artifacts import bucket_file, check_feature_shape, check_shared_library, rebuild_command
 
         self._tvm = tvm
         self.vms = []
@@ -141,14 +141,18 @@ class TVMBackend(FeatureBackend):
                 lines = str(e).strip().splitlines()
                 raise ArtifactError(f"cannot load {path} ({lines[-1] if lines else type(e).__name__}); {fix}") from None
             x = tvm.runtime.tensor(np.zeros((1, 3) + tuple(shape), np.float32), self.dev)
+            vm = relax.VirtualMachine(lib, self.dev)
             try:  # warm-up, and the check that the library computes this bucket's features
-                vm = relax.VirtualMachine(lib, self.dev)
                 out = vm["main"](x).numpy()
-            except Exception as e:  # e.g. another bucket's library under this name: a shape check in TVM
+            except Exception as e:
+                # another bucket's library under this name fails TVM's input shape check; any
+                # other failure (out of device memory, a driver problem) is not the file's
+                if "match_cast" not in str(e) and "shape" not in str(e).lower():
+                    raise
                 lines = str(e).strip().splitlines()
                 raise ArtifactError(f"{path} does not run on a {tuple(shape)} patch "
                                     f"({lines[-1] if lines else type(e).__name__}); {fix}") from None
-            check_output(path, out, model, b, fix)
+            check_feature_shape(path, out, model, b, fix)
             self.vms.append((vm["main"], x))
 
     def extract(self, bucket: int, patch: np.ndarray) -> np.ndarray:
