@@ -136,7 +136,7 @@ def build_tvm(model, target, onnx_dir, out, log=print) -> Path:
 
 def build(model, target_names, out=None, log=print) -> dict:
     """ONNX set plus one TVM set per target under ``out``; returns {name: folder}."""
-    out = Path(out).expanduser() if out is not None else artifacts.default_dir(model, "onnx", "onnx").parent
+    out = Path(out).expanduser() if out is not None else artifacts.default_dir(model, "onnx").parent
     tgts = [targets_mod.parse(t) if isinstance(t, str) else t for t in target_names]
     for folder in [out / "onnx"] + [out / t.name for t in tgts]:  # before minutes of work
         check_replaceable(folder)

@@ -26,7 +26,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("MDTRACK_CACHE", Path.home() / ".cache" / "mdtrack"))
 
 
-def default_dir(model, kind: str, target: str) -> Path:
+def default_dir(model, target: str) -> Path:
     return cache_root() / "artifacts" / model.model_hash[:16] / target  # the ONNX set's target is "onnx"
 
 
@@ -199,7 +199,7 @@ def verify(folder, model, kind: str, target: str) -> dict:
     if m.get("model_hash") != model.model_hash:
         # The folder belongs to the other model (rebuilding it in place would destroy that
         # model's set): this model's own set goes to its own folder in the runtime's cache.
-        own = rebuild_command(model, target, default_dir(model, kind, target))
+        own = rebuild_command(model, target, default_dir(model, target))
         where = "" if inside(folder, cache_root()) else " (the runtime's cache, used when --artifacts is left out)"
         raise ArtifactError(f"{folder} was built for another model ({str(m.get('model_hash'))[:12]}, "
                             f"this is {model.model_hash[:12]}); pass the model it was built for with --model, "

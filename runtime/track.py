@@ -181,17 +181,16 @@ def run(args, stop: StopRequest | None = None) -> dict:
         if not _has_display():
             raise TrackerInputError("--select needs a display to draw the box on (DISPLAY is not set); "
                                     "pass --init x,y,w,h instead")
-    for flag, path in (("--out", args.out), ("--jsonl", args.jsonl), ("--save-video", args.save_video),
-                       ("--plot", args.plot)):
-        if path:
-            check_output(path, flag)
+    outputs = [(flag, path) for flag, path in (("--out", args.out), ("--jsonl", args.jsonl),
+                                               ("--save-video", args.save_video), ("--plot", args.plot)) if path]
+    for flag, path in outputs:
+        check_output(path, flag)
     # The input first: its errors are cheap to find, building the tracker may not be
     # (the first use of a compiled backend exports and compiles).
     source = open_source(args)
     out = jsonl = writer = bar = None
     try:
-        check_outputs_apart([(f, p) for f, p in (("--out", args.out), ("--jsonl", args.jsonl),
-                                                 ("--save-video", args.save_video), ("--plot", args.plot)) if p], source)
+        check_outputs_apart(outputs, source)
     except TrackerInputError:
         source.close()
         raise

@@ -16,7 +16,7 @@ def ensure_onnx(model, folder=None) -> Path:
     if folder is not None:
         artifacts.verify(folder, model, "onnx", "onnx")
         return Path(folder)
-    folder = artifacts.default_dir(model, "onnx", "onnx")
+    folder = artifacts.default_dir(model, "onnx")
     try:
         artifacts.verify(folder, model, "onnx", "onnx")
     except ArtifactError:

@@ -18,7 +18,7 @@ def ensure_tvm(model, target_name: str, folder=None) -> Path:
     if folder is not None:
         artifacts.verify(folder, model, "tvm", target_name)
         return Path(folder)
-    folder = artifacts.default_dir(model, "tvm", target_name)
+    folder = artifacts.default_dir(model, target_name)
     try:
         m = artifacts.verify(folder, model, "tvm", target_name)
         from export.targets import parse
