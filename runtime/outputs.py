@@ -117,7 +117,6 @@ class VideoOut:
         self._writer = None
         self._size = None  # (w, h)
         self._pending = []  # notes of the unreadable frames before the first picture
-        self.frames = 0
 
     def write(self, image, note: str | None = None) -> None:
         """Add frame ``image`` (BGR), or, when it is None, a black picture with ``note``."""
@@ -127,7 +126,7 @@ class VideoOut:
             if self._writer is None:
                 self._pending.append(note)
                 return
-            self._put(self._blank(note))
+            self._writer.write(self._blank(note))
             return
         if self._writer is None:
             h, w = image.shape[:2]
@@ -138,11 +137,11 @@ class VideoOut:
                 raise TrackerInputError(f"cannot write video {self.path}; use a .mp4 or .avi path in a writable folder")
             self._size = (w, h)
             for n in self._pending:
-                self._put(self._blank(n))
+                self._writer.write(self._blank(n))
             self._pending = []
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
-        self._put(image)
+        self._writer.write(image)
 
     def _blank(self, note):
         import cv2
@@ -152,10 +151,6 @@ class VideoOut:
         if note:
             cv2.putText(img, note, (5, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
         return img
-
-    def _put(self, image) -> None:
-        self._writer.write(image)
-        self.frames += 1
 
     def close(self) -> None:
         """Finish the file (an mp4 is unplayable until its index is written here)."""
