@@ -3,10 +3,15 @@ nothing and a one-line error says what to do, and the result rows and the line w
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from .errors import TrackerInputError
 from .sources import frame_rate
+from .stopping import StdoutClosed, stdout_gone
+
+STDOUT = "-"  # as an output path: the result rows go to stdout
+STDOUT_FLAGS = ("--out", "--jsonl")  # the line outputs; a video or a PNG is no stream of lines
 
 
 def check_output_path(path, flag: str) -> None:
@@ -50,6 +55,17 @@ def check_output(path, flag: str) -> None:
         raise TrackerInputError(f"--save-video {p}: OpenCV cannot write a video named {p.suffix or 'without an extension'}; "
                                 f"use {' or '.join(VIDEO_SUFFIXES[:2])}")
     check_output_path(p, flag)
+
+
+def check_stdout_outputs(outputs) -> None:
+    """``-`` (stdout) for at most one of the line outputs, and for no other output."""
+    flags = [flag for flag, path in outputs if path == STDOUT]
+    for flag in flags:
+        if flag not in STDOUT_FLAGS:
+            raise TrackerInputError(f"{flag} -: only --out and --jsonl can write to stdout; give a file "
+                                    "(./- for a file named '-')")
+    if len(flags) > 1:
+        raise TrackerInputError(f"{' and '.join(flags)} both write to stdout (-); give one of them a file")
 
 
 def check_outputs_apart(outputs, source) -> None:
@@ -99,6 +115,28 @@ class LineWriter:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class StdoutLines:
+    """:class:`LineWriter` for stdout (``--out -``): a line at a time, flushed, so a reader
+    downstream gets each frame's row as it is tracked. A reader that went away is
+    :class:`StdoutClosed`, and stdout then points at /dev/null."""
+
+    path = "stdout"
+
+    def write(self, line: str) -> None:
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except OSError:  # a closed pipe, or a hung-up terminal (EIO)
+            stdout_gone()
+            raise StdoutClosed("stdout was closed") from None
+
+    def close(self) -> None:
+        try:
+            sys.stdout.flush()
+        except OSError:
+            stdout_gone()
 
 
 class VideoOut:

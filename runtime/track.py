@@ -18,7 +18,8 @@ import numpy as np
 
 from .backends import BACKENDS
 from .errors import TrackerInputError, cli_logging
-from .outputs import LineWriter, VideoOut, box_line, check_output, check_outputs_apart
+from .outputs import (STDOUT, LineWriter, StdoutLines, VideoOut, box_line, check_output, check_outputs_apart,
+                      check_stdout_outputs)
 from .stopping import Interrupted, StdoutClosed, StopRequest, stdout_gone
 
 log = logging.getLogger("runtime.track")
@@ -76,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--artifacts", metavar="DIR", default=None, help="prebuilt compiled artifact set (onnxruntime/tvm)")
     m.add_argument("--seed", type=int, default=0, help="random seed (same seed, same boxes)")
     o = ap.add_argument_group("output")
-    o.add_argument("--out", metavar="FILE", help="write one x,y,w,h line per frame (OTB convention)")
-    o.add_argument("--jsonl", metavar="FILE", help="write one JSON object per frame: frame, box, score, ok, ms")
+    o.add_argument("--out", metavar="FILE", help="write one x,y,w,h line per frame (OTB convention); "
+                   "'-' writes them to stdout (the log and the summary then go to stderr)")
+    o.add_argument("--jsonl", metavar="FILE", help="write one JSON object per frame: frame, box, score, ok, ms; "
+                   "'-' writes them to stdout")
     o.add_argument("--save-video", metavar="FILE", help="write an annotated video (box, score, ms; ground truth when known)")
     o.add_argument("--show", action="store_true", help="show a live window (needs a display)")
     o.add_argument("--plot", metavar="PNG", help="write a plot of the target score over the frames (failures marked)")
@@ -183,8 +186,11 @@ def run(args, stop: StopRequest | None = None) -> dict:
                                     "pass --init x,y,w,h instead")
     outputs = [(flag, path) for flag, path in (("--out", args.out), ("--jsonl", args.jsonl),
                                                ("--save-video", args.save_video), ("--plot", args.plot)) if path]
+    check_stdout_outputs(outputs)
+    outputs = [(flag, path) for flag, path in outputs if path != STDOUT]
     for flag, path in outputs:
         check_output(path, flag)
+    log_to = _log_stream(args)
     # The input first: its errors are cheap to find, building the tracker may not be
     # (the first use of a compiled backend exports and compiles).
     source = open_source(args)
@@ -212,8 +218,8 @@ def run(args, stop: StopRequest | None = None) -> dict:
         if source.init_box is None and not args.select:
             raise TrackerInputError("no initial box: the sequence has no usable ground-truth box; pass --init x,y,w,h")
         tracker = Tracker(args.model, backend=args.backend, device=args.device, seed=args.seed, artifacts=args.artifacts)
-        out = LineWriter(args.out) if args.out else None
-        jsonl = LineWriter(args.jsonl) if args.jsonl else None
+        out = _line_writer(args.out)
+        jsonl = _line_writer(args.jsonl)
         writer = VideoOut(args.save_video, getattr(source, "fps", None)) if args.save_video else None
         try:
             total = len(source)
@@ -291,14 +297,20 @@ def run(args, stop: StopRequest | None = None) -> dict:
             if box is not None and tracked:
                 oks.append(ok)
                 scores.append(score)
+            rows = []
             if out:
-                out.write(box_line(shown))
+                rows.append((out, box_line(shown)))
             if jsonl:
-                jsonl.write(json.dumps({"frame": frame.index,
-                                        "box": [round(float(v), 2) if np.isfinite(v) else None for v in shown],
-                                        "score": None if not np.isfinite(score) else round(score, 4),
-                                        "ok": bool(ok), "ms": round(t, 3),
-                                        **({"dropped": True} if was_dropped else {})}))
+                rows.append((jsonl, json.dumps({"frame": frame.index,
+                                                "box": [round(float(v), 2) if np.isfinite(v) else None for v in shown],
+                                                "score": None if not np.isfinite(score) else round(score, 4),
+                                                "ok": bool(ok), "ms": round(t, 3),
+                                                **({"dropped": True} if was_dropped else {})})))
+            for f, row in rows:
+                try:
+                    f.write(row)
+                except StdoutClosed:  # the results' reader went away; the files still get this row
+                    stdout_closed = frame.index
             ov = float(iou(shown, frame.gt)) if frame.gt is not None and box is not None else float("nan")
             if per_frame:
                 state = ("ok  " if ok else "lost") if tracked else ("drop" if was_dropped else "skip")
@@ -307,11 +319,12 @@ def run(args, stop: StopRequest | None = None) -> dict:
                 if np.isfinite(ov):
                     line += f"  iou {ov:.3f}"
                 try:
-                    print(line, flush=True)
+                    print(line, file=log_to, flush=True)
                 except OSError:  # a closed pipe, or a hung-up terminal (EIO)
-                    stdout_gone()
-                    stdout_closed = frame.index
                     per_frame = False
+                    if log_to is sys.stdout:
+                        stdout_gone()
+                        stdout_closed = frame.index
             elif bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"score {score:.2f} {t:.0f} ms" + (f" iou {ov:.2f}" if np.isfinite(ov) else ""))
@@ -385,6 +398,18 @@ def run(args, stop: StopRequest | None = None) -> dict:
     return summary
 
 
+def _line_writer(path):
+    """The writer of ``--out`` / ``--jsonl``: a file, or stdout for ``-``."""
+    if not path:
+        return None
+    return StdoutLines() if path == STDOUT else LineWriter(path)
+
+
+def _log_stream(args):
+    """Where the per-frame log and the summary go: stdout, unless the results go there."""
+    return sys.stderr if STDOUT in (args.out, args.jsonl) else sys.stdout
+
+
 def _why_waiting(waiting, show: int = 3) -> str:
     """Why the frames before the start were not tracked: decode errors, missing boxes."""
     parts = [f"frame {i}: {why}" for i, why in waiting if why is not None][:show]
@@ -430,10 +455,13 @@ def main(argv=None) -> int:
         old = None
     try:
         s = run(args, stop=stop if old is not None else None)
-        return _report(s, stop)
+        return _report(s, stop, _log_stream(args))
     except (TrackerInputError, StdoutClosed) as e:
         one_line = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        print(f"error: {one_line}", file=sys.stderr)
+        try:
+            print(f"error: {one_line}", file=sys.stderr)
+        except OSError:  # stderr shares the closed pipe (``2>&1 | head``): the exit status says it
+            pass
         return 2
     except KeyboardInterrupt as e:
         name = str(e) if str(e) in StopRequest.SIGNALS else "SIGINT"
@@ -445,7 +473,7 @@ def main(argv=None) -> int:
             StopRequest.restore(old)
 
 
-def _report(s: dict, stop: StopRequest) -> int:
+def _report(s: dict, stop: StopRequest, stream) -> int:
     """Print the summary line; the exit status (128 + a signal that stopped the run)."""
     c = s["cost"]
     line = (f"frames {s['frames']}  first {c['first_ms']:.0f} ms  median {_ms(c['median_ms'])}  "
@@ -459,14 +487,20 @@ def _report(s: dict, stop: StopRequest) -> int:
     if "auc" in s:
         line += f"  AUC {s['auc']:.3f}  precision@20 {s['precision']:.3f}  mean IoU {s['mean_iou']:.3f}"
     try:
-        print(line, flush=True)
+        print(line, file=stream, flush=True)
     except OSError as e:  # a closed pipe, or a hung-up terminal (EIO)
-        stdout_gone()
-        raise StdoutClosed(f"stdout was closed ({e.strerror or e}) before the summary; the outputs are complete") from None
+        if stream is sys.stdout:
+            stdout_gone()
+            raise StdoutClosed(f"stdout was closed ({e.strerror or e}) before the summary; "
+                               "the outputs are complete") from None
+        # stderr gone, the results went to stdout whole: only the exit status can tell more
     name = s.get("interrupted") or (signal.Signals(stop.signum).name if stop.signum is not None else None)
     if name:
-        print(f"interrupted ({name}) after {s['frames']} frames; the outputs hold frames 0-{s['frames'] - 1}",
-              file=sys.stderr)
+        try:
+            print(f"interrupted ({name}) after {s['frames']} frames; the outputs hold frames 0-{s['frames'] - 1}",
+                  file=sys.stderr)
+        except OSError:
+            pass
         return 128 + getattr(signal, name)
     return 0
 

@@ -976,3 +976,45 @@ def test_soak_rejects_bad_arguments(capsys):
             soak.main(argv)
         assert e.value.code == 2
     assert "at least 20 frames" in capsys.readouterr().err
+
+
+def test_rows_to_a_closed_stdout_stop_with_the_files_whole(tiny_model, tmp_path):
+    """``--out - | head -3``: once the reader has gone, the run stops after that frame with
+    one error line, and --jsonl's file still holds every frame up to it."""
+    folder = write_otb(make_sequence(n_frames=300, size=SIZE, seed=2), tmp_path / "long", ext=".jpg")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "runtime.track", "--sequence", str(folder), "--model", str(tiny_model),
+                          "--out", "-", "--jsonl", str(tmp_path / "res.jsonl"), "--quiet"], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = [p.stdout.readline() for _ in range(3)]
+        p.stdout.close()
+        err = p.stderr.read()
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stderr.close()
+    assert all(len(line.split(",")) == 4 for line in first), first
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: stdout was closed"), err
+    frames = [r["frame"] for r in read_jsonl(tmp_path / "res.jsonl")]
+    assert 3 <= len(frames) < 300 and frames == list(range(len(frames)))
+
+
+def test_rows_and_log_into_one_closed_pipe_exit_2(tiny_model, tmp_path):
+    """``--out - 2>&1 | head -1``: the log, the summary and the error line have nowhere to
+    go either; the run still stops with exit 2 (it ended in a traceback's exit 1)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "runtime.track", "--demo", "--model", str(tiny_model), "--out", "-",
+                          "--verbose"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = p.stdout.readline()
+        p.stdout.close()
+        p.wait(120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert first and p.returncode == 2, first

@@ -522,3 +522,33 @@ def test_unreachable_stream_is_one_error_line():
                         "--init", "1,2,3,4"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and r.stderr.splitlines() == [
         "error: cannot open stream rtsp://127.0.0.1:9/stream; check that the device exists / the URL is reachable"]
+
+
+def test_out_to_stdout_holds_only_the_rows(otb, tiny_model, tmp_path, full_run):
+    """``--out -``: stdout holds exactly the rows --out writes to a file (same seed, same
+    boxes), so ``| tee`` or a toolkit can read them; the per-frame log and the summary move
+    to stderr."""
+    code, stdout, err = _run(["--sequence", otb, "--model", tiny_model, "--out", "-", "--verbose"])
+    assert code == 0, err
+    assert stdout.splitlines() == full_run["out"].read_text().splitlines()
+    assert "frame 3 (4/" in err and f"frames {N_FRAMES} " in err.strip().splitlines()[-1]
+
+
+def test_jsonl_to_stdout_beside_a_file_out(otb, tiny_model, tmp_path, full_run):
+    out = tmp_path / "res.txt"
+    code, stdout, err = _run(["--sequence", otb, "--model", tiny_model, "--jsonl", "-", "--out", out, "--quiet"])
+    assert code == 0, err
+    assert [json.loads(line)["frame"] for line in stdout.splitlines()] == list(range(N_FRAMES))
+    boxes = np.array([json.loads(line)["box"] for line in stdout.splitlines()], dtype=float)
+    np.testing.assert_allclose(boxes, _boxes(full_run["out"])[1], atol=0.006)
+    assert out.read_text() == full_run["out"].read_text() and f"frames {N_FRAMES} " in err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--out", "-", "--jsonl", "-"], ["--out and --jsonl", "stdout"]),
+    (["--save-video", "-"], ["--save-video -", "only --out and --jsonl"]),
+    (["--plot", "-"], ["--plot -", "./-"]),
+])
+def test_stdout_for_the_wrong_outputs_refused(otb, tiny_model, capsys, flags, words):
+    code = track.main(["--sequence", str(otb), "--model", str(tiny_model), *flags])
+    expect_one_error_line(capsys, code, *words)
