@@ -155,6 +155,7 @@ class VideoOut:
         self._writer = None
         self._size = None  # (w, h)
         self._pending = []  # notes of the unreadable frames before the first picture
+        self.pictures = 0  # handed to the writer, to check the finished file against
 
     def write(self, image, note: str | None = None) -> None:
         """Add frame ``image`` (BGR), or, when it is None, a black picture with ``note``."""
@@ -165,6 +166,7 @@ class VideoOut:
                 self._pending.append(note)
                 return
             self._writer.write(self._blank(note))
+            self.pictures += 1
             return
         if self._writer is None:
             h, w = image.shape[:2]
@@ -176,10 +178,12 @@ class VideoOut:
             self._size = (w, h)
             for n in self._pending:
                 self._writer.write(self._blank(n))
+            self.pictures += len(self._pending)
             self._pending = []
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(image)
+        self.pictures += 1
 
     def _blank(self, note):
         import cv2
@@ -195,3 +199,18 @@ class VideoOut:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+
+    def check(self) -> None:
+        """After :meth:`close`: the file must hold every picture. OpenCV's writer ignores
+        write errors (a full disk, a file-size limit), so the only sign of one is a file
+        that reads back short or not at all."""
+        import cv2
+
+        if not self.pictures:
+            return
+        cap = cv2.VideoCapture(self.path)
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        cap.release()
+        if n != self.pictures:
+            raise TrackerInputError(f"--save-video {self.path} is incomplete: {n} of {self.pictures} pictures read "
+                                    "back (a full disk?); the other outputs are complete")

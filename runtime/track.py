@@ -358,6 +358,8 @@ def run(args, stop: StopRequest | None = None) -> dict:
         if writer is not None:
             writer.close()
         source.close()
+    if writer is not None:
+        writer.check()
     if stdout_closed is not None:
         raise StdoutClosed(f"stdout was closed at frame {stdout_closed}; stopped there, "
                            f"with the outputs holding frames 0-{stdout_closed}")

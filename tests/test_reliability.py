@@ -1018,3 +1018,22 @@ def test_rows_and_log_into_one_closed_pipe_exit_2(tiny_model, tmp_path):
             p.kill()
             p.wait()
     assert first and p.returncode == 2, first
+
+
+def test_video_cut_short_by_a_file_size_limit_is_an_error(tiny_model, tmp_path):
+    """OpenCV's video writer ignores write errors: a full disk (here a file-size limit, which
+    fails writes the same way) left a truncated video and exit 0. Now the finished file is
+    read back and a short one is one error line, exit 2; --out stays whole."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "runtime.track", "--demo", "--max-frames", "60", "--model",
+                        str(tiny_model), "--out", str(tmp_path / "r.txt"), "--save-video", str(tmp_path / "v.mp4"),
+                        "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: --save-video") and "of 60 pictures" in lines[0] and "full disk" in lines[0]
+    assert len(read_rows(tmp_path / "r.txt")) == 60
