@@ -194,16 +194,19 @@ class OnlineHead:
             args = dict(self._frozen)
             args["feat"] = mx.nd.zeros(key[0], ctx=self.ctx)
             args["rois"] = mx.nd.zeros((rows, 5), ctx=self.ctx)
-            ex = self._embed_sym.bind(self.ctx, args=args, grad_req="null")
+            # one embedding runs at a time: the executors share the first one's memory
+            pool = next(iter(self._embed.values()), None)
+            ex = self._embed_sym.bind(self.ctx, args=args, grad_req="null", shared_exec=pool)
             self._embed[key] = ex
             self.binds += 1
         return ex
 
     def prepare(self, feat_shapes) -> None:
-        """Bind the embed executors for every bucket's feature shape up front."""
-        for s in feat_shapes:
-            for rows in self.chunks:
-                self._embed_exec(s, rows)
+        """Bind the embed executors for every bucket's feature shape up front, the largest
+        first (its memory is the pool the others share)."""
+        for s, rows in sorted(((tuple(s), r) for s in feat_shapes for r in self.chunks),
+                              key=lambda k: -np.prod(k[0]) * k[1]):
+            self._embed_exec(s, rows)
 
     def embed(self, feat: np.ndarray, boxes_patch: np.ndarray, want_pooled: bool = True):
         """Pooled conv features (N, C*9) and trainable-layer inputs (N, D) of patch boxes.

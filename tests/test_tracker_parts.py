@@ -695,3 +695,37 @@ def test_save_model_failing_midway_keeps_the_previous_model(tiny_model, tmp_path
     again = M.load_model(copy)  # still loads, unchanged, no temporary files left
     assert again.model_hash == m.model_hash
     assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in tiny_model.iterdir())
+
+
+def test_shared_executor_memory_keeps_every_bucket_exact(model):
+    """The extractor's bucket executors, and the head's embed executors, share one memory
+    pool (one runs at a time). Calls that alternate between buckets must give exactly what
+    an executor bound on its own gives."""
+    import mxnet as mx
+
+    from runtime.backends.mxnet_backend import MXNetBackend
+
+    backend = MXNetBackend(model)
+    rng = np.random.default_rng(0)
+    shapes = model.policy.shapes
+    patches = [rng.uniform(-128, 128, (1, 3) + tuple(hw)).astype(np.float32) for hw in shapes]
+    order = [len(shapes) - 1, 0, 3, len(shapes) - 1, 1, 0]
+    got = [backend.extract(b, patches[b]) for b in order]
+    for b, feat in zip(order, got):
+        alone = backend.symbol.bind(mx.cpu(), args=dict(backend._params, data=mx.nd.array(patches[b])),
+                                    grad_req="null")
+        alone.forward(is_train=False)
+        np.testing.assert_array_equal(feat, alone.outputs[0].asnumpy())
+
+    t = Tracker(model, seed=0, **CHEAP)
+    f0 = make_sequence(n_frames=1, size=(320, 240), seed=1).read_frame(0)
+    t.init(f0.image, f0.gt)
+    boxes = np.array([[8.0, 8.0, 40.0, 30.0], [20.0, 12.0, 24.0, 36.0]])
+    feats = {b: backend.extract(b, patches[b]) for b in (0, len(shapes) - 1)}
+    first = {b: t.head.embed(f, boxes)[1] for b, f in feats.items()}
+    again = {b: t.head.embed(f, boxes)[1] for b, f in reversed(list(feats.items()))}
+    fresh = Tracker(model, seed=0, **CHEAP)
+    fresh.init(f0.image, f0.gt)
+    for b, f in feats.items():
+        np.testing.assert_array_equal(first[b], again[b])
+        np.testing.assert_array_equal(first[b], fresh.head.embed(f, boxes)[1])
