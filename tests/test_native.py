@@ -56,10 +56,12 @@ def runner(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llvm_bucket(tiny_model, tmp_path_factory):
-    """The tiny model's smallest bucket exported to ONNX and compiled for this CPU."""
+    """The tiny model's smallest bucket exported to ONNX and compiled for this CPU, with the
+    manifest.json the exporter writes beside a set's libraries (the runner checks it)."""
     from export.onnx_export import export_bucket
     from export.targets import parse
     from export.tvm_build import build_bucket
+    from runtime.artifacts import write_manifest
     from runtime.model import load_model
 
     model = load_model(tiny_model)
@@ -67,7 +69,9 @@ def llvm_bucket(tiny_model, tmp_path_factory):
     h, w = model.policy.shapes[b]
     out = tmp_path_factory.mktemp("bucket")
     onnx_path = export_bucket(model, b, out / f"bucket{b}_{h}x{w}.onnx")
-    lib = build_bucket(onnx_path, parse("llvm"), out / f"bucket{b}_{h}x{w}.so")
+    target = parse("llvm")
+    lib = build_bucket(onnx_path, target, out / f"bucket{b}_{h}x{w}.so")
+    write_manifest(out, model, "tvm", target.name, target.resolved(), [Path(lib).name])
     return lib, (1, 3, h, w), model.channels
 
 
@@ -153,6 +157,265 @@ def test_native_runner_reports_bad_input_with_exit_code_2(runner, llvm_bucket, t
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "error:" in r.stderr and msg in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)  # one line, no usage dump
+
+
+def _one_error(r, *fragments):
+    """``r`` failed with exit 2 and one ``error:`` line holding every fragment."""
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for f in fragments:
+        assert str(f) in lines[0], (f, r.stderr)
+    return lines[0]
+
+
+def _copy_set(lib: Path, folder: Path) -> Path:
+    """A copy of the fixture's set (the library and its manifest.json) in ``folder``."""
+    folder.mkdir(parents=True)
+    shutil.copy2(lib, folder / Path(lib).name)
+    shutil.copy2(Path(lib).parent / "manifest.json", folder / "manifest.json")
+    return folder / Path(lib).name
+
+
+@pytest.mark.slow
+def test_native_runner_checks_the_library_against_its_manifest(runner, llvm_bucket, tmp_path):
+    """A library beside a manifest.json must be listed there with its sha256; without one it
+    runs after a warning that its integrity cannot be checked."""
+    lib, shape, _ = llvm_bucket
+    np.save(tmp_path / "ok.npy", np.zeros(shape, np.float32))
+    base = ["--input", tmp_path / "ok.npy", "--repeat", 0]
+
+    r = _run(runner, "--lib", lib, *base)  # the exported set: checked, nothing to say
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    link = tmp_path / "elsewhere" / "b.so"  # a link is checked against the manifest beside its target
+    link.parent.mkdir()
+    link.symlink_to(lib)
+    r = _run(runner, "--lib", link, *base)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+    # bytes appended: a library that still loads and runs, so only the manifest can tell
+    tampered = _copy_set(lib, tmp_path / "tampered")
+    tampered.write_bytes(tampered.read_bytes() + b"\0" * 64)
+    _one_error(_run(runner, "--lib", tampered, *base), tampered, "does not match the manifest",
+               "export the set again", "copy the whole set")
+    # stale: a library from another export next to this manifest
+    stale = _copy_set(lib, tmp_path / "stale")
+    m = json.loads((stale.parent / "manifest.json").read_text())
+    m["files"][stale.name] = "0" * 64
+    (stale.parent / "manifest.json").write_text(json.dumps(m, indent=2))
+    _one_error(_run(runner, "--lib", stale, *base), stale, "does not match the manifest")
+    # a file the manifest does not list (renamed, or copied into another set's folder)
+    renamed = stale.parent / "renamed.so"
+    shutil.copy2(lib, renamed)
+    _one_error(_run(runner, "--lib", renamed, *base), "renamed.so is not listed in", "manifest.json")
+    # a manifest that is not one
+    broken = _copy_set(lib, tmp_path / "broken")
+    (broken.parent / "manifest.json").write_text('{"files": {')
+    _one_error(_run(runner, "--lib", broken, *base), "manifest.json", "not valid JSON", "export the set again")
+
+    # no manifest: runs, with one warning line, and the same features
+    alone = tmp_path / "alone" / "b.so"
+    alone.parent.mkdir()
+    shutil.copy2(tampered, alone)
+    r = _run(runner, "--lib", alone, *base)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["output_shape"]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and str(alone) in lines[0], r.stderr
+    assert "integrity cannot be checked" in lines[0]
+
+
+def _dynamic_symbol_offset(path: Path, name: str) -> int:
+    """File offset of the dynamic symbol ``name`` (nm for its address, the ELF program headers
+    for the segment that maps it)."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) is not installed")
+    out = subprocess.run([nm, "-D", "--defined-only", str(path)], capture_output=True, text=True, check=True).stdout
+    addr = next(int(line.split()[0], 16) for line in out.splitlines() if line.split()[-1] == name)
+    data = path.read_bytes()
+    phoff, = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    for i in range(phnum):
+        p_type, _, p_offset, p_vaddr, _, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
+        if p_type == 1 and p_vaddr <= addr < p_vaddr + p_filesz:  # PT_LOAD
+            return addr - p_vaddr + p_offset
+    raise AssertionError(f"{name} is in no loaded segment of {path}")
+
+
+@pytest.mark.slow
+def test_native_runner_names_a_corrupt_library(runner, llvm_bucket, tmp_path):
+    """A damaged module table (its count read as 2^64-1) made TVM's loader throw a bare C++
+    error ("vector::_M_default_append"): the runner names the library and what to do."""
+    lib, shape, _ = llvm_bucket
+    np.save(tmp_path / "ok.npy", np.zeros(shape, np.float32))
+    data = bytearray(Path(lib).read_bytes())
+    blob = _dynamic_symbol_offset(Path(lib), "__tvm_ffi__library_bin")  # u64 size, u64 module count, ...
+    data[blob + 8:blob + 16] = b"\xff" * 8
+    bad = tmp_path / "bad.so"
+    bad.write_bytes(bytes(data))
+    line = _one_error(_run(runner, "--lib", bad, "--input", tmp_path / "ok.npy", "--repeat", 0),
+                      "corrupt library", bad, "export it again")
+    assert "_M_default_append" not in line.split("(")[0]  # TVM's text is context, not the message
+
+
+@pytest.mark.slow
+def test_native_runner_loads_a_library_whatever_its_name(runner, llvm_bucket, tmp_path):
+    """ffi::Module::LoadFromFile picks a loader by the name's extension ("Failed to get file
+    format" without one): the runner loads the file as a shared library under any name."""
+    lib, shape, _ = llvm_bucket
+    x = np.random.default_rng(3).uniform(-128, 128, shape).astype(np.float32)
+    np.save(tmp_path / "patch.npy", x)
+    r = _run(runner, "--lib", lib, "--input", tmp_path / "patch.npy", "--output", tmp_path / "ref.npy", "--repeat", 0)
+    assert r.returncode == 0, r.stderr
+    ref = np.load(tmp_path / "ref.npy")
+    for name in ("b0", "b0.so.1", "b0.bin"):
+        (tmp_path / "named").mkdir(exist_ok=True)
+        f = tmp_path / "named" / name
+        shutil.copy2(lib, f)
+        out = tmp_path / f"feat_{name.replace('.', '_')}.npy"
+        r = _run(runner, "--lib", f, "--input", tmp_path / "patch.npy", "--output", out, "--repeat", 0)
+        assert r.returncode == 0, (name, r.stderr)
+        assert "file format" not in r.stderr
+        assert np.array_equal(np.load(out), ref), name
+
+
+@pytest.mark.slow
+def test_native_runner_output_is_npy_or_f32_and_never_an_input(runner, llvm_bucket, tmp_path):
+    lib, shape, _ = llvm_bucket
+    np.save(tmp_path / "patch.npy", np.ones(shape, np.float32))
+    patch_bytes = (tmp_path / "patch.npy").read_bytes()
+    # a library whose name ends in .npy, so that only the same-file check stands in the way
+    libcopy = _copy_set(lib, tmp_path / "set")
+    as_npy = libcopy.parent / "lib.npy"
+    shutil.copy2(lib, as_npy)
+    lib_bytes = as_npy.read_bytes()
+    run = lambda *a: _run(runner, "--repeat", 0, *a)  # noqa: E731
+    _one_error(run("--lib", libcopy, "--input", tmp_path / "patch.npy", "--output", tmp_path / "patch.npy"),
+               "is the --input file", "would destroy it")
+    (tmp_path / "sub").mkdir()
+    _one_error(run("--lib", libcopy, "--input", tmp_path / "patch.npy",
+                   "--output", tmp_path / "sub" / ".." / "patch.npy"), "is the --input file")
+    _one_error(run("--lib", as_npy, "--input", tmp_path / "patch.npy", "--output", as_npy), "is the --lib file")
+    (tmp_path / "link.npy").symlink_to(as_npy)
+    _one_error(run("--lib", as_npy, "--input", tmp_path / "patch.npy", "--output", tmp_path / "link.npy"),
+               "is the --lib file")
+    assert as_npy.read_bytes() == lib_bytes and (tmp_path / "patch.npy").read_bytes() == patch_bytes
+    # the temporary file the output is written through must not be an input either
+    (tmp_path / "feat.npy.tmp").symlink_to(tmp_path / "patch.npy")
+    _one_error(run("--lib", libcopy, "--input", tmp_path / "patch.npy", "--output", tmp_path / "feat.npy"),
+               "feat.npy.tmp", "is the --input file")
+    assert (tmp_path / "patch.npy").read_bytes() == patch_bytes
+
+    for name in ("feat.txt", "feat", "feat.npy.bak", "feat.float32"):
+        _one_error(run("--lib", libcopy, "--input", tmp_path / "patch.npy", "--output", tmp_path / name),
+                   f"--output {tmp_path / name}", ".npy", ".f32")
+        assert not (tmp_path / name).exists()
+    # the extension in either case
+    r = run("--lib", libcopy, "--input", tmp_path / "patch.npy", "--output", tmp_path / "FEAT.NPY")
+    assert r.returncode == 0, r.stderr
+    ref = np.load(tmp_path / "FEAT.NPY")
+    r = run("--lib", libcopy, "--input", tmp_path / "patch.npy", "--output", tmp_path / "FEAT.F32")
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.fromfile(tmp_path / "FEAT.F32", np.float32).reshape(ref.shape), ref)
+
+
+@pytest.mark.slow
+def test_native_runner_shape_and_counts_are_strict(runner, llvm_bucket, tmp_path):
+    lib, shape, _ = llvm_bucket
+    x = np.zeros(shape, np.float32)
+    x.tofile(tmp_path / "patch.f32")
+    good = ",".join(map(str, shape))
+    raw = ["--lib", lib, "--input", tmp_path / "patch.f32"]
+    for bad in ("1,,3,%d,%d" % shape[2:], good + ",", "," + good, " " + good, good.replace(",", ", "),
+                "(" + good + ")", "1,3,+%d,%d" % shape[2:], "1,3,-%d,%d" % shape[2:], "1,3,0,%d" % shape[3]):
+        _one_error(_run(runner, *raw, "--shape", bad), "bad shape")
+    for flag in ("--repeat", "--warmup"):
+        for bad in (" 5", "5 ", "+5", "-1", "0x5", "5.0", "1e3", "99999999999"):
+            _one_error(_run(runner, *raw, "--shape", good, flag, bad), f"{flag} needs a whole number")
+    r = _run(runner, *raw, "--shape", good, "--repeat", "007", "--warmup", "0")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["repeat"] == 7
+
+    # .npy headers keep numpy's tuple forms: "(3,)" is a 1-d shape, not a bad one
+    np.save(tmp_path / "one_d.npy", np.zeros(3, np.float32))
+    _one_error(_run(runner, "--lib", lib, "--input", tmp_path / "one_d.npy"), "has shape (3)",
+               "one (1,3,H,W) patch")
+    np.save(tmp_path / "scalar.npy", np.float32(1))
+    _one_error(_run(runner, "--lib", lib, "--input", tmp_path / "scalar.npy"), "has shape ()")
+
+
+@pytest.mark.slow
+def test_native_tvm_runtime_errors_give_runtime_advice(runner, llvm_bucket, tmp_path):
+    """A bad --tvm-runtime file is named as what it is, with the TVM runtime's fix, not the
+    feature library's ("export it again")."""
+    lib, shape, _ = llvm_bucket
+    np.save(tmp_path / "ok.npy", np.zeros(shape, np.float32))
+    info = json.loads(_run(runner, "--lib", lib, "--input", tmp_path / "ok.npy", "--repeat", 0).stdout)
+    real = Path(info["tvm_runtime"]).read_bytes()
+    (tmp_path / "rt_cut.so").write_bytes(real[: len(real) // 2])
+    arm = bytearray(real)
+    arm[18:20] = struct.pack("<H", EM_AARCH64)
+    (tmp_path / "rt_arm.so").write_bytes(bytes(arm))
+    (tmp_path / "rt_text.so").write_text("not a library\n")
+    for name, what in (("rt_cut.so", "truncated"), ("rt_arm.so", "library for aarch64"),
+                       ("rt_text.so", "not a shared library")):
+        line = _one_error(_run(runner, "--lib", lib, "--input", tmp_path / "ok.npy", "--tvm-runtime", tmp_path / name),
+                          tmp_path / name, what, "libtvm_runtime.so")
+        assert "export" not in line.replace(str(tmp_path), ""), line  # the feature library's advice
+
+
+@pytest.mark.slow
+def test_native_library_api_failed_runtime_load_is_not_remembered(runner, llvm_bucket, tmp_path):
+    """LoadTvmRuntime with a file that is not a TVM runtime fails each time, leaves nothing
+    marked as loaded, and a later call with the right runtime works (library API, C++)."""
+    lib, shape, _ = llvm_bucket
+    cxx = _cxx()
+    from tvm_ffi import libinfo
+
+    (tmp_path / "notvm.cc").write_text('extern "C" int not_tvm() { return 1; }\n')
+    subprocess.run([cxx, "-shared", "-fPIC", "-o", str(tmp_path / "notvm.so"), str(tmp_path / "notvm.cc")],
+                   check=True, capture_output=True, timeout=120)
+    (tmp_path / "t.cc").write_text(r"""
+#include <iostream>
+#include <vector>
+#include "mdtrack/native.h"
+int main(int argc, char** argv) {
+  mdtrack::RuntimeOptions bad;
+  bad.tvm_runtime = argv[1];
+  for (int i = 0; i < 2; ++i) {
+    try {
+      mdtrack::LoadTvmRuntime(bad, false);
+      std::cout << "loaded\n";
+    } catch (const std::exception& e) {
+      std::cout << "error " << mdtrack::TvmThreads() << ": " << e.what() << "\n";
+    }
+  }
+  mdtrack::FeatureExtractor fx(argv[2], mdtrack::DeviceSpec::Parse("cpu"), {1, 3, std::stoi(argv[3]), std::stoi(argv[4])});
+  std::vector<float> in(3 * std::stoi(argv[3]) * std::stoi(argv[4]), 0.f), out;
+  fx.Run(in.data(), &out);
+  std::cout << "ran " << out.size() << " manifest " << fx.manifest() << " threads " << mdtrack::TvmThreads() << "\n";
+  std::cout << "verify " << mdtrack::VerifyManifest(argv[2]) << "\n";
+}
+""")
+    build = runner.parent
+    ffi_dir = Path(libinfo.find_libtvm_ffi()).parent
+    exe = tmp_path / "t"
+    c = subprocess.run([cxx, "-std=c++17", "-O1", f"-I{ROOT / 'native' / 'include'}", str(tmp_path / "t.cc"), "-o", str(exe),
+                        f"-L{build}", "-lmdtrack_native", f"-Wl,-rpath,{build}", f"-Wl,-rpath-link,{ffi_dir}"],
+                       capture_output=True, text=True, timeout=300)
+    assert c.returncode == 0, c.stderr[-3000:]
+    r = subprocess.run([str(exe), str(tmp_path / "notvm.so"), str(lib), str(shape[2]), str(shape[3])],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4, r.stdout
+    for line in lines[:2]:  # both calls fail; the thread count stays unset
+        assert line.startswith("error 0: ") and "does not register the Relax VM" in line, r.stdout
+    manifest = os.path.realpath(Path(lib).parent / "manifest.json")
+    assert lines[2].startswith("ran ") and f" manifest {manifest} " in lines[2], r.stdout
+    assert int(lines[2].split()[-1]) > 0
+    assert lines[3] == f"verify {manifest}"
 
 
 @pytest.mark.slow

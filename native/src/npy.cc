@@ -105,25 +105,62 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return os.str();
 }
 
-std::vector<int64_t> ParseShape(const std::string& text) {
+namespace {
+
+// One dimension: digits only (no sign or blanks inside), below 10^18; -1 when it is not one.
+int64_t ParseDim(const std::string& item) {
+  if (item.empty() || item.size() > 18 || item.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoll(item);
+}
+
+std::string Trim(const std::string& s) {
+  const size_t a = s.find_first_not_of(' '), b = s.find_last_not_of(' ');
+  return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
+}
+
+// Comma-separated items of `text` (blanks around each dropped when `trim`), empty ones kept.
+std::vector<std::string> SplitItems(const std::string& text, bool trim) {
+  std::vector<std::string> items;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = text.find(',', start);
+    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    items.push_back(trim ? Trim(item) : item);
+    if (comma == std::string::npos) return items;
+    start = comma + 1;
+  }
+}
+
+// The 'shape' of an .npy header as numpy writes it: a Python tuple, "(1, 3, 192, 192)", "(3,)"
+// (the one trailing comma a tuple may have) or "()" (a 0-d array). Dimensions may be 0.
+std::vector<int64_t> ParseNpyShape(const std::string& text) {
+  const std::string bad = "bad shape " + text + " in the npy header";
+  if (text.size() < 2 || text.front() != '(' || text.back() != ')') throw std::invalid_argument(bad);
+  const std::string inner = Trim(text.substr(1, text.size() - 2));
   std::vector<int64_t> shape;
-  std::string item;
-  std::istringstream is(text);
-  while (std::getline(is, item, ',')) {
-    size_t a = item.find_first_not_of(" ()"), b = item.find_last_not_of(" ()");
-    if (a == std::string::npos) continue;  // "(3,)" style trailing comma
-    item = item.substr(a, b - a + 1);
-    size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != item.size() || v <= 0) throw std::invalid_argument("bad shape '" + text + "': use e.g. 1,3,192,192");
+  if (inner.empty()) return shape;
+  std::vector<std::string> items = SplitItems(inner, true);
+  if (items.size() > 1 && items.back().empty()) items.pop_back();  // "(3,)", "(1, 3,)"
+  for (const std::string& item : items) {
+    const int64_t v = ParseDim(item);
+    if (v < 0) throw std::invalid_argument(bad);
     shape.push_back(v);
   }
-  if (shape.empty()) throw std::invalid_argument("empty shape '" + text + "'");
+  return shape;
+}
+
+}  // namespace
+
+std::vector<int64_t> ParseShape(const std::string& text) {
+  const std::string bad = "bad shape '" + text + "': use whole numbers > 0 separated by commas, e.g. 1,3,192,192";
+  if (text.empty()) throw std::invalid_argument("empty shape: use e.g. 1,3,192,192");
+  std::vector<int64_t> shape;
+  // digits and commas only: an empty item ("1,,3", "1,3,"), a blank or a sign is an error
+  for (const std::string& item : SplitItems(text, false)) {
+    const int64_t v = ParseDim(item);
+    if (v <= 0) throw std::invalid_argument(bad);
+    shape.push_back(v);
+  }
   return shape;
 }
 
@@ -161,7 +198,7 @@ FloatArray ReadNpy(const std::string& path) {
   FloatArray out;
   const std::string shape = DictValue(header, "shape", path);
   try {
-    if (shape != "()") out.shape = ParseShape(shape);  // a 0-d array has an empty shape
+    out.shape = ParseNpyShape(shape);
   } catch (const std::invalid_argument& e) {
     throw Bad(path, e.what());
   }

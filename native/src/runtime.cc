@@ -11,12 +11,15 @@
 #include <sched.h>
 #include <sys/stat.h>
 
+#include <cerrno>
 #include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -26,10 +29,12 @@
 #include <tvm/ffi/container/shape.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/json.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
 #include "internal.h"
+#include "sha256.h"
 #include "mdtrack/native.h"
 #include "mdtrack/npy.h"
 
@@ -121,25 +126,43 @@ const char* MachineName(uint16_t m) {
   }
 }
 
+// What a checked file is, for advice that fits it: a feature library is exported again, the
+// TVM runtime comes from the installed TVM (or a runtime build for the board).
+struct FileRole {
+  const char* rebuild;    // what to do about a damaged or foreign file
+  const char* other_cpu;  // what to do about a file built for another architecture
+};
+
+const FileRole kFeatureLibrary = {
+    "copy the whole set again or export it again (`python -m export`)",
+    "use the library exported for this machine's target"};
+const FileRole kTvmRuntime = {
+    "use the libtvm_runtime.so of the installed TVM (the apache-tvm wheel's tvm/lib, or lib/ of "
+    "`cmake --install`), or build it again as native/README.md says",
+    "use the libtvm_runtime.so built for this machine (the installed TVM's on x86-64; on aarch64 the "
+    "runtime built as native/README.md \"aarch64\" says)"};
+
 // dlopen maps a shared library as its headers say: a truncated file crashes the process
 // (SIGBUS) instead of failing, and a library for another CPU fails with a misleading
 // "No such file". So the ELF headers are checked against the file first.
-void CheckSharedLibrary(const std::string& path) {
+void CheckSharedLibrary(const std::string& path, const FileRole& role) {
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) throw std::runtime_error(path + ": cannot open");
   const uint64_t size = static_cast<uint64_t>(f.tellg());
   Elf64_Ehdr eh{};
   f.seekg(0);
   if (!f.read(reinterpret_cast<char*>(&eh), sizeof(eh)) || std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) {
-    throw std::runtime_error(path + " is not a shared library (no ELF header); build it with `python -m export`");
+    throw std::runtime_error(path + " is not a shared library (no ELF header); " + role.rebuild);
   }
-  if (eh.e_ident[EI_CLASS] != ELFCLASS64) throw std::runtime_error(path + " is a 32-bit library; this runner is 64-bit");
+  if (eh.e_ident[EI_CLASS] != ELFCLASS64) {
+    throw std::runtime_error(path + " is a 32-bit library; this runner is 64-bit: " + role.other_cpu);
+  }
   if (kHostMachine && eh.e_machine != kHostMachine) {
     throw std::runtime_error(path + " is a library for " + MachineName(eh.e_machine) + "; this runner is " + kHostArch +
-                             ": use the library exported for this machine's target");
+                             ": " + role.other_cpu);
   }
   const std::string truncated = path + " is truncated (" + std::to_string(size) +
-                                " bytes; its headers describe more): copy or export it again";
+                                " bytes; its headers describe more): " + role.rebuild;
   if (eh.e_phoff + static_cast<uint64_t>(eh.e_phnum) * eh.e_phentsize > size ||
       eh.e_shoff + static_cast<uint64_t>(eh.e_shnum) * eh.e_shentsize > size || eh.e_phentsize != sizeof(Elf64_Phdr)) {
     throw std::runtime_error(truncated);
@@ -151,6 +174,19 @@ void CheckSharedLibrary(const std::string& path) {
     if (ph.p_type == PT_LOAD && ph.p_offset + ph.p_filesz > size) throw std::runtime_error(truncated);
   }
 }
+
+bool ReadWholeFile(const std::string& path, std::string* out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return false;
+  out->assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  return !f.bad();
+}
+
+// An error about the library itself, raised inside the loading block below and passed on as
+// it is (everything else thrown there is TVM failing on the file's contents).
+struct LibraryError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 }  // namespace
 
@@ -234,7 +270,7 @@ std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
       if (std::strlen(MDTRACK_DEFAULT_TVM_RUNTIME)) candidates.push_back(MDTRACK_DEFAULT_TVM_RUNTIME);
       candidates.push_back("libtvm_runtime.so");  // LD_LIBRARY_PATH, ld.so.cache
     }
-    std::string errors;
+    std::string errors, loaded;
     for (std::string c : candidates) {
       // a path that names a file (an explicit one in the current folder too) is that file,
       // not a name for the loader to search its path with
@@ -245,24 +281,26 @@ std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
       }
       if (is_file) {
         c = RealPath(c);
-        CheckSharedLibrary(c);
+        CheckSharedLibrary(c, kTvmRuntime);
       }
       void* h = ::dlopen(c.c_str(), RTLD_NOW | RTLD_GLOBAL);
       if (h) {
-        g_runtime_path = LoadedFrom(h, "TVMBackendAllocWorkspace", c);
+        loaded = LoadedFrom(h, "TVMBackendAllocWorkspace", c);
         break;
       }
       errors += "; " + c + ": " + ::dlerror();
     }
-    if (g_runtime_path.empty()) {
+    if (loaded.empty()) {
       throw std::runtime_error("cannot load the TVM runtime (libtvm_runtime.so); tried" + errors.substr(1) +
                                "; set --tvm-runtime PATH or MDTRACK_TVM_RUNTIME (see native/README.md)");
     }
-    g_threads = threads;
     if (!ffi::Function::GetGlobal("vm.builtin.alloc_storage").has_value()) {
-      throw std::runtime_error(g_runtime_path + " does not register the Relax VM (vm.builtin.*); "
-                               "it is not a TVM >= 0.20 runtime built with the Relax VM");
+      // not marked as loaded: a later call (with the right runtime) loads again
+      throw std::runtime_error(loaded + " does not register the Relax VM (vm.builtin.*); it is not a TVM >= 0.20 "
+                               "runtime built with the Relax VM: " + kTvmRuntime.rebuild);
     }
+    g_runtime_path = loaded;
+    g_threads = threads;
   }
   if (cuda && !g_cuda_loaded) {
     if (!ffi::Function::GetGlobal("device_api.cuda").has_value()) {
@@ -288,6 +326,56 @@ std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
   return g_runtime_path;
 }
 
+std::string VerifyManifest(const std::string& library) {
+  // the file itself, where a link leads: a set's manifest lies beside its libraries
+  const std::string real = RealPath(library);
+  const std::string dir = DirName(real);
+  const std::string name = real.substr(real.find_last_of('/') + 1);
+  const std::string mpath = (dir == "/" ? std::string() : dir) + "/manifest.json";
+  struct stat st;
+  if (::stat(mpath.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return "";
+    throw std::runtime_error(mpath + ": cannot read (" + std::strerror(errno) + ")");
+  }
+  const std::string fix = "export the set again (`python -m export`), or copy the whole set (the libraries with "
+                          "their manifest.json) again";
+  std::string text;
+  if (!S_ISREG(st.st_mode) || !ReadWholeFile(mpath, &text)) {
+    throw std::runtime_error(mpath + " (the manifest beside " + library + ") cannot be read; " + fix);
+  }
+  ffi::String parse_error;
+  ffi::json::Value root;
+  try {
+    root = ffi::json::Parse(ffi::String(text), &parse_error);
+  } catch (const std::exception& e) {  // a parser that throws after all
+    parse_error = e.what();
+  }
+  std::optional<ffi::json::Object> manifest;
+  if (parse_error.empty()) manifest = root.as<ffi::json::Object>();
+  if (!manifest.has_value()) {
+    throw std::runtime_error(mpath + " (the manifest beside " + library + ") is not valid JSON" +
+                             (parse_error.empty() ? std::string(" object") : " (" + std::string(parse_error) + ")") +
+                             "; " + fix);
+  }
+  std::optional<ffi::json::Object> files;
+  if (auto f = manifest->Get(ffi::String("files"))) files = f->as<ffi::json::Object>();
+  if (!files.has_value()) throw std::runtime_error(mpath + " has no \"files\" table (not an export manifest); " + fix);
+  std::optional<ffi::String> want;
+  if (auto d = files->Get(ffi::String(name))) want = d->as<ffi::String>();
+  if (!want.has_value()) {
+    throw std::runtime_error(library + ": " + name + " is not listed in " + mpath +
+                             " (renamed, or copied into another set's folder); run the set's own file under its "
+                             "own name, or " + fix);
+  }
+  std::string bytes;
+  if (!ReadWholeFile(real, &bytes)) throw std::runtime_error(library + ": cannot read");
+  if (Sha256Hex(bytes.data(), bytes.size()) != std::string(*want)) {
+    throw std::runtime_error(library + " does not match the manifest " + mpath +
+                             " (sha256 differs: corrupt, modified, or from another export); " + fix);
+  }
+  return mpath;
+}
+
 bool CudaAvailable(int id) {
   auto api = ffi::Function::GetGlobal("device_api.cuda");
   if (!api.has_value()) return false;
@@ -301,6 +389,7 @@ bool CudaAvailable(int id) {
 
 struct FeatureExtractor::Impl {
   std::string library;
+  std::string manifest;
   DLDevice dev;
   std::vector<int64_t> in_shape, out_shape;
   ffi::Module lib{ffi::UnsafeInit()};
@@ -315,7 +404,8 @@ FeatureExtractor::FeatureExtractor(const std::string& library, const DeviceSpec&
   struct stat st;
   if (::stat(library.c_str(), &st) != 0) throw std::runtime_error(library + ": no such file");
   if (!S_ISREG(st.st_mode)) throw std::runtime_error(library + " is not a file");
-  CheckSharedLibrary(library);
+  CheckSharedLibrary(library, kFeatureLibrary);
+  impl_->manifest = VerifyManifest(library);
   impl_->library = library;
   LoadTvmRuntime(options, device.cuda);
   impl_->dev = DLDevice{device.cuda ? kDLCUDA : kDLCPU, device.id};
@@ -331,17 +421,22 @@ FeatureExtractor::FeatureExtractor(const std::string& library, const DeviceSpec&
     dirs.push_back(libdir);
     SetCudaKernelDirs(dirs, device.id);
   }
+  bool loading = true;  // reading the file (a TVM error then means a damaged file), not setting up the VM
   try {
-    // An absolute path: dlopen would search the library path for a bare file name.
-    impl_->lib = ffi::Module::LoadFromFile(RealPath(library));
+    // An absolute path: dlopen would search the library path for a bare file name. Loaded as
+    // a shared library whatever its name says (ffi::Module::LoadFromFile picks the loader by
+    // the file name's extension and fails on a name without one).
+    const ffi::Function load_so = ffi::Function::GetGlobalRequired("ffi.Module.load_from_file.so");
+    impl_->lib = load_so(ffi::String(RealPath(library)), ffi::String("so")).cast<ffi::Module>();
     auto load = impl_->lib->GetFunction("vm_load_executable", true);
     if (!load.has_value()) {
-      throw std::runtime_error(library + " is not a Relax VM library (no vm_load_executable); "
-                               "build it with `python -m export`");
+      throw LibraryError(library + " is not a Relax VM library (no vm_load_executable); "
+                         "build it with `python -m export`");
     }
     impl_->vm = (*load)().cast<ffi::Module>();
+    loading = false;
     auto init = impl_->vm->GetFunction("vm_initialization", false);
-    if (!init.has_value()) throw std::runtime_error(library + ": the VM has no vm_initialization");
+    if (!init.has_value()) throw LibraryError(library + ": the VM has no vm_initialization");
     if (device.cuda) {
       // The CPU is added as the host device, as tvm.relax.VirtualMachine does.
       (*init)(static_cast<int>(kDLCUDA), device.id, kPooledAllocator, static_cast<int>(kDLCPU), 0, kPooledAllocator);
@@ -349,7 +444,7 @@ FeatureExtractor::FeatureExtractor(const std::string& library, const DeviceSpec&
       (*init)(static_cast<int>(kDLCPU), device.id, kPooledAllocator);
     }
     auto main = impl_->vm->GetFunction("main", false);
-    if (!main.has_value()) throw std::runtime_error(library + ": the VM has no function 'main'");
+    if (!main.has_value()) throw LibraryError(library + ": the VM has no function 'main'");
     impl_->main = *main;
     impl_->copy_from = ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyFromBytes");
     impl_->copy_to = ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyToBytes");
@@ -361,12 +456,25 @@ FeatureExtractor::FeatureExtractor(const std::string& library, const DeviceSpec&
     std::string msg = library + ": " + e.what();
     if (!device.cuda && msg.find("load_from_bytes.cuda") != std::string::npos) {
       msg += " (this library holds CUDA kernels: run it with --device cuda)";
+    } else if (loading && !device.cuda) {  // (CUDA libraries compile kernels while loading)
+      msg += " (loading it failed: the file is damaged or from another TVM version; " +
+             std::string(kFeatureLibrary.rebuild) + ")";
     }
     throw std::runtime_error(msg);
+  } catch (const LibraryError&) {
+    throw;
+  } catch (const std::exception& e) {
+    // TVM's loader reading a damaged file: a C++ error (e.g. vector::_M_default_append from a
+    // length field out of range) that says nothing about the file
+    if (!loading) throw std::runtime_error(library + ": " + e.what());
+    throw std::runtime_error("corrupt library " + library + " (loading it failed: " + e.what() + "); " +
+                             kFeatureLibrary.rebuild);
   }
 }
 
 FeatureExtractor::~FeatureExtractor() = default;
+
+const std::string& FeatureExtractor::manifest() const { return impl_->manifest; }
 
 const std::vector<int64_t>& FeatureExtractor::input_shape() const { return impl_->in_shape; }
 const std::vector<int64_t>& FeatureExtractor::output_shape() const { return impl_->out_shape; }

@@ -8,6 +8,7 @@
 // (copy the patch in, run main, copy the features out), and the CPU thread count used.
 // Exit code 2 on errors.
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <sys/stat.h>
@@ -33,12 +35,30 @@ const char* kUsage =
     "                        [--repeat N] [--warmup K] [--tvm-runtime PATH] [--kernels DIR]\n"
     "                        [--threads N]\n"
     "Runs a TVM-compiled feature library (python -m export) on a float32 (1,3,H,W) patch.\n"
-    "--shape is required for raw .f32 input; --repeat 0 skips timing (default 20, warmup 3).\n"
+    "--shape is required for raw .f32 input; --output must end in .npy or .f32 and must not be\n"
+    "--lib or --input; --repeat 0 skips timing (default 20, warmup 3).\n"
+    "The library is checked against the manifest.json beside it (written by python -m export):\n"
+    "a sha256 mismatch is an error; without a manifest a warning says it cannot be checked.\n"
     "--threads: TVM's CPU thread pool size (default $TVM_NUM_THREADS, else $OMP_NUM_THREADS,\n"
     "else all CPUs this process may use).\n";
 
+// Case-insensitive: FEAT.NPY is an .npy file too.
 bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  if (s.size() < suffix.size()) return false;
+  for (size_t i = 0; i < suffix.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(s[s.size() - suffix.size() + i])) !=
+        std::tolower(static_cast<unsigned char>(suffix[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// True when `a` and `b` name the same existing file (links and hard links included).
+bool SameFile(const std::string& a, const std::string& b) {
+  struct stat sa, sb;
+  return !a.empty() && !b.empty() && ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 &&
+         sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 std::string JsonString(const std::string& s) {
@@ -67,15 +87,13 @@ std::string JsonNumber(double v) {
   return buf;
 }
 
+// A whole number >= 0 written as digits only: no sign, blanks, or suffix (std::stoi would
+// skip leading blanks and take "+5").
 int ParseCount(const std::string& flag, const std::string& v) {
-  size_t used = 0;
-  int n = -1;
-  try {
-    n = std::stoi(v, &used);
-  } catch (const std::exception&) {
+  if (v.empty() || v.size() > 9 || v.find_first_not_of("0123456789") != std::string::npos) {
+    throw std::invalid_argument(flag + " needs a whole number >= 0 (digits only, below 10^9), got '" + v + "'");
   }
-  if (used != v.size() || n < 0) throw std::invalid_argument(flag + " needs a count >= 0, got '" + v + "'");
-  return n;
+  return std::stoi(v);
 }
 
 int ParseThreads(const std::string& v) {
@@ -127,6 +145,20 @@ int main(int argc, char** argv) {
     if (threads == 0) threads = mdtrack::ResolveThreads(0, &threads_from);
     options.num_threads = threads;
     if (!output.empty()) {  // before minutes of loading: the folder must exist and take files
+      if (!EndsWith(output, ".npy") && !EndsWith(output, ".f32")) {
+        throw std::invalid_argument("--output " + output + ": name a .npy file (numpy) or a .f32 file (raw float32)");
+      }
+      // the output is written through OUTPUT.tmp, renamed onto OUTPUT: either may be an input
+      for (const std::string& o : {output, output + ".tmp"}) {
+        for (const auto& in : {std::make_pair("--lib", lib), std::make_pair("--input", input),
+                               std::make_pair("--tvm-runtime", options.tvm_runtime)}) {
+          if (SameFile(o, in.second)) {
+            throw std::invalid_argument("--output " + output + (o == output ? "" : " (written through " + o + ")") +
+                                        " is the " + in.first + " file " + in.second +
+                                        ": writing the features would destroy it; give another --output path");
+          }
+        }
+      }
       const size_t slash = output.find_last_of('/');
       const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : output.substr(0, slash));
       struct stat st;
@@ -170,6 +202,12 @@ int main(int argc, char** argv) {
     const auto t0 = Clock::now();
     const std::string runtime = mdtrack::LoadTvmRuntime(options, device.cuda);
     mdtrack::FeatureExtractor fx(lib, device, patch.shape, options);
+    if (fx.manifest().empty()) {
+      std::cerr << "warning: no manifest.json beside " << lib
+                << ": its integrity cannot be checked (a set from `python -m export` has one; copy it with the "
+                   "libraries)"
+                << std::endl;
+    }
     std::vector<float> feat;
     fx.Run(patch.data.data(), &feat);  // the first run allocates the VM's memory pools
     const double load_ms = ms(t0, Clock::now());

@@ -60,11 +60,22 @@ std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda);
 // The thread count set by the LoadTvmRuntime call that loaded the runtime (0 before).
 int TvmThreads();
 
+// Checks `library` against the manifest.json that `python -m export` writes beside the
+// libraries of a set ("files": {name: sha256}). Links are followed: the manifest is the one
+// beside the file itself, and it must list that file's name with its sha256. Returns the
+// manifest's path, or "" when the folder has none (nothing to check against). Throws
+// std::runtime_error, naming the file and what to do, when the manifest cannot be read, does
+// not list the file, or lists another sha256 (a corrupt, modified or stale library).
+std::string VerifyManifest(const std::string& library);
+
 // True when the loaded TVM runtime has a CUDA device API and sees device `id`.
 bool CudaAvailable(int id = 0);
 
-// One compiled bucket: loads `library` (bucket{i}_{H}x{W}.so), creates its Relax VM on
-// `device` (pooled allocator, CPU as the host device) and runs "main".
+// One compiled bucket: loads `library` (bucket{i}_{H}x{W}.so; any file name, it is loaded as
+// a shared library), creates its Relax VM on `device` (pooled allocator, CPU as the host
+// device) and runs "main". Before loading, the library's ELF headers are checked and the
+// library is verified against the manifest.json beside it (VerifyManifest); the constructor
+// throws std::runtime_error when either check fails or the library is corrupt.
 class FeatureExtractor {
  public:
   FeatureExtractor(const std::string& library, const DeviceSpec& device,
@@ -74,6 +85,9 @@ class FeatureExtractor {
   FeatureExtractor& operator=(const FeatureExtractor&) = delete;
 
   const std::vector<int64_t>& input_shape() const;
+  // The manifest.json the library was verified against; "" when its folder has none, so its
+  // integrity was not checked (mdtrack_features prints a warning then).
+  const std::string& manifest() const;
   // Known after the first Run().
   const std::vector<int64_t>& output_shape() const;
 

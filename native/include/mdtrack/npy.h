@@ -15,7 +15,9 @@ struct FloatArray {
 
 int64_t NumElements(const std::vector<int64_t>& shape);
 std::string ShapeString(const std::vector<int64_t>& shape);  // "1,3,192,192"
-std::vector<int64_t> ParseShape(const std::string& text);    // throws std::invalid_argument
+// "1,3,192,192": whole numbers > 0 separated by commas, nothing else; an empty item ("1,,3",
+// "1,3,"), a blank, a sign or parentheses throw std::invalid_argument.
+std::vector<int64_t> ParseShape(const std::string& text);
 
 // Reads an .npy file with dtype '<f4' and fortran_order False (versions 1.0 to 3.0).
 FloatArray ReadNpy(const std::string& path);
