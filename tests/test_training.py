@@ -855,3 +855,374 @@ def test_save_model_replaces_only_its_own_runs_model(sequences, tmp_path, capsys
         monkeypatch.chdir(tmp_path)
         with pytest.raises(TrackerInputError, match="already holds a model; give a new folder"):
             check_save_model_free(other, ".")
+
+
+# --------------------------------------------------------------------------- stopping, checkpoints, resume
+
+TINY = ["--epoch-size", "2", "--pretrained", "", "--mine-from", "96", "--quiet"]
+
+
+def _params(folder):
+    from runtime.model import load_model
+
+    return load_model(folder).params
+
+
+def _assert_same_params(a, b):
+    assert set(a) == set(b)
+    for n in a:
+        np.testing.assert_array_equal(a[n], b[n], err_msg=n)
+
+
+def _ckpt_iteration(out):
+    """The iteration the checkpoint in ``out`` holds, checked against its own state."""
+    from train_mx import checkpoint
+
+    model, state, _ = checkpoint.read(out)
+    assert model.config["training"]["iteration"] == state["iteration"]
+    assert not (Path(out) / checkpoint.NEW).exists() and not (Path(out) / checkpoint.OLD).exists()
+    return state["iteration"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(sequences, tmp_path_factory):
+    """4 iterations in one go, a checkpoint every 2: what every interrupted and resumed run
+    below must end with, bit for bit (training on the CPU is deterministic)."""
+    from train_mx import train
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert train.main(["--sequences", *sequences, *TINY, "--iterations", "4", "--out", str(out)]) == 0
+    return out
+
+
+def test_resume_continues_the_run_bit_identically(sequences, reference_run, tmp_path):
+    """2 iterations then --resume to 4 ends with the weights of 4 in one go: the SGD
+    momentum, the batch sampler's draws and the dropout masks continue (they once restarted,
+    and the sampler was re-seeded so that --seed 1 drew what --seed 0 resumed at 1000 drew)."""
+    from train_mx import train
+
+    base = ["--sequences", *sequences, *TINY, "--out", str(tmp_path / "run")]
+    assert train.main(base + ["--iterations", "2"]) == 0
+    assert train.main(base + ["--iterations", "4", "--resume"]) == 0
+    _assert_same_params(_params(tmp_path / "run" / "checkpoint"), _params(reference_run / "checkpoint"))
+    ref = json.loads((reference_run / "state.json").read_text())["log"]
+    log = json.loads((tmp_path / "run" / "state.json").read_text())["log"]
+    assert [e["loss"] for e in log] == [e["loss"] for e in ref]
+
+
+def _signal_at_step(monkeypatch, sig, at):
+    """Send ``sig`` to this process right after training step ``at`` (1-based)."""
+    import signal
+
+    from train_mx import train
+
+    real, count = train.Trainer.step, [0]
+
+    def step(self, batch):
+        stats = real(self, batch)
+        count[0] += 1
+        if count[0] == at:
+            os.kill(os.getpid(), getattr(signal, sig))
+        return stats
+
+    monkeypatch.setattr(train.Trainer, "step", step)
+
+
+def test_signal_stops_after_the_step_with_checkpoint_and_model(sequences, reference_run, tmp_path, capsys,
+                                                               monkeypatch):
+    """Ctrl-C mid-epoch (once a traceback, everything since the last checkpoint lost, no
+    --save-model): the step in hand finishes, checkpoint and model are written at that
+    iteration, one line says so and how to go on, the exit status is 130; the command rerun
+    with --resume ends as the uninterrupted run does."""
+    from train_mx import train
+
+    out, model = tmp_path / "run", tmp_path / "model"
+    cmd = ["--sequences", *sequences, *TINY, "--iterations", "4", "--out", str(out), "--save-model", str(model)]
+    _signal_at_step(monkeypatch, "SIGINT", 3)
+    assert train.main(cmd) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("interrupted (SIGINT) at iteration 3 of 4: the checkpoint in")
+    assert "rerun the same command with --resume" in err[0]
+    assert _ckpt_iteration(out) == 3
+    assert json.loads((out / "state.json").read_text())["iteration"] == 3
+    assert json.loads((model / "config.json").read_text())["training"]["iteration"] == 3
+    monkeypatch.undo()
+    assert train.main(cmd + ["--resume"]) == 0
+    _assert_same_params(_params(out / "checkpoint"), _params(reference_run / "checkpoint"))
+
+
+def test_second_signal_stops_at_once_keeping_the_last_checkpoint(sequences, reference_run, tmp_path, capsys,
+                                                                 monkeypatch):
+    """A second signal (here while the first one's checkpoint is being written) stops at
+    once, exit 128 + the signal; the checkpoint before it stays whole and resumable."""
+    import signal
+
+    from train_mx import checkpoint, train
+
+    out = tmp_path / "run"
+    cmd = ["--sequences", *sequences, *TINY, "--iterations", "4", "--out", str(out)]
+    _signal_at_step(monkeypatch, "SIGTERM", 3)
+    real, writes = checkpoint.save_model, [0]
+
+    def save(*a, **k):
+        writes[0] += 1
+        if writes[0] == 2:  # the checkpoint of iteration 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_model", save)
+    assert train.main(cmd) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("interrupted (SIGTERM); the checkpoint in"), err
+    assert "holds iteration 2" in err[0] and "--resume" in err[0]
+    assert _ckpt_iteration(out) == 2
+    monkeypatch.undo()
+    assert train.main(cmd + ["--resume"]) == 0
+    _assert_same_params(_params(out / "checkpoint"), _params(reference_run / "checkpoint"))
+
+
+def test_sigterm_stops_a_real_process_cleanly(sequences, tmp_path):
+    """A real SIGTERM (docker stop, systemd) once killed the process silently: now it exits
+    143 with one line naming the iteration its checkpoint holds."""
+    import signal
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "train_mx.train", "--sequences", *sequences, *TINY,
+                             "--epoch-size", "1", "--iterations", "100000", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "state.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM) at iteration "), stderr
+    it = int(lines[0].split("at iteration ")[1].split()[0])
+    assert it >= 1 and _ckpt_iteration(out) == it
+    assert json.loads((out / "state.json").read_text())["iteration"] == it
+
+
+def _fault_disk_full(monkeypatch):
+    """The second checkpoint's state.json: half written, then ENOSPC."""
+    import errno
+
+    real, n = Path.write_text, [0]
+
+    def write_text(self, data, *a, **k):
+        if self.name == "state.json" and self.parent.name == ".checkpoint.new":
+            n[0] += 1
+            if n[0] == 2:
+                real(self, data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def _fault_kill_in_swap(monkeypatch):
+    """A kill between the renames that swap the second checkpoint in."""
+    from train_mx import checkpoint
+
+    real, n = os.rename, [0]
+
+    def rename(a, b):
+        if Path(b).name == "checkpoint" and Path(a).name == ".checkpoint.new":
+            n[0] += 1
+            if n[0] == 2:
+                raise KeyboardInterrupt
+        return real(a, b)
+
+    monkeypatch.setattr(checkpoint.os, "rename", rename)
+
+
+def _fault_kill_in_save_model(monkeypatch):
+    """A kill between the renames inside save_model (weights in, manifest not yet)."""
+    import runtime.model as M
+
+    real, n = os.replace, [0]
+
+    def replace(a, b):
+        real(a, b)
+        if Path(b).name == "weights.params":
+            n[0] += 1
+            if n[0] == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(M.os, "replace", replace)
+
+
+@pytest.mark.parametrize("fault,rc,kept", [(_fault_disk_full, 2, 2), (_fault_kill_in_swap, 130, 4),
+                                           (_fault_kill_in_save_model, 130, 2)])
+def test_checkpoint_and_state_are_one_unit(sequences, reference_run, tmp_path, capsys, monkeypatch, fault, rc, kept):
+    """Weights and the state that says their iteration are written as one: a full disk while
+    the state is written (once a traceback, then --resume refused), a kill between the
+    checkpoint and its state (once iterations silently trained twice) or between
+    save_model's renames (once a sha256 mismatch with nothing to restore) leaves a whole
+    checkpoint, the previous one or the new one; the error is one line, and --resume ends
+    as the uninterrupted run does."""
+    from train_mx import train
+
+    out = tmp_path / "run"
+    cmd = ["--sequences", *sequences, *TINY, "--iterations", "4", "--out", str(out)]
+    fault(monkeypatch)
+    assert train.main(cmd) == rc
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith("error: " if rc == 2 else "interrupted (SIGINT)"), err
+    if rc == 2:
+        assert "No space left on device" in err[0] and "holds iteration 2" in err[0] and "--resume" in err[0]
+    monkeypatch.undo()
+    assert train.main(cmd + ["--resume"]) == 0
+    if kept == 4:  # the new checkpoint was whole: nothing left to train
+        assert "--iterations 4 is not above the checkpoint's iteration 4" in capsys.readouterr().err
+    assert _ckpt_iteration(out) == 4
+    _assert_same_params(_params(out / "checkpoint"), _params(reference_run / "checkpoint"))
+
+
+def test_train_reports_a_folder_it_cannot_create_in_one_line(sequences, tmp_path, capsys, monkeypatch):
+    """--out in a place the checks let through but mkdir refuses (/proc as root): one error
+    line, not a traceback."""
+    import errno
+
+    from train_mx import train
+
+    out = tmp_path / "run"
+    real = Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if self == out:
+            raise OSError(errno.ENOENT, "No such file or directory", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    _one_error_line(capsys, train.main(["--sequences", *sequences, *TINY, "--iterations", "2", "--out", str(out)]),
+                    f"--out {out} cannot be created", "No such file or directory")
+
+
+def test_resume_records_the_iteration_reached_and_all_training_time(reference_run, tmp_path, capsys):
+    """--resume with --iterations not above the checkpoint's (once a silent 'trained 0
+    iterations' model): a warning line; the model records the iteration reached and the
+    training time of every session, not the last one's."""
+    import shutil
+
+    from train_mx import train
+
+    out, model = tmp_path / "run", tmp_path / "model"
+    shutil.copytree(reference_run, out)
+    seqs = json.loads((out / "checkpoint" / "config.json").read_text())["training"]["sequences"]
+    first = json.loads((out / "checkpoint" / "state.json").read_text())["seconds"]
+    cmd = ["--sequences", *seqs, *TINY, "--out", str(out), "--save-model", str(model), "--resume"]
+    assert train.main(cmd + ["--iterations", "2"]) == 0
+    captured = capsys.readouterr()
+    warnings = [ln for ln in captured.err.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "--iterations 2 is not above the checkpoint's iteration 4" in warnings[0]
+    assert "trained 0 iterations" in captured.out and "(iteration 4," in captured.out
+    training = json.loads((model / "config.json").read_text())["training"]
+    assert training["iteration"] == 4 and training["seconds"] >= first
+    assert train.main(cmd + ["--iterations", "6"]) == 0
+    training = json.loads((model / "config.json").read_text())["training"]
+    state = json.loads((out / "state.json").read_text())
+    assert training["iteration"] == state["iteration"] == 6
+    assert training["seconds"] >= state["seconds"] > first  # the first session's time is in it
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_resume_accepts_the_holdout_in_another_order(sequences, tmp_path, capsys):
+    """--holdout is a set of names: the same ones in another order resume (once refused)."""
+    from train_mx import train
+
+    third = str(write_otb(make_sequence(n_frames=12, size=(160, 120), seed=3), tmp_path / "syn3", ext=".jpg"))
+    base = ["--sequences", *sequences, third, *TINY, "--heldout-batches", "1", "--out", str(tmp_path / "run")]
+    assert train.main(base + ["--holdout", "syn1,syn3", "--iterations", "2"]) == 0
+    assert train.main(base + ["--holdout", "syn3,syn1", "--iterations", "4", "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["iteration"] == 4
+    _one_error_line(capsys, train.main(base + ["--holdout", "syn1", "--iterations", "6", "--resume"]),
+                    "--holdout syn1 (checkpoint: syn3,syn1)")  # as the last session gave it
+
+
+def test_heldout_loss_scores_the_same_batches_every_time(sequences):
+    """The held-out loss of unchanged weights is the same at every evaluation (it once drew
+    new batches each time, so its curve mixed the draw into the weights' progress)."""
+    from train_mx.train import heldout_loss
+
+    trainer = tiny_trainer()
+    sampler = BatchSampler(load_domains(sequences), SMALL, MEAN["squeezenet"], n_pos=4, n_neg=16, seed=0)
+    first = heldout_loss(trainer, sampler, 3)
+    sampler.sample()  # whatever the sampler drew in between
+    assert heldout_loss(trainer, sampler, 3) == first
+    assert heldout_loss(trainer, sampler, 3, seed=1) != first
+
+
+def test_load_domains_leaves_out_frames_of_another_size(tmp_path, capsys):
+    """A frame of another size than its sequence's (its boxes are in the sequence's size) is
+    left out with one warning per sequence, not trained on with boxes outside it; one that
+    changes after loading is left out when the sampler meets it."""
+    import cv2
+
+    folder = write_otb(make_sequence(n_frames=12, size=(160, 120), seed=8), tmp_path / "s", ext=".jpg")
+    for k in (5, 9):
+        small = cv2.resize(cv2.imread(str(folder / "img" / f"{k:04d}.jpg")), (80, 60))
+        cv2.imwrite(str(folder / "img" / f"{k:04d}.jpg"), small)
+    (dom,) = load_domains([str(folder)])
+    assert len(dom.frames) == 10 and dom.size == (160, 120)
+    assert not any(Path(p).name in ("0005.jpg", "0009.jpg") for p in dom.frames)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: s: 2 frame(s) of another size than the sequence's 160x120")
+    assert "frame 5, 0005.jpg, 80x60" in err[0]
+    cv2.imwrite(str(dom.frames[0]), np.zeros((60, 80, 3), np.uint8))
+    sampler = BatchSampler([dom], SMALL, MEAN["squeezenet"], n_pos=4, n_neg=16, patches=10, seed=0)
+    assert sampler.sample().data.shape[0] == 10
+    assert "80x60, the sequence's frames 160x120" in capsys.readouterr().err
+    assert len(dom.frames) == 9
+
+
+def test_sequences_are_recorded_absolute_for_feature_stats(sequences, tmp_path, capsys, monkeypatch):
+    """Relative --sequences are recorded absolute, so feature_stats run from another folder
+    reads them, not other folders of the same relative names (or none); a model recorded
+    before that is read relative to the folder its training ran in (from --out and its
+    absolute path), and refused with advice when that cannot be told."""
+    import shutil
+
+    from runtime.errors import TrackerInputError
+    from runtime.model import load_model, save_model
+    from train_mx import feature_stats, train
+
+    parent = Path(sequences[0]).parent
+    monkeypatch.chdir(parent)
+    model = tmp_path / "model"
+    assert train.main(["--sequences", "syn1", "syn2", *TINY, "--iterations", "2", "--out", str(tmp_path / "run"),
+                       "--save-model", str(model)]) == 0
+    assert load_model(model).config["training"]["sequences"] == [str(parent / "syn1"), str(parent / "syn2")]
+    elsewhere = tmp_path / "elsewhere"
+    for name in ("syn1", "syn2"):  # decoys of the same relative names
+        shutil.copytree(parent / name, elsewhere / name)
+    read = []
+
+    def moment(m, domains, every=10):
+        read.extend(str(Path(p).parent.parent) for d in domains for p in d.frames)
+        return np.eye(m.channels), 1
+
+    monkeypatch.setattr(feature_stats, "feature_moment", moment)
+    monkeypatch.chdir(elsewhere)
+    feature_stats.add_feature_stats(model)
+    assert set(read) == {str(parent / "syn1"), str(parent / "syn2")}
+    # as an older train_mx.train recorded them: typed relative, --out relative to the same folder
+    old = load_model(model)
+    training = dict(old.config["training"], sequences=["syn1", "syn2"], out="run",
+                    out_abs=str(parent / "run"))
+    save_model(model, dict(old.config, training=training), old.params)
+    read.clear()
+    feature_stats.add_feature_stats(model)
+    assert set(read) == {str(parent / "syn1"), str(parent / "syn2")}
+    training.pop("out_abs")
+    save_model(model, dict(old.config, training=training), old.params)
+    with pytest.raises(TrackerInputError, match="relative to a folder it does not name; pass --sequences"):
+        feature_stats.add_feature_stats(model)

@@ -59,6 +59,7 @@ class Domain:
     name: str
     frames: list  # paths of the usable frames
     boxes: np.ndarray  # (n, 4)
+    size: tuple | None = None  # (width, height) of every frame; the boxes are in it
 
 
 def warn(msg: str) -> None:
@@ -86,6 +87,27 @@ def open_training_sequence(folder):
         raise SequenceError(e.problem, f"fix it, or leave {Path(folder).name} out of --sequences") from None
 
 
+def header_size(path):
+    """(width, height) of an image file from its header (no decoding), or None where the
+    header cannot be read (the sampler checks such a frame when it decodes it)."""
+    try:
+        from PIL import Image
+    except ImportError:  # pillow comes with matplotlib; without it the sampler checks
+        return None
+    try:
+        with Image.open(path) as im:
+            return tuple(int(v) for v in im.size)
+    except Exception:  # corrupt, or a format PIL lacks: read_image decides when it is drawn
+        return None
+
+
+def sequence_size(sizes):
+    """The sequence's frame size: the most common of ``sizes`` (None: unknown), the
+    earliest on a tie."""
+    known = [s for s in sizes if s is not None]
+    return max(dict.fromkeys(known), key=known.count)
+
+
 def load_domains(folders, min_frames: int = 10) -> list:
     """One domain per sequence folder, keeping only frames with clean ground truth. A folder
     left out (no ground truth, fewer than ``min_frames`` usable frames) and a ground truth
@@ -102,7 +124,7 @@ def load_domains(folders, min_frames: int = 10) -> list:
         paths = list(seq.frame_paths)
         n = min(len(paths), len(seq.groundtruth))
         unreadable = []
-        for i in range(n):  # the image size, from the first frame that can be read
+        for i in range(n):  # the first frame that can be read (the others are decoded when drawn)
             try:
                 first = read_image(paths[i])
                 break
@@ -112,11 +134,24 @@ def load_domains(folders, min_frames: int = 10) -> list:
         else:
             warn(f"{name} left out: none of its frames can be read")
             continue
-        mask = clean_groundtruth(seq.groundtruth[:n], (first.shape[1], first.shape[0]))
+        # Boxes are in the sequence's image size: a frame of another size (a resized or
+        # foreign file among the frames) would be cropped with boxes outside it.
+        headers = [None] * n
+        headers[i] = (first.shape[1], first.shape[0])
+        for j in range(i + 1, n):
+            headers[j] = header_size(paths[j])
+        size = sequence_size(headers)
+        other = [j for j, s in enumerate(headers) if s is not None and s != size]
+        if other:
+            j = other[0]
+            warn(f"{name}: {len(other)} frame(s) of another size than the sequence's {size[0]}x{size[1]} left "
+                 f"out of training (the first: frame {j + 1}, {Path(paths[j]).name}, {headers[j][0]}x{headers[j][1]})")
+        mask = clean_groundtruth(seq.groundtruth[:n], size)
         mask[unreadable] = False
+        mask[other] = False
         idx = np.flatnonzero(mask)
         if len(idx) >= min_frames:
-            domains.append(Domain(name, [paths[i] for i in idx], seq.groundtruth[idx]))
+            domains.append(Domain(name, [paths[i] for i in idx], seq.groundtruth[idx], size))
         else:
             warn(f"{name} left out: {len(idx)} of its {n} frames have a usable box (present, at least 2x2 px, "
                  f"mostly inside the image, not an outlier); at least {min_frames} are needed")
@@ -144,6 +179,20 @@ class BatchSampler:
         self.rng = np.random.default_rng(seed)
         self.prev_jitter = prev_jitter
         self._order = []
+
+    def reseed(self, seed) -> None:
+        """Start the draws afresh from ``seed``: the same batches again (a fixed held-out set)."""
+        self.rng = np.random.default_rng(seed)
+        self._order = []
+
+    def state(self) -> dict:
+        """Where the draws stand, as JSON-friendly values (a checkpoint keeps it)."""
+        return {"rng": self.rng.bit_generator.state, "order": [int(d) for d in self._order]}
+
+    def set_state(self, state: dict) -> None:
+        """Continue the draws from a :meth:`state`."""
+        self.rng.bit_generator.state = state["rng"]
+        self._order = [int(d) for d in state["order"]]
 
     def next_domain(self) -> int:
         """Cycle through domains in a fresh random order each round (MDNet)."""
@@ -189,9 +238,16 @@ class BatchSampler:
         while True:
             if k not in bad:
                 try:
-                    return read_image(dom.frames[k]), k
+                    image = read_image(dom.frames[k])
                 except SequenceError as e:
                     warn(f"{dom.name}: frame left out of training: {e}")
+                    bad.add(k)
+                else:
+                    size = (image.shape[1], image.shape[0])
+                    if dom.size is None or size == tuple(dom.size):
+                        return image, k
+                    warn(f"{dom.name}: frame left out of training: {dom.frames[k]} is {size[0]}x{size[1]}, "
+                         f"the sequence's frames {dom.size[0]}x{dom.size[1]}")
                     bad.add(k)
             if len(bad) >= len(dom.frames):
                 raise TrackerInputError(f"{dom.name}: none of its frames can be read; fix them or leave "

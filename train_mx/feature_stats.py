@@ -10,6 +10,7 @@ and fc4 then run on ``fc4_rank`` channels instead of all of them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,39 @@ def feature_moment(model: Model, domains, every: int = 10) -> tuple:
     return acc / cells, cells
 
 
+def training_folder(training: dict):
+    """The folder train_mx.train ran in, from the --out it was given and that folder's
+    absolute path (both recorded), or None where they do not tell it."""
+    out, out_abs = training.get("out"), training.get("out_abs")
+    if not (isinstance(out, str) and isinstance(out_abs, str)) or Path(out).expanduser().is_absolute():
+        return None
+    base = Path(out_abs)
+    for _ in Path(out).parts:
+        base = base.parent
+    if os.path.normpath(base / out) != os.path.normpath(out_abs):  # "..", a symlink resolved: no telling
+        return None
+    return base
+
+
+def recorded_sequences(model_dir, training: dict) -> list:
+    """The --sequences folders a model was trained on, as paths that hold wherever this runs.
+    Models trained before they were recorded absolute hold them as typed: relative to the
+    folder training ran in, which --out and its recorded absolute path give."""
+    folders = training.get("sequences") or []
+    base = None
+    out = []
+    for f in folders:
+        p = Path(f).expanduser()
+        if not p.is_absolute():
+            base = base or training_folder(training)
+            if base is None:
+                raise TrackerInputError(f"{model_dir}: config.json records the training sequence {f} relative to a "
+                                        "folder it does not name; pass --sequences with the model's training folders")
+            p = base / p
+        out.append(p)
+    return out
+
+
 def add_feature_stats(model_dir, sequences=None, every: int = 10) -> Path:
     """Measure the statistics and rewrite the model folder with them (new manifest)."""
     from .data import load_domains
@@ -62,7 +96,7 @@ def add_feature_stats(model_dir, sequences=None, every: int = 10) -> Path:
         if not names:
             raise TrackerInputError(f"{model_dir}: config.json names no training sequences; pass --sequences")
         # the folders given to train_mx.train (--sequences), else ../shared's of those names
-        given = {Path(f).name: Path(f) for f in training.get("sequences") or []}
+        given = {p.name: p for p in recorded_sequences(model_dir, training)}
         sequences = [given.get(n, SEQUENCES / n) for n in names]
     missing = [str(s) for s in sequences if not Path(s).is_dir()]
     if missing:

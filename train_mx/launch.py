@@ -45,7 +45,10 @@ block in the next synchronous push forever). ``--timeout T`` bounds the whole jo
 seconds every process group gets SIGTERM, whatever is left ``--grace`` seconds later SIGKILL,
 and the launcher exits 124 (within T + grace + a few seconds however the processes behave).
 Ctrl-C (or SIGTERM) is forwarded to the workers as SIGINT; anything left after ``--grace`` is
-killed.
+killed. ``train_mx.train`` stops after the step in hand and rank 0 writes its checkpoint; two
+workers that stop one step apart leave the one ahead waiting for its partner's push, and
+``--grace`` ends it (a checkpoint is written whole or not at all, so the last one stays
+resumable either way).
 
 Every worker must take part in every synchronous step to its end: ``train_mx.train`` waits for
 its last push-pull on every rank before rank 0 reads the final weights (a worker that exits with

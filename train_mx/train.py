@@ -8,8 +8,10 @@ key binds once, so after warm-up nothing re-binds (``binds`` in the log counts t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,12 +25,13 @@ import mxnet as mx  # noqa: E402
 
 from runtime.buckets import BucketPolicy  # noqa: E402
 from runtime.errors import TrackerInputError  # noqa: E402
-from runtime.model import load_model, save_model  # noqa: E402
+from runtime.model import save_model  # noqa: E402
 from runtime.model import SHARED_SEQUENCES  # noqa: E402
 from runtime.outputs import check_output_folder  # noqa: E402
+from runtime.stopping import StopRequest  # noqa: E402
 
-from . import network  # noqa: E402
-from .data import BatchSampler, load_domains  # noqa: E402
+from . import checkpoint, network  # noqa: E402
+from .data import BatchSampler, load_domains, warn  # noqa: E402
 from .weights import default_squeezenet_path, load_squeezenet_h5, load_vggm_mat  # noqa: E402
 
 MEAN = {"squeezenet": [104.0, 117.0, 123.0], "vggm": [128.0, 128.0, 128.0]}
@@ -109,6 +112,7 @@ class Trainer:
         opt.set_lr_mult(self.lr_mult)
         opt.set_wd_mult({n: (0.0 if n.endswith("bias") else 1.0) for n in params})
         self.optimizer = opt
+        self._pending_states = None  # optimizer states of a resumed run, set at the first step
         # The module's init_optimizer copies the weights into the kvstore (with dist_sync it
         # broadcasts rank 0's); with several devices or dist_sync the kvstore owns the weights
         # from then on and set_params() would be overwritten by the first update. So it runs
@@ -117,6 +121,52 @@ class Trainer:
     def _init_optimizer(self):
         if not self.mod.optimizer_initialized:
             self.mod.init_optimizer(kvstore=self.kvstore, optimizer=self.optimizer)
+            if self._pending_states is not None:
+                self._set_optimizer_states(self._pending_states)
+                self._pending_states = None
+
+    def _updater(self):
+        """The updater holding the SGD momentum, or None where the kvstore servers hold it
+        (dist_sync: it never reaches a worker)."""
+        mod = self.mod._curr_module
+        if mod._update_on_kvstore:
+            return getattr(mod._kvstore, "_updater", None)
+        return mod._updater
+
+    def optimizer_states(self):
+        """The optimizer's per-weight states (the SGD momentum) as name -> NDArray, for a
+        checkpoint; None where this process cannot read them (dist_sync)."""
+        if not self.mod.optimizer_initialized:
+            return self._pending_states
+        updater = self._updater()
+        if updater is None:
+            return None
+        out = {}
+        for key, st in updater.states.items():
+            if st is None:  # no momentum
+                continue
+            if not isinstance(st, mx.nd.NDArray):
+                raise TypeError(f"optimizer state of {key!r} is a {type(st).__name__}, not one NDArray")
+            out[f"{'s' if isinstance(key, str) else 'i'}:{key}"] = st.copyto(mx.cpu())
+        return out
+
+    def load_optimizer_states(self, states: dict) -> None:
+        """Continue from :meth:`optimizer_states` of a checkpoint (applied at the first step,
+        when the optimizer exists)."""
+        if self.mod.optimizer_initialized:
+            self._set_optimizer_states(states)
+        else:
+            self._pending_states = dict(states)
+
+    def _set_optimizer_states(self, states: dict) -> None:
+        updater = self._updater()
+        if updater is None:
+            return
+        for name, value in states.items():
+            kind, _, key = name.partition(":")
+            key = int(key) if kind == "i" else key
+            updater.states[key] = value
+            updater.states_synced[key] = False  # moved to the weight's device at its next update
 
     def _key(self, bucket, n_rois):
         h, w = self.policy.shapes[bucket]
@@ -210,8 +260,14 @@ class Trainer:
         mx.nd.waitall()
 
 
-def heldout_loss(trainer, sampler, n_batches: int) -> float:
-    """Mean loss on held-out sequences, each scored with the branch that fits it best."""
+HELDOUT_SEED = 12345
+
+
+def heldout_loss(trainer, sampler, n_batches: int, seed: int = HELDOUT_SEED) -> float:
+    """Mean loss on held-out sequences, each scored with the branch that fits it best. The
+    sampler starts afresh from ``seed`` each time: every evaluation (and every resumed run)
+    scores the same held-out batches, so the curve follows the weights, not the draw."""
+    sampler.reseed(seed)
     losses = []
     for i in range(n_batches):
         batch = sampler.sample(i % len(sampler.domains))
@@ -237,9 +293,31 @@ def resume_mismatch(config: dict, args, parser) -> str | None:
     for name in RECIPE:
         old = recorded.get(name, parser.get_default(name))
         new = getattr(args, name)
-        if old != new:
+        if name == "holdout":  # a set of names: the order they are given in does not matter
+            same = holdout_names(old) == holdout_names(new)
+        else:
+            same = old == new
+        if not same:
             return f"--{name.replace('_', '-')} {new} (checkpoint: {old})"
     return None
+
+
+def holdout_names(text) -> set:
+    """--holdout's sequence names."""
+    return {h for h in str(text or "").split(",") if h}
+
+
+def mx_seed(seed: int, rank: int, iteration: int) -> int:
+    """MXNet's seed (dropout masks) for the step at ``iteration``: MXNet's generator state
+    cannot be saved, so it is re-seeded before every step, and a run resumed at any
+    iteration draws the masks the uninterrupted run draws."""
+    digest = hashlib.sha256(f"train_mx {seed} {rank} {iteration}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def sampler_seed(seed: int, rank: int):
+    """The batch sampler's seed of a fresh run (each worker its own draws)."""
+    return (seed * 1000 + 7919 * rank) % 2 ** 64
 
 
 def check_sequence_names(seqs, holdout) -> None:
@@ -338,16 +416,43 @@ def main(argv=None) -> int:
     ap.add_argument("--save-model", default=None, help="write the final model folder here")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    run = {"out": Path(args.out), "saved": None}  # saved: the iteration the checkpoint in --out holds
+    stop = StopRequest()
     try:
-        return _train(args, ap)
+        old = stop.install()
+    except ValueError:  # not the main thread: signals stay as they are
+        old = None
+    try:
+        return _train(args, ap, stop if old is not None else None, run)
     except TrackerInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a folder that cannot be written
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}{_kept(run)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # a second signal, or one before training started
+        name = str(e) if str(e) in StopRequest.SIGNALS else "SIGINT"
+        print(f"interrupted ({name}){_kept(run) or ' before the first checkpoint'}", file=sys.stderr)
+        return 128 + getattr(signal, name)
+    finally:
+        if old is not None:
+            stop.deferred = False
+            StopRequest.restore(old)
+
+
+def _kept(run) -> str:
+    """What a run cut short leaves: the checkpoint to resume from."""
+    if run["saved"] is None:
+        return ""
+    return (f"; the checkpoint in {run['out'] / checkpoint.CHECKPOINT} holds iteration {run['saved']}: rerun the "
+            "same command with --resume to continue from it")
 
 
 def _startup_checks(args, ap):
     """Everything a user can get wrong, checked before data, network or checkpoint is touched:
-    returns (resumed checkpoint model or None, its state or None, pretrained weights path or None)."""
+    returns (resumed checkpoint model or None, its state or None, its optimizer states or None,
+    pretrained weights path or None)."""
     for flag, ok in (("--iterations", args.iterations >= 1), ("--epoch-size", args.epoch_size >= 1),
                      ("--target-size", args.target_size > 0), ("--heldout-batches", args.heldout_batches >= 1 or not args.holdout),
                      ("--lr", args.lr > 0)):
@@ -362,22 +467,17 @@ def _startup_checks(args, ap):
         check_output_folder(args.save_model, "--save-model")
         check_save_model_free(args.save_model, args.out)
     out = Path(args.out)
-    ckpt = out / "checkpoint"
-    resumed = state = pre = None
-    if not args.resume and ((out / "state.json").exists() or (ckpt / "manifest.json").exists()):
+    ckpt = out / checkpoint.CHECKPOINT
+    resumed = state = optimizer = pre = None
+    if not args.resume and checkpoint.holds_run(out):
         raise TrackerInputError(f"--out {out} already holds a training run; pass --resume to continue it, or give "
                                 "a new --out (or remove that folder to start over)")
     if args.resume:
+        checkpoint.recover(out)  # a swap a kill cut in two
         if not (ckpt / "manifest.json").is_file():
             raise TrackerInputError(f"--resume: no checkpoint in {ckpt}; pass the --out of the run to resume, "
                                     "or drop --resume to start afresh")
-        resumed = load_model(ckpt)
-        try:
-            state = json.loads((out / "state.json").read_text())
-            int(state["iteration"]), list(state["log"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise TrackerInputError(f"--resume: {out / 'state.json'} is missing or damaged ({e}); "
-                                    "train into a new --out") from None
+        resumed, state, optimizer = checkpoint.read(out)
         changed = resume_mismatch(resumed.config, args, ap)
         if changed:
             raise TrackerInputError(f"{changed} differs from the checkpoint in {ckpt}; resume with the "
@@ -389,18 +489,20 @@ def _startup_checks(args, ap):
         if pre and not (Path(pre).is_file() or Path(pre + ".mat").is_file()):  # loadmat adds .mat
             raise TrackerInputError(f"pretrained weights {pre} not found; pass --pretrained FILE "
                                     "(squeezenet .h5 or imagenet-vgg-m.mat)")
-    return resumed, state, pre
+    return resumed, state, optimizer, pre
 
 
-def _train(args, ap) -> int:
+def _train(args, ap, stop, run) -> int:
     from tqdm import tqdm
 
     # A refused run should cost nothing: check before the data and the network are built.
-    resumed, state, pre = _startup_checks(args, ap)
+    resumed, state, optimizer, pre = _startup_checks(args, ap)
     out = Path(args.out)
-    ckpt = out / "checkpoint"
+    ckpt = out / checkpoint.CHECKPOINT
+    if state is not None:
+        run["saved"] = int(state["iteration"])
     seqs = args.sequences or sorted(str(p) for p in SHARED_SEQUENCES.iterdir() if p.is_dir())
-    holdout = {h for h in args.holdout.split(",") if h}
+    holdout = holdout_names(args.holdout)
     check_sequence_names(seqs, holdout)
     policy = BucketPolicy(target_size=args.target_size)
     domains = load_domains([s for s in seqs if Path(s).name not in holdout])
@@ -416,43 +518,72 @@ def _train(args, ap) -> int:
     trainer = Trainer(args.extractor, len(domains), policy, contexts, lr=args.lr, fc_lr_mult=args.fc_lr_mult,
                       freeze=freeze, kvstore=args.kvstore, mine_from=args.mine_from, seed=args.seed,
                       roi_shrink=args.roi_shrink, instance_weight=args.instance_loss)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrackerInputError(f"--out {out} cannot be created ({e.strerror or e}); give a writable folder") from None
     rank = trainer.kvstore.rank if not isinstance(trainer.kvstore, str) else 0
-    start = 0
-    log = []
+    sampler = BatchSampler(domains, policy, MEAN[args.extractor], n_neg=args.mine_from, patches=len(contexts),
+                           seed=sampler_seed(args.seed, rank))
+    start, log, seconds = 0, [], 0.0
     if resumed is not None:
         trainer.set_params(resumed.params)
-        start, log = state["iteration"], state["log"]
+        start, log = int(state["iteration"]), list(state["log"])
+        seconds = float(state.get("seconds", sum(e.get("seconds", 0.0) for e in log)))
+        if state.get("sampler") is not None and rank == 0:  # the draws continue where they stopped
+            sampler.set_state(state["sampler"])
+        else:  # an older checkpoint, or another worker of a dist_sync run (only rank 0 writes)
+            sampler.reseed(np.random.SeedSequence([args.seed % 2 ** 32, rank, start, 0x7E5]))
+        if optimizer is not None:
+            trainer.load_optimizer_states(optimizer)
+        else:
+            warn(f"{ckpt} holds no optimizer state (written by an older version, or by a dist_sync run, whose "
+                 "servers keep it): the SGD momentum starts again from zero")
         print(f"resumed from {ckpt} at iteration {start}")
+        if args.iterations <= start:
+            also = "; --save-model gets the checkpoint's weights" if args.save_model else ""
+            warn(f"--iterations {args.iterations} is not above the checkpoint's iteration {start}: nothing to "
+                 f"train{also}")
     else:
         if pre:
             w = load_squeezenet_h5(pre) if args.extractor == "squeezenet" else load_vggm_mat(pre)
             trainer.set_params(w)
             print(f"initialised {len(w)} extractor tensors from {pre}")
-    sampler = BatchSampler(domains, policy, MEAN[args.extractor], n_neg=args.mine_from, patches=len(contexts),
-                           seed=args.seed * 1000 + 7919 * rank + start)
     held_sampler = BatchSampler(held, policy, MEAN[args.extractor], n_neg=args.mine_from, patches=len(contexts),
-                                seed=12345) if held else None
+                                seed=HELDOUT_SEED) if held else None
     config = model_config(args.extractor, policy, {k: v for k, v in vars(args).items()}, args.roi_shrink)
+    # absolute: feature_stats (and anyone) reads them from wherever it runs
+    config["training"]["sequences"] = [str(Path(s).expanduser().resolve()) for s in seqs]
     config["training"]["domains"] = [d.name for d in domains]  # in every checkpoint: --resume checks them
     config["training"]["out_abs"] = str(out.expanduser().resolve())  # --save-model replaces only this run's model
     t_start = time.time()
     it = start
+    stopped = None  # the signal's name once one asked to stop
     bar = tqdm(total=args.iterations, initial=start, disable=args.quiet or not sys.stderr.isatty(), unit="it")
+    if stop is not None:
+        stop.deferred = True  # from here a first signal stops after the step in hand, with a checkpoint
     while it < args.iterations:
+        if stop is not None and stop.signum is not None:  # came during the last checkpoint: it is written
+            stopped = signal.Signals(stop.signum).name
+            break
         t0 = time.time()
         stats = []
-        n = min(args.epoch_size, args.iterations - it)
+        # to the next multiple of --epoch-size (a run stopped mid-epoch realigns)
+        n = min(args.epoch_size - it % args.epoch_size, args.iterations - it)
         for _ in range(n):
+            mx.random.seed(mx_seed(args.seed, rank, it))  # dropout: a resumed run draws the same masks
             stats.append(trainer.step(sampler.sample()))
             it += 1
             bar.update(1)
+            if stop is not None and stop.signum is not None:
+                stopped = signal.Signals(stop.signum).name
+                break
         entry = {"iteration": it, "loss": float(np.mean([s["loss"] for s in stats])),
                  "acc": float(np.mean([s["acc"] for s in stats])), "seconds": time.time() - t0,
                  "binds": trainer.binds}
         if trainer.instance:
             entry["instance_loss"] = float(np.mean([s["instance_loss"] for s in stats]))
-        if held_sampler is not None and (it % (args.epoch_size * 5) == 0 or it >= args.iterations):
+        if held_sampler is not None and stopped is None and (it % (args.epoch_size * 5) == 0 or it >= args.iterations):
             entry["heldout_loss"] = heldout_loss(trainer, held_sampler, args.heldout_batches)
         log.append(entry)
         msg = (f"epoch {len(log):3d} iter {it:6d} loss {entry['loss']:.4f} acc {entry['acc']:.3f} "
@@ -463,23 +594,44 @@ def _train(args, ap) -> int:
             msg += f" heldout {entry['heldout_loss']:.4f}"
         bar.write(msg) if not bar.disable else print(msg, flush=True)
         if rank == 0:
-            save_model(ckpt, config, trainer.params())
-            (out / "state.json").write_text(json.dumps({"iteration": it, "log": log}, indent=1))
+            checkpoint.write(out, config, trainer.params(),
+                             {"iteration": it, "log": log, "seconds": seconds + time.time() - t_start,
+                              "sampler": sampler.state()},
+                             trainer.optimizer_states())
+            run["saved"] = it
     bar.close()
     trainer.finish()  # every rank, before rank 0 reads the final weights (see Trainer.finish)
-    total = time.time() - t_start
+    total = seconds + time.time() - t_start
     if rank == 0:
         params = trainer.params()
         # fc6 branches belong to the training sequences; the tracker starts a fresh fc6.
         params = {k: v for k, v in params.items() if not k.startswith("fc6")}
-        config["training"]["seconds"] = total
+        config["training"]["iteration"] = it  # reached (--iterations is what was asked)
+        config["training"]["seconds"] = total  # every session of the run, resumed ones included
         config["training"]["heldout"] = sorted(holdout)
-        if args.save_model:
-            save_model(args.save_model, config, params)
-            print(f"model written to {args.save_model} (next: python -m train_mx.feature_stats --model "
-                  f"{args.save_model}; without its statistics the tracker factors fc4 less well)")
+        if args.save_model and run["saved"] is not None:  # not for a run stopped before its first step
+            try:
+                save_model(args.save_model, config, params)
+            except mx.base.MXNetError as e:  # a full disk, as MXNet reports it
+                lines = str(e).strip().splitlines()
+                raise OSError(f"cannot write --save-model {args.save_model}: {lines[-1] if lines else e}") from None
+            if stopped is None:
+                print(f"model written to {args.save_model} (next: python -m train_mx.feature_stats --model "
+                      f"{args.save_model}; without its statistics the tracker factors fc4 less well)")
         (out / "final_params.json").write_text(json.dumps({"binds": trainer.binds, "keys": [list(k) for k in trainer.bound_keys]}))
-    print(f"trained {it - start} iterations in {total / 60:.1f} min; binds {trainer.binds}")
+    if stopped is not None:
+        if rank != 0:
+            kept = "rank 0 writes the checkpoint"
+        elif run["saved"] is None:
+            kept = "nothing was saved"
+        else:
+            kept = f"the checkpoint in {ckpt}" + (f" and --save-model {args.save_model} hold it" if args.save_model
+                                                  else " holds it")
+        resume = "; rerun the same command with --resume to continue" if run["saved"] is not None or rank else ""
+        print(f"interrupted ({stopped}) at iteration {it} of {args.iterations}: {kept}{resume}", file=sys.stderr)
+        return 128 + getattr(signal, stopped)
+    print(f"trained {it - start} iterations in {(time.time() - t_start) / 60:.1f} min (iteration {it}, "
+          f"{total / 60:.1f} min in all); binds {trainer.binds}")
     return 0
 
 

@@ -1,0 +1,144 @@
+"""Training checkpoints, written as one unit.
+
+``<out>/checkpoint/`` is a model folder (``weights.params`` with the fc6 branches,
+``config.json``, ``manifest.json``, written by :func:`runtime.model.save_model`) that also
+holds the run's state: ``state.json`` (iteration, epoch log, training seconds so far, where
+the batch sampler's draws stand) and ``optimizer.params`` (the SGD momentum, in MXNet's
+NDArray format like the weights: no pickle). ``config.json`` records the iteration and the
+sha256 of both state files, so the manifest vouches for them too.
+
+The folder is written whole beside its final place (``.checkpoint.new``) and swapped in by
+two renames (the previous one goes to ``.checkpoint.old`` in between). A kill, a full disk
+or a second Ctrl-C at any moment therefore leaves the previous checkpoint or the new one,
+never weights of one iteration with the state of another: :func:`recover` completes a swap
+a kill cut in two. ``<out>/state.json`` is a copy of the state for ``train_mx.report``,
+written after the swap; ``--resume`` reads the one inside the checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+from runtime.errors import TrackerInputError
+from runtime.model import load_model, save_model, sha256_file
+
+CHECKPOINT = "checkpoint"
+NEW = ".checkpoint.new"
+OLD = ".checkpoint.old"
+STATE = "state.json"
+OPTIMIZER = "optimizer.params"
+
+
+def recover(out) -> None:
+    """Complete a swap that a kill interrupted between its two renames (the new folder was
+    whole before the first rename, so it becomes the checkpoint), and remove what a kill
+    left beside a checkpoint (a folder half written, or the one it replaced)."""
+    out = Path(out)
+    ckpt, new, old = out / CHECKPOINT, out / NEW, out / OLD
+    if not ckpt.exists() and old.is_dir():
+        os.rename(new if new.is_dir() else old, ckpt)
+    if ckpt.exists():
+        for leftover in (new, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+
+
+def holds_run(out) -> bool:
+    """Whether ``out`` holds a training run (a checkpoint, one being swapped, or a state)."""
+    out = Path(out)
+    return (out / STATE).exists() or (out / CHECKPOINT / "manifest.json").exists() or (out / OLD).is_dir()
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write beside ``path`` and rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write(out, config: dict, params: dict, state: dict, optimizer=None) -> Path:
+    """Write the checkpoint of ``state["iteration"]`` into ``out``: weights, config (with the
+    iteration and the state files' sha256), state and optimizer states (name -> NDArray, or
+    None where this process has none). Raises OSError when a file cannot be written; the
+    previous checkpoint is then untouched."""
+    import mxnet as mx
+
+    out = Path(out)
+    recover(out)
+    ckpt, new, old = out / CHECKPOINT, out / NEW, out / OLD
+    if new.exists():  # the first checkpoint's write, cut short
+        shutil.rmtree(new)
+    try:
+        new.mkdir()
+        files = {}
+        if optimizer is not None:
+            try:
+                mx.nd.save(str(new / OPTIMIZER), optimizer)
+            except mx.base.MXNetError as e:  # a full disk, as MXNet reports it
+                lines = str(e).strip().splitlines()
+                raise OSError(f"cannot write {new / OPTIMIZER}: {lines[-1] if lines else e}") from None
+            files[OPTIMIZER] = sha256_file(new / OPTIMIZER)
+        (new / STATE).write_text(json.dumps(state, indent=1))
+        files[STATE] = sha256_file(new / STATE)
+        config = copy.deepcopy(config)
+        config.setdefault("training", {}).update(iteration=int(state["iteration"]), checkpoint_files=files)
+        try:
+            save_model(new, config, params)
+        except mx.base.MXNetError as e:
+            lines = str(e).strip().splitlines()
+            raise OSError(f"cannot write {new}: {lines[-1] if lines else e}") from None
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if ckpt.exists():
+        os.rename(ckpt, old)
+        os.rename(new, ckpt)  # a kill between the two: recover() finishes the swap
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, ckpt)
+    _write_text(out / STATE, json.dumps({k: state[k] for k in ("iteration", "log", "seconds") if k in state},
+                                        indent=1))
+    return ckpt
+
+
+def read(out):
+    """The checkpoint in ``out`` for ``--resume``: (model, state, optimizer states or None).
+    A checkpoint written before the state moved into it gives ``<out>/state.json`` and None."""
+    import mxnet as mx
+
+    out = Path(out)
+    recover(out)
+    ckpt = out / CHECKPOINT
+    model = load_model(ckpt)
+    training = model.config.get("training") if isinstance(model.config.get("training"), dict) else {}
+    files = training.get("checkpoint_files")
+    if files is None:  # an older checkpoint: the state beside it
+        try:
+            state = json.loads((out / STATE).read_text())
+            int(state["iteration"]), list(state["log"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise TrackerInputError(f"--resume: {out / STATE} is missing or damaged ({e}); "
+                                    "train into a new --out") from None
+        return model, state, None
+    for name, digest in dict(files).items():
+        f = ckpt / name
+        if not f.is_file() or sha256_file(f) != digest:
+            raise TrackerInputError(f"--resume: {f} is missing or does not match its sha256 in {ckpt / 'config.json'}; "
+                                    "restore the checkpoint folder or train into a new --out")
+    try:
+        state = json.loads((ckpt / STATE).read_text())
+        if int(state["iteration"]) != int(training.get("iteration")):
+            raise ValueError(f"iteration {state['iteration']}, config.json {training.get('iteration')}")
+        list(state["log"])
+        optimizer = mx.nd.load(str(ckpt / OPTIMIZER)) if OPTIMIZER in files else None
+    except (OSError, ValueError, KeyError, TypeError, mx.base.MXNetError) as e:
+        lines = str(e).strip().splitlines()
+        raise TrackerInputError(f"--resume: the state in {ckpt} is damaged ({lines[-1] if lines else e}); "
+                                "train into a new --out") from None
+    return model, state, optimizer
