@@ -54,7 +54,8 @@ def test_resume_with_a_damaged_state_refused(seq, tmp_path, capsys):
     base = ["--sequences", str(seq), "--quiet", "--out", str(out), "--iterations", "2", "--epoch-size", "2",
             "--pretrained", "", "--extractor", "vggm"]
     assert train.main(base) == 0
-    (out / "state.json").write_text("{")
+    (out / "state.json").write_text("{")  # the report's copy: --resume reads the checkpoint's own
+    (out / "checkpoint" / "state.json").write_text("{")
     _expect(capsys, train.main(base[:-4] + ["--iterations", "4", "--resume", "--extractor", "vggm"]),
             "state.json", "new --out")
 
