@@ -228,7 +228,8 @@ def run(args, stop: StopRequest | None = None) -> dict:
         if args.max_frames is not None:
             total = min(total, args.max_frames) if total is not None else args.max_frames
         per_frame = args.verbose or (not args.quiet and not sys.stderr.isatty())
-        if not args.quiet and not per_frame:
+        # rows on stdout show the progress; a bar on the same terminal would run into them
+        if not args.quiet and not per_frame and log_to is sys.stdout:
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="frame", file=sys.stderr)
@@ -358,12 +359,11 @@ def run(args, stop: StopRequest | None = None) -> dict:
         if writer is not None:
             writer.close()
         source.close()
-    if writer is not None:
-        writer.check()
-    if stdout_closed is not None:
-        raise StdoutClosed(f"stdout was closed at frame {stdout_closed}; stopped there, "
-                           f"with the outputs holding frames 0-{stdout_closed}")
     interrupted = signal.Signals(stop.signum).name if stop is not None and stop.signum is not None else None
+    # A reader of stdout that went away stops the run with an error, unless a signal stopped
+    # it too (Ctrl-C reaches the whole pipeline, ``| tee`` first): that is an interruption.
+    if stdout_closed is not None and not interrupted and box is None:
+        raise StdoutClosed(_closed_message(args, stdout_closed))
     if interrupted and box is None:
         raise Interrupted(interrupted)  # nothing tracked yet: nothing to sum up
     if not preds:
@@ -395,9 +395,25 @@ def run(args, stop: StopRequest | None = None) -> dict:
     if waiting:
         summary["untracked_frames"] = len(waiting)
     summary["skipped_frames"] = len(preds) - len(waiting) - len(ms) - dropped
+    # last, so that the plot is written whatever they say
+    if writer is not None:
+        writer.check()
+    if stdout_closed is not None:
+        if not interrupted:
+            raise StdoutClosed(_closed_message(args, stdout_closed))
+        summary["stdout_closed"] = stdout_closed
     if interrupted:
         summary["interrupted"] = interrupted
     return summary
+
+
+def _closed_message(args, index: int) -> str:
+    """The run stopped at frame ``index`` because stdout's reader went away."""
+    files = [f for f in (args.out, args.jsonl, args.save_video) if f and f != STDOUT]
+    if STDOUT in (args.out, args.jsonl):  # the rows: that frame's did not get out
+        return f"stdout was closed at frame {index}; stopped there" + (
+            f", with the output files holding frames 0-{index}" if files else "")
+    return f"stdout was closed at frame {index}; stopped there, with the outputs holding frames 0-{index}"
 
 
 def _line_writer(path):
@@ -467,7 +483,10 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt as e:
         name = str(e) if str(e) in StopRequest.SIGNALS else "SIGINT"
-        print(f"interrupted ({name})", file=sys.stderr)
+        try:
+            print(f"interrupted ({name})", file=sys.stderr)
+        except OSError:  # stderr's reader went away too
+            pass
         return 128 + getattr(signal, name)
     finally:  # a first signal stays deferred until the summary is out
         if old is not None:
@@ -488,19 +507,21 @@ def _report(s: dict, stop: StopRequest, stream) -> int:
         line += f"  untracked {s['untracked_frames']}"
     if "auc" in s:
         line += f"  AUC {s['auc']:.3f}  precision@20 {s['precision']:.3f}  mean IoU {s['mean_iou']:.3f}"
+    name = s.get("interrupted") or (signal.Signals(stop.signum).name if stop.signum is not None else None)
     try:
         print(line, file=stream, flush=True)
     except OSError as e:  # a closed pipe, or a hung-up terminal (EIO)
         if stream is sys.stdout:
             stdout_gone()
-            raise StdoutClosed(f"stdout was closed ({e.strerror or e}) before the summary; "
-                               "the outputs are complete") from None
+            if not name:
+                raise StdoutClosed(f"stdout was closed ({e.strerror or e}) before the summary; "
+                                   "the outputs are complete") from None
         # stderr gone, the results went to stdout whole: only the exit status can tell more
-    name = s.get("interrupted") or (signal.Signals(stop.signum).name if stop.signum is not None else None)
     if name:
+        closed = f"; stdout was closed at frame {s['stdout_closed']}" if "stdout_closed" in s else ""
         try:
-            print(f"interrupted ({name}) after {s['frames']} frames; the outputs hold frames 0-{s['frames'] - 1}",
-                  file=sys.stderr)
+            print(f"interrupted ({name}) after {s['frames']} frames; the outputs hold frames 0-{s['frames'] - 1}"
+                  f"{closed}", file=sys.stderr)
         except OSError:
             pass
         return 128 + getattr(signal, name)

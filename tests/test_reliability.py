@@ -1032,8 +1032,10 @@ def test_video_cut_short_by_a_file_size_limit_is_an_error(tiny_model, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-m", "runtime.track", "--demo", "--max-frames", "60", "--model",
                         str(tiny_model), "--out", str(tmp_path / "r.txt"), "--save-video", str(tmp_path / "v.mp4"),
-                        "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+                        "--plot", str(tmp_path / "s.png"), "--quiet"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300, preexec_fn=limit)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("error: --save-video") and "of 60 pictures" in lines[0] and "full disk" in lines[0]
     assert len(read_rows(tmp_path / "r.txt")) == 60
+    assert cv2.imread(str(tmp_path / "s.png")) is not None  # "the other outputs are complete": the plot too

@@ -552,3 +552,42 @@ def test_jsonl_to_stdout_beside_a_file_out(otb, tiny_model, tmp_path, full_run):
 def test_stdout_for_the_wrong_outputs_refused(otb, tiny_model, capsys, flags, words):
     code = track.main(["--sequence", str(otb), "--model", str(tiny_model), *flags])
     expect_one_error_line(capsys, code, *words)
+
+
+def test_signal_while_stdout_reader_goes_away_is_an_interruption(otb, tiny_model, tmp_path, monkeypatch, capsys):
+    """Ctrl-C on ``--out - | tee`` reaches tee too, so the frame in hand finds stdout closed:
+    that is the interruption (exit 130, the summary on stderr), not an error (it was exit 2)."""
+    import signal
+
+    from runtime import outputs
+
+    calls = {"n": 0}
+    real = outputs.StdoutLines.write
+
+    def write(self, line):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # the tracker's handler only records it
+            raise outputs.StdoutClosed("stdout was closed")
+        return real(self, line)
+
+    monkeypatch.setattr(outputs.StdoutLines, "write", write)
+    jl = tmp_path / "r.jsonl"
+    code = track.main([str(a) for a in ["--sequence", otb, "--model", tiny_model, "--out", "-", "--jsonl", jl,
+                                        "--quiet"]])
+    out, err = capsys.readouterr()
+    assert code == 130, err
+    assert len(out.splitlines()) == 3 and "error:" not in err
+    assert "frames 4 " in err and "interrupted (SIGINT) after 4 frames" in err and "stdout was closed at frame 3" in err
+    assert [json.loads(line)["frame"] for line in jl.read_text().splitlines()] == [0, 1, 2, 3]
+
+
+def test_no_progress_bar_beside_rows_on_stdout(otb, tiny_model, monkeypatch, capsys):
+    """``--out -`` on a terminal: the rows show the progress; a bar on stderr ran into them."""
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    code = track.main(["--sequence", str(otb), "--model", str(tiny_model), "--out", "-", "--max-frames", "5"])
+    out, err = capsys.readouterr()
+    assert code == 0 and len(out.splitlines()) == 5
+    assert "it/s" not in err and "frame/s" not in err and "%|" not in err, err
