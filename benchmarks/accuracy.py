@@ -3,8 +3,10 @@
     python -m benchmarks.accuracy [--sequences DIR ...] [--trackers ours,csrt,kcf,mil] [--out DIR]
 
 Prints AUC / precision@20 / fps per sequence and on average, and writes results.json,
-results.md, success.png and precision.png (OTB style) into --out, with every run's boxes in
-boxes/<tracker>/<sequence>.txt (the format of ``runtime.track --out``).
+results.md, success.png, precision.png (OTB style) and summary.json into --out, with every
+run's boxes in boxes/<tracker>/<sequence>.txt (``runtime.track --out``'s rows, with every
+digit of the boxes scored, so rescoring them reproduces results.json). An --out that holds a
+previous run's results is refused unless --force, which deletes those files first.
 """
 from __future__ import annotations
 
@@ -15,16 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from runtime.evaluation import cost_stats, evaluate_sequence, mean_scores
-from runtime.outputs import box_line
 from runtime.report import write_report
 from runtime.sources import open_sequence_folder
 
 from runtime.errors import TrackerInputError
 
-from .common import (OpenCVTracker, check_inputs, dump_json, machine, reports_user_errors, resolve_sequences,
-                     run_sequence)
+from .common import (OpenCVTracker, check_inputs, dump_json, machine, prepare_out, reports_user_errors,
+                     resolve_sequences, run_sequence)
 
 PEERS = ("csrt", "kcf", "mil")
+REPORT_FILES = ("results.json", "results.md", "success.png", "precision.png", "summary.json")
 
 
 def tracker_factories(names, model, backend, seed):
@@ -59,31 +61,31 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def box_row(box) -> str:
+    """One x,y,w,h row as ``runtime.track --out`` writes it, but with each value's shortest
+    exact decimal form (``repr``) instead of 2 decimals: rows read back (numpy) are the very
+    boxes scored, so rescoring them reproduces results.json exactly (2 decimals moved a
+    sequence's AUC by 0.0017). ``nan`` where the frame has no box."""
+    return ",".join(repr(float(v)) for v in box)
+
+
 def write_boxes(path: Path, boxes) -> None:
-    """Each run's boxes as ``runtime.track --out`` writes them (one x,y,w,h row per frame,
-    ``nan`` before the start), so other toolkits can score the same runs."""
+    """Each run's boxes, one x,y,w,h row per frame (``nan`` before the start), so other
+    toolkits can score the same runs."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(box_line(b) + "\n" for b in boxes))
+    path.write_text("".join(box_row(b) + "\n" for b in boxes))
 
 
-def check_distinct_names(paths) -> list:
-    """The sequence folders with repeats of one folder dropped; two folders of one name refused.
+def _outputs(out, json_path, trackers):
+    """Every file a run writes, for common.check_inputs: none may be an input or another output."""
+    out = Path(out)
 
-    Results are keyed by the folder's name, so a second ``Bolt`` (``OTB/Bolt`` beside
-    ``UAV/Bolt``) would silently replace the first in every table and mean.
-    """
-    seen, out = {}, []
-    for p in paths:
-        real = Path(p).expanduser().resolve()
-        name = open_sequence_folder(p).name
-        if name in seen:
-            if seen[name] == real:
-                continue
-            raise TrackerInputError(f"two sequences are named {name!r} ({seen[name]} and {real}); results are keyed "
-                                    "by folder name: evaluate them in separate runs")
-        seen[name] = real
-        out.append(p)
-    return out
+    def outputs(names):
+        files = [(f"--out ({f})", out / f) for f in REPORT_FILES]
+        files += [(f"--out (boxes/{t}/{n}.txt)", out / "boxes" / t / f"{n}.txt") for t in trackers for n in names]
+        return files + [("--json", json_path)]
+
+    return outputs
 
 
 @reports_user_errors
@@ -97,7 +99,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of ours (candidate sampling); the peers are deterministic")
     ap.add_argument("--max-frames", type=int, default=None, help="first N frames of each sequence (default: all)")
     ap.add_argument("--out", default="benchmarks/results/accuracy", help="report folder")
-    ap.add_argument("--json", default=None, help="also write the JSON here")
+    ap.add_argument("--json", default=None, help="also write the JSON (summary.json) here")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the results of a previous run in --out (deletes only the files this tool writes)")
     args = ap.parse_args(argv)
     seqs = resolve_sequences(args.sequences)
     if not seqs:
@@ -112,15 +116,22 @@ def main(argv=None) -> int:
         raise TrackerInputError(f"unknown --backend {args.backend!r}; use one of {', '.join(BACKENDS)}")
     factories = tracker_factories(names, args.model, args.backend, args.seed)
     models = [args.model or DEFAULT_MODEL if n == "ours" else n.split(":", 1)[1] for n in names if n.startswith("ours")]
-    check_inputs(seqs, models, args.max_frames, args.out, [("--json", args.json)])
-    seqs = check_distinct_names(seqs)
+    seqs = check_inputs(seqs, models, args.max_frames, args.out, [("--json", args.json)],
+                        outputs=_outputs(args.out, args.json, list(factories)))
+    prepare_out(args.out, REPORT_FILES + ("boxes/*/*.txt",), args.force)
     results = {name: {} for name in factories}
+    failed = []
     for path in seqs:
         for name, make in factories.items():
-            seq = open_sequence_folder(path)
-            r = run_sequence(make, seq, args.max_frames)
+            # a frame that cannot be read keeps the last box (with a warning), for every tracker
+            seq = open_sequence_folder(path, on_bad_frame="skip")
+            r = run_sequence(make, seq, args.max_frames, label=name)
+            seq.close()
             score = evaluate_sequence(r["boxes"], r["gt"])
             results[name][seq.name] = {"score": score, "cost": cost_stats(r["ms"])}
+            if r["error"]:
+                results[name][seq.name]["error"] = r["error"]
+                failed.append(f"{name} on {seq.name}: {r['error']}")
             write_boxes(Path(args.out) / "boxes" / name / f"{seq.name}.txt", r["boxes"])
             fps = results[name][seq.name]["cost"]["fps"]
             print(f"{seq.name:18s} {name:22s} AUC {_fmt(_finite(score.auc))}  P@20 {_fmt(_finite(score.precision))}  "
@@ -140,9 +151,17 @@ def main(argv=None) -> int:
                                      "mean_fps": float(np.mean(fps)) if fps else None,
                                      "sequences": {k: {"auc": _finite(v["score"].auc),
                                                        "precision": _finite(v["score"].precision),
-                                                       "fps": v["cost"]["fps"]} for k, v in per.items()}}
+                                                       "fps": v["cost"]["fps"],
+                                                       **({"error": v["error"]} if "error" in v else {})}
+                                                   for k, v in per.items()}}
         print(f"MEAN {name:22s} AUC {_fmt(mean['auc'])}  P@20 {_fmt(mean['precision'])}"
               + (f"  ({mean['n_skipped']} sequence(s) with no scored frame left out)" if mean["n_skipped"] else ""))
+    if failed:
+        # a peer that failed (cv2.error) scores its frames from the failure on as lost
+        with open(paths["markdown"], "a") as f:
+            f.write("\nFailed runs (the frames from the failure on score as lost):\n\n"
+                    + "".join(f"- {line}\n" for line in failed))
+        print(f"{len(failed)} failed run(s) (scored as lost from the failure on): " + "; ".join(failed))
     dump_json(summary, Path(args.out) / "summary.json")
     if args.json:
         dump_json(summary, args.json)

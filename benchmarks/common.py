@@ -3,6 +3,7 @@ the loop that runs one tracker over one sequence timing every frame."""
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.model import SHARED_SEQUENCES as SHARED
+
+log = logging.getLogger("benchmarks")
 
 # Held out of training (see models/default/TRAINING.md): the development set.
 DEV_SEQUENCES = ("vot_bolt1", "vot_traffic", "uav_person12_1", "dtb_Surfing06", "uav_truck4_1")
@@ -24,7 +27,10 @@ def resolve_sequences(given) -> list:
     error) when neither exists, for the caller to exit 2."""
     import sys
 
-    seqs = list(given or default_sequences())
+    from runtime.sources import target_sequences
+
+    # an OTB folder with several targets (Jogging, Skating2) is one sequence per target
+    seqs = [t for s in (given or default_sequences()) for t in target_sequences(s)]
     if not seqs:
         print("error: no sequences (../shared is absent); pass --sequences DIR ...", file=sys.stderr)
     return seqs
@@ -59,36 +65,125 @@ def names_in(text: str, allowed, flag: str = "--backends", kind: str = "backend"
     if bad or not names:
         what = f"unknown {kind} {bad[0]!r} in {flag}" if bad else f"{flag} names none"
         raise TrackerInputError(f"{what}; use {', '.join(allowed)}")
+    twice = next((b for i, b in enumerate(names) if b in names[:i]), None)
+    if twice:  # results are keyed by name: the second run would be merged into the first
+        raise TrackerInputError(f"{flag} names {twice} twice; name each {kind} once")
     return names
 
 
-def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=(), min_frames: int = 1) -> None:
+def check_distinct_names(opened) -> list:
+    """``opened``: (path, open sequence) pairs. The pairs with repeats of one folder dropped;
+    two folders of one name refused.
+
+    Results are keyed by the sequence's name, so a second ``Bolt`` (``OTB/Bolt`` beside
+    ``UAV/Bolt``) would silently replace the first in every table and mean.
+    """
+    from runtime.errors import TrackerInputError
+
+    seen, out = {}, []
+    for p, seq in opened:
+        real = Path(p).expanduser().resolve()
+        if seq.name in seen:
+            if seen[seq.name] == real:
+                continue
+            raise TrackerInputError(f"two sequences are named {seq.name!r} ({seen[seq.name]} and {real}); results "
+                                    "are keyed by folder name: evaluate them in separate runs")
+        seen[seq.name] = real
+        out.append((p, seq))
+    return out
+
+
+def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=(), min_frames: int = 1,
+                 min_tracked: int = 0, outputs=None) -> list:
     """Open every sequence and model, and check the outputs, before the first frame is
-    tracked: a mistake in the last one should not surface after minutes of work."""
+    tracked: a mistake in the last one should not surface after minutes of work. Returns the
+    sequence folders to run (one folder given twice runs once; two folders of one name are
+    refused: results are keyed by name).
+
+    Each sequence's warnings (ground truth shorter than the frames, ...) are logged as
+    ``warning:`` lines. ``min_tracked``: frames each sequence must have from its first
+    usable ground-truth box on (within ``max_frames``). ``outputs(names)``: every
+    ``(flag, path)`` the tool will write, given the sequences' names; none may name one of
+    a sequence's files or another output (``runtime.outputs.check_outputs_apart``, as
+    ``runtime.track`` checks its outputs).
+    """
     from runtime.errors import TrackerInputError
     from runtime.model import load_model
-    from runtime.outputs import check_output_folder, check_output_path
-    from runtime.sources import open_sequence_folder
+    from runtime.outputs import check_output_folder, check_output_path, check_outputs_apart
+    from runtime.sources import open_sequence_folder, usable_box
 
     if max_frames is not None and max_frames < min_frames:
         why = " (the first frame initialises; costs are of the frames after it)" if min_frames > 1 else ""
         raise TrackerInputError(f"--max-frames must be at least {min_frames}{why}, got {max_frames}")
-    for s in seqs:
-        seq = open_sequence_folder(s)
-        try:
+    opened = []
+    try:
+        for s in seqs:
+            seq = open_sequence_folder(s, on_bad_frame="skip")
+            opened.append((s, seq))
             # every benchmark starts from the ground truth (or scores against it)
             if seq.groundtruth is None or seq.init_box is None:
                 raise TrackerInputError(f"{s} has no usable ground-truth box (groundtruth_rect.txt or "
                                         "groundtruth.txt, x,y,w,h per frame); the benchmarks start from it")
-        finally:
+            if min_tracked:
+                gt = seq.groundtruth
+                start = next(i for i, g in enumerate(gt) if usable_box(g))
+                n = len(seq) if max_frames is None else min(len(seq), max_frames)
+                if n - start < min_tracked:
+                    within = f" within --max-frames {max_frames}" if max_frames is not None and max_frames < len(seq) else ""
+                    raise TrackerInputError(
+                        f"sequence {seq.name} ({s}) has {max(n - start, 0)} frame(s){within} from its first usable "
+                        f"ground-truth box (frame {start}); this benchmark needs {min_tracked} (the first initialises)")
+        opened = check_distinct_names(opened)
+        for _, seq in opened:
+            for w in seq.warnings:
+                log.warning("%s: %s", seq.name, w)
+        for m in models:
+            load_model(m)
+        if out_dir is not None:
+            check_output_folder(out_dir, "--out")
+        for flag, path in out_files:
+            if path:
+                check_output_path(path, flag)
+        if outputs is not None:
+            wanted = [(flag, path) for flag, path in outputs([seq.name for _, seq in opened]) if path]
+            check_outputs_apart(wanted, None)  # two outputs on one file
+            for _, seq in opened:
+                check_outputs_apart(wanted, seq)
+    finally:
+        for _, seq in opened:
             seq.close()
-    for m in models:
-        load_model(m)
-    if out_dir is not None:
-        check_output_folder(out_dir, "--out")
-    for flag, path in out_files:
-        if path:
-            check_output_path(path, flag)
+    return [s for s, _ in opened]
+
+
+def prepare_out(out_dir, patterns, force: bool) -> None:
+    """Refuse an ``--out`` folder that holds a previous run's results (files matching
+    ``patterns``, the ones this tool writes, relative to it): a new run would mix with them
+    (a sequence or tracker of the old run left behind) or overwrite them. With ``force``,
+    delete those files, and the folders they leave empty, and nothing else."""
+    from runtime.errors import TrackerInputError
+
+    out = Path(out_dir).expanduser()
+    if not out.is_dir():
+        return
+    found = sorted({p for pat in patterns for p in out.glob(pat) if p.is_file() or p.is_symlink()})
+    if not found:
+        return
+    if not force:
+        shown = ", ".join(str(p.relative_to(out)) for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise TrackerInputError(f"--out {out} already holds a run's results ({len(found)} file(s): {shown}); "
+                                "pass --force to replace them (only the files this tool writes are deleted), "
+                                "or give another --out")
+    try:
+        for p in found:
+            p.unlink()
+        for d in sorted({q for p in found for q in p.relative_to(out).parents if str(q) != "."},
+                        key=lambda q: -len(q.parts)):
+            try:
+                (out / d).rmdir()  # only when empty: anything else there stays
+            except OSError:
+                pass
+    except OSError as e:
+        raise TrackerInputError(f"--force: cannot delete the previous run's files in {out}: {e.strerror or e}") from None
 
 
 def machine() -> dict:
@@ -115,8 +210,24 @@ def opencv_builds() -> str:
     return "installed: " + (", ".join(names) if names else "none")
 
 
+# OpenCV 4's MIL never returns from init on a box of 4x4 pixels (its Haar features are drawn
+# at random until they fit), and ours starts tiny targets at 4x4: the peers start at 5 or more.
+OPENCV_MIN_SIZE = 5
+
+
+class PeerFailed(Exception):
+    """An OpenCV tracker raised cv2.error: its run on this sequence ends there."""
+
+
 class OpenCVTracker:
-    """OpenCV's CSRT / KCF / MIL behind the same init/update shape as ours."""
+    """OpenCV's CSRT / KCF / MIL behind the same init/update shape as ours.
+
+    They start from the box ours starts from (``runtime.tracker.start_box``: clipped to the
+    image, grown to the smallest size ours samples, 4 px), grown to ``OPENCV_MIN_SIZE`` (MIL
+    hangs on 4x4), rounded to whole pixels and, where the growth crossed the image border,
+    moved inside it (OpenCV's MIL fails on a box crossing it). A ``cv2.error`` in ``init`` or ``update`` is :class:`PeerFailed`: ``run_sequence``
+    records the failure and scores the rest of the sequence as lost, instead of stopping
+    the whole comparison."""
 
     def __init__(self, kind: str):
         import cv2
@@ -129,30 +240,71 @@ class OpenCVTracker:
             raise TrackerInputError(f"OpenCV has no {make}: {opencv_builds()}; the peer trackers are in the contrib "
                                     "builds, which share the one cv2 module with the others: pip install "
                                     f"--force-reinstall --no-deps opencv-contrib-python-headless=={cv2.__version__}")
+        self.kind = kind
         self.t = fn()
         self.box = None
 
+    @staticmethod
+    def opencv_box(image, box) -> tuple:
+        """The box ours would start from in ``image``, in whole pixels inside the image."""
+        from runtime.tracker import start_box
+
+        h, w = image.shape[:2]
+        b = start_box(box, (w, h))
+        small = b[2:] < OPENCV_MIN_SIZE
+        if small.any():  # grown about its centre, as start_box grows
+            c = b[:2] + b[2:] / 2
+            b[2:] = np.maximum(b[2:], OPENCV_MIN_SIZE)
+            b[:2] = c - b[2:] / 2
+        bw, bh = max(1, min(int(round(b[2])), w)), max(1, min(int(round(b[3])), h))
+        x = min(max(int(round(b[0])), 0), w - bw)
+        y = min(max(int(round(b[1])), 0), h - bh)
+        return x, y, bw, bh
+
     def init(self, image, box):
-        self.t.init(image, tuple(int(round(v)) for v in box))
-        self.box = np.asarray(box, float)
+        import cv2
+
+        b = self.opencv_box(image, box)
+        try:
+            self.t.init(image, b)
+        except cv2.error as e:
+            raise PeerFailed(f"{self.kind} init on {list(b)}: cv2.error: {_cv2_message(e)}") from None
+        self.box = np.asarray(b, float)
 
     def update(self, image):
-        ok, box = self.t.update(image)
+        import cv2
+
+        try:
+            ok, box = self.t.update(image)
+        except cv2.error as e:
+            raise PeerFailed(f"{self.kind} update: cv2.error: {_cv2_message(e)}") from None
         if ok:
             self.box = np.asarray(box, float)
         return self.box, bool(ok)
 
 
-def run_sequence(make_tracker, seq, max_frames=None, on_frame=None) -> dict:
-    """Run one tracker over ``seq``; return boxes, per-frame ms, scores, ok flags and stages.
+def _cv2_message(e) -> str:
+    """cv2.error's message on one line (its str is a multi-line report)."""
+    text = " ".join(str(getattr(e, "err", "") or e).split())
+    return text[:200] or type(e).__name__
 
-    With ground truth, tracking starts at the first frame whose own box is usable (finite,
-    w and h > 0), as ``runtime.track`` does: ``seq.init_box`` is the first usable row of *any*
-    frame, and initialising frame 0 with a later frame's box (a target absent at the start)
-    would start the tracker on the wrong pixels. Frames before the start get NaN boxes (their
-    ground truth is absent, so no score counts them) and no time: ``ms`` holds the tracked
-    frames only, its first entry the initialisation. Without ground truth, frame 0 starts
-    from ``seq.init_box``.
+
+def run_sequence(make_tracker, seq, max_frames=None, on_frame=None, label: str = "") -> dict:
+    """Run one tracker over ``seq``; return boxes, per-frame ms, scores, ok flags, stages
+    and ``error`` (None, or why a peer tracker failed).
+
+    With ground truth, tracking starts at the first readable frame whose own box is usable
+    (finite, w and h > 0), as ``runtime.track`` does: ``seq.init_box`` is the first usable
+    row of *any* frame, and initialising frame 0 with a later frame's box (a target absent
+    at the start) would start the tracker on the wrong pixels. Frames before the start get
+    NaN boxes (their ground truth is absent, so no score counts them) and no time: ``ms``
+    holds the tracked frames only, its first entry the initialisation. Without ground truth,
+    frame 0 starts from ``seq.init_box``.
+
+    After the start, a frame that cannot be read (``seq`` opened with ``on_bad_frame="skip"``)
+    or that changed size keeps the last box, untimed, with a warning (``runtime.track``'s
+    rule), for every tracker alike. A peer tracker that fails (:class:`PeerFailed`) gets NaN
+    boxes from that frame on (lost, where there is ground truth) and ``error`` says why.
     """
     from runtime.sources import usable_box
 
@@ -161,28 +313,54 @@ def run_sequence(make_tracker, seq, max_frames=None, on_frame=None) -> dict:
     gts = []
     has_gt = seq.groundtruth is not None
     started = False
+    size = None
+    error = None
+    who = f"{seq.name} {label}".strip()
     for frame in seq:
         if max_frames is not None and frame.index >= max_frames:
             break
         gt = frame.gt if frame.gt is not None else np.full(4, np.nan)
-        if not started and has_gt and not usable_box(frame.gt):
-            boxes.append(np.full(4, np.nan))
+        skip = None
+        if error is not None:
+            skip = np.full(4, np.nan)
+        elif not started and (frame.image is None or (has_gt and not usable_box(frame.gt))):
+            skip = np.full(4, np.nan)
+        elif started and frame.image is None:
+            log.warning("%s: frame %d skipped: %s (keeping the last box)", who, frame.index, frame.error)
+            skip = boxes[-1]
+        elif started and frame.image.shape[:2] != size:
+            log.warning("%s: frame %d skipped: %dx%d pixels, not the sequence's %dx%d (keeping the last box)", who,
+                        frame.index, frame.image.shape[1], frame.image.shape[0], size[1], size[0])
+            skip = boxes[-1]
+        if skip is not None:
+            boxes.append(np.array(skip, float))
             scores.append(float("nan"))
             oks.append(False)
             stages.append(None)
             gts.append(gt)
             continue
         t = time.perf_counter()
-        if not started:
-            start_box = np.asarray(frame.gt if has_gt else seq.init_box, float)
-            r = tracker.init(frame.image, start_box)
-        else:
-            r = tracker.update(frame.image)
+        try:
+            if not started:
+                start_box = np.asarray(frame.gt if has_gt else seq.init_box, float)
+                r = tracker.init(frame.image, start_box)
+            else:
+                r = tracker.update(frame.image)
+        except PeerFailed as e:
+            error = f"frame {frame.index}: {e}"
+            log.warning("%s failed at %s; its later frames score as lost", who, error)
+            boxes.append(np.full(4, np.nan))
+            scores.append(float("nan"))
+            oks.append(False)
+            stages.append(None)
+            gts.append(gt)
+            continue
         dt = (time.perf_counter() - t) * 1e3
         if not started:
             box, score, ok = start_box, float("nan"), True
             st = getattr(r, "stages", None)
             started = True
+            size = frame.image.shape[:2]
         elif hasattr(r, "box"):
             box, score, ok, st = r.box, r.score, r.ok, r.stages
         else:
@@ -195,7 +373,8 @@ def run_sequence(make_tracker, seq, max_frames=None, on_frame=None) -> dict:
         gts.append(gt)
         if on_frame:
             on_frame(frame, box, dt)
-    return {"boxes": np.array(boxes), "gt": np.array(gts), "ms": ms, "scores": scores, "ok": oks, "stages": stages}
+    return {"boxes": np.array(boxes), "gt": np.array(gts), "ms": ms, "scores": scores, "ok": oks, "stages": stages,
+            "error": error}
 
 
 def dump_json(obj, path) -> None:

@@ -8,7 +8,8 @@ processes alternate in rounds (one per backend per round, order rotated), each t
 ``BLOCK`` calls of every bucket after warm-up, so that a machine whose speed drifts during
 the run (this shared 2-core VM's does, by up to 1.5x over an hour) slows all backends alike.
 Reports the median and p95 ms per bucket over all rounds and the ratio to MXNet
-(features.json / .md).
+(features.json / .md). An --out that holds a previous run's results is refused unless
+--force, which deletes those files first.
 """
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ from runtime.errors import TrackerInputError
 from runtime.model import load_model
 from runtime.report import markdown_table
 
-from .common import check_inputs, dump_json, machine, names_in, reports_user_errors
+from .common import check_inputs, dump_json, machine, names_in, prepare_out, reports_user_errors
 
 
 BLOCK = 10
+REPORT_FILES = ("features.json", "features.md")
 
 
 def time_alone(name, model_dir, artifacts, calls, warmup=5) -> dict:
@@ -90,6 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--artifacts", default=None, help="prebuilt TVM set (default: the llvm cache)")
     ap.add_argument("--repeat", type=int, default=100, help="timed calls per bucket and backend (default 100: 10 rounds)")
     ap.add_argument("--out", default="benchmarks/results/features", help="report folder")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the results of a previous run in --out (deletes only the files this tool writes)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one backend, JSON on stdout
     args = ap.parse_args(argv)
     if args.worker:
@@ -106,6 +110,7 @@ def main(argv=None) -> int:
            "timing": f"each backend alone in its own process; rounds of {BLOCK} calls per bucket, alternating",
            "backends": {}}
     load_model(args.model)  # a bad --model fails here, before any worker starts
+    prepare_out(args.out, REPORT_FILES, args.force)
     res["backends"], res["tvm_tuning_db"] = time_rounds(names, args.model, args.artifacts, args.repeat)
     buckets = list(res["backends"][names[0]])
     rows = []

@@ -7,7 +7,9 @@ by the head. Per sequence: how often the best-scoring box lies within 0.36 targe
 the truth (``head_near``), how often the true box scores above 0 (``truth_positive``), and
 how often the pooled features most similar to the previous frame's true box lie that near
 (``similarity_near``). A tracker that loses a sequence whose ``head_near`` is high drifts
-on its own labels; one whose ``head_near`` is low is beaten by its features.
+on its own labels; one whose ``head_near`` is low is beaten by its features. A share with
+no frame to measure (``--frames 1`` has no previous true box to compare with) is n/a (null
+in oracle.json).
 
     python -m benchmarks.oracle --frames 150 --out benchmarks/results/oracle
 """
@@ -43,23 +45,30 @@ def _grid(gt: np.ndarray) -> np.ndarray:
     return np.array([[gt[0] + dx, gt[1] + dy, gt[2], gt[3]] for dy in ys for dx in xs])
 
 
+def _share(k: int, n: int):
+    return k / n if n else None
+
+
 def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
-    """The three shares for one sequence (frames with ground truth after the first)."""
+    """The three shares for one sequence: over the ``frames`` frames after the first tracked
+    one (all when None), those with ground truth; None where no frame was measured."""
     from runtime.buckets import extractor_input
     from runtime.sources import usable_box
     from runtime.tracker import Tracker
 
     t = Tracker(model, seed=seed)
     truth, prev = {}, None
+    start = None  # index of the first tracked frame
     n = head_near = positive = sim_near = n_sim = 0
     with _box_follows(truth):
         for frame in seq:
-            if frames is not None and frame.index > frames:
+            if frames is not None and start is not None and frame.index > start + frames:
                 break
             usable = frame.image is not None and usable_box(frame.gt)
             if t.head is None:  # tracking starts at the first frame with a usable box (run_sequence's rule)
                 if usable:
                     t.init(frame.image, frame.gt)
+                    start = frame.index
                 continue
             if not usable:
                 continue  # no truth to force: skip the frame, as evaluation does
@@ -86,8 +95,12 @@ def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
             prev = p[c].copy()
             truth["box"] = gt
             t.update(frame.image)
-    return {"frames": n, "head_near": head_near / max(n, 1), "truth_positive": positive / max(n, 1),
-            "similarity_near": sim_near / max(n_sim, 1)}
+    return {"frames": n, "head_near": _share(head_near, n), "truth_positive": _share(positive, n),
+            "similarity_near": _share(sim_near, n_sim)}
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def main(argv=None) -> int:
@@ -96,17 +109,22 @@ def main(argv=None) -> int:
     return reports_user_errors(_main)(argv)
 
 
+REPORT_FILES = ("oracle.json", "oracle.md")
+
+
 def _main(argv=None) -> int:
-    from benchmarks.common import check_inputs, dump_json, machine, resolve_sequences
+    from benchmarks.common import check_inputs, dump_json, machine, prepare_out, resolve_sequences
     from runtime.model import DEFAULT_MODEL
     from runtime.sources import open_sequence_folder
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.oracle", description=__doc__.splitlines()[0])
     ap.add_argument("--sequences", nargs="*", help="sequence folders (default: the development set in ../shared)")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
-    ap.add_argument("--frames", type=int, default=150, help="frames per sequence after the first")
+    ap.add_argument("--frames", type=int, default=150, help="frames per sequence after the first tracked one")
     ap.add_argument("--seed", type=int, default=0, help="tracker seed (candidate sampling)")
     ap.add_argument("--out", default=None, help="folder for oracle.json and oracle.md")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the results of a previous run in --out (deletes only the files this tool writes)")
     args = ap.parse_args(argv)
     seqs = resolve_sequences(args.sequences)
     if not seqs:
@@ -115,23 +133,26 @@ def _main(argv=None) -> int:
         from runtime.errors import TrackerInputError
 
         raise TrackerInputError(f"--frames must be at least 1, got {args.frames}")
-    check_inputs(seqs, [args.model or DEFAULT_MODEL], out_dir=args.out)
+    out = Path(args.out) if args.out else None
+    seqs = check_inputs(seqs, [args.model or DEFAULT_MODEL], out_dir=args.out,
+                        outputs=(lambda names: [(f"--out ({f})", out / f) for f in REPORT_FILES]) if out else None)
+    if out:
+        prepare_out(out, REPORT_FILES, args.force)
     rows = {}
     for path in seqs:
-        seq = open_sequence_folder(path)
+        seq = open_sequence_folder(path, on_bad_frame="skip")  # an unreadable frame is skipped, as evaluation does
         rows[seq.name] = diagnose(seq, args.model, args.frames, args.seed)
         r = rows[seq.name]
-        print(f"{seq.name:16s} frames {r['frames']:4d}  head near truth {r['head_near']:.2f}  "
-              f"truth scored > 0 {r['truth_positive']:.2f}  similarity near truth {r['similarity_near']:.2f}",
+        print(f"{seq.name:16s} frames {r['frames']:4d}  head near truth {_fmt(r['head_near'])}  "
+              f"truth scored > 0 {_fmt(r['truth_positive'])}  similarity near truth {_fmt(r['similarity_near'])}",
               flush=True)
-    if args.out:
-        out = Path(args.out)
+    if out:
         dump_json({"machine": machine(), "frames": args.frames, "seed": args.seed, "sequences": rows},
                   out / "oracle.json")
         lines = ["| sequence | frames | head's best box near the truth | true box scored > 0 | "
                  "similarity to the previous true box near the truth |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {k} | {r['frames']} | {r['head_near']:.2f} | {r['truth_positive']:.2f} | "
-                  f"{r['similarity_near']:.2f} |" for k, r in rows.items()]
+        lines += [f"| {k} | {r['frames']} | {_fmt(r['head_near'])} | {_fmt(r['truth_positive'])} | "
+                  f"{_fmt(r['similarity_near'])} |" for k, r in rows.items()]
         (out / "oracle.md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -6,7 +6,8 @@ Each backend tracks the same frames (decoded once, held in memory) with the same
 The ``mxnet-unbucketed`` baseline crops the exact patch each frame needs and binds new
 executors for every new shape, as the original prototype did. Reports first-frame ms,
 median / p95 / max of the other frames, fps and a stage breakdown; writes per_frame.json,
-per_frame.md and per_frame.png (cost over the sequence per backend: spikes show).
+per_frame.md and per_frame.png (cost over the sequence per backend: spikes show). An --out
+that holds a previous run's results is refused unless --force, which deletes those files first.
 """
 from __future__ import annotations
 
@@ -21,26 +22,40 @@ from runtime.report import markdown_table, plot_frame_costs
 from runtime.sources import open_sequence_folder, usable_box
 from runtime.tracker import STAGES
 
-from .common import check_inputs, dump_json, machine, names_in, reports_user_errors, resolve_sequences
+from .common import check_inputs, dump_json, log, machine, names_in, prepare_out, reports_user_errors, resolve_sequences
 
 BASELINE = "mxnet-unbucketed"
+REPORT_FILES = ("per_frame.json", "per_frame.md", "per_frame.png")
 
 
 class _Frames:
     """A sequence decoded once so every backend sees identical frames without I/O. It starts
     where tracking starts (``common.run_sequence``'s rule): at the first frame whose own
-    ground-truth box is usable."""
+    ground-truth box is usable. A frame that cannot be read (``seq`` opened with
+    ``on_bad_frame="skip"``) is left out, with a warning: this benchmark times frames."""
 
     def __init__(self, seq, max_frames):
+        from runtime.errors import TrackerInputError
+
         self.name = seq.name
         has_gt = seq.groundtruth is not None
         self.frames = []
         for f in seq:
             if max_frames is not None and f.index >= max_frames:
                 break
+            if f.image is None:
+                if self.frames:
+                    log.warning("%s: frame %d left out: %s", seq.name, f.index, f.error)
+                continue
+            if self.frames and f.image.shape != self.frames[0].image.shape:
+                log.warning("%s: frame %d left out: its size is not the sequence's", seq.name, f.index)
+                continue
             if self.frames or not has_gt or usable_box(f.gt):
                 self.frames.append(f)
-        self.init_box = np.asarray(self.frames[0].gt, float) if has_gt and self.frames else seq.init_box
+        if len(self.frames) < 2:
+            raise TrackerInputError(f"sequence {seq.name} has {len(self.frames)} readable frame(s) from its first "
+                                    "usable ground-truth box; this benchmark needs 2 (the first initialises)")
+        self.init_box = np.asarray(self.frames[0].gt, float) if has_gt else seq.init_box
 
     def __iter__(self):
         return iter(self.frames)
@@ -76,7 +91,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-frames", type=int, default=None, help="first N frames of each sequence (default: all)")
     ap.add_argument("--seed", type=int, default=0, help="tracker seed (candidate sampling)")
     ap.add_argument("--out", default="benchmarks/results/per_frame", help="report folder")
-    ap.add_argument("--json", default=None, help="also write the JSON here")
+    ap.add_argument("--json", default=None, help="also write the JSON (per_frame.json) here")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the results of a previous run in --out (deletes only the files this tool writes)")
     args = ap.parse_args(argv)
     seqs = resolve_sequences(args.sequences)
     if not seqs:
@@ -85,8 +102,11 @@ def main(argv=None) -> int:
     from runtime.model import DEFAULT_MODEL
 
     backends = names_in(args.backends, BACKENDS + (BASELINE,))
-    check_inputs(seqs, [args.model or DEFAULT_MODEL], args.max_frames, args.out, [("--json", args.json)], min_frames=2)
     out = Path(args.out)
+    seqs = check_inputs(seqs, [args.model or DEFAULT_MODEL], args.max_frames, args.out, [("--json", args.json)],
+                        min_frames=2, min_tracked=2,
+                        outputs=lambda names: [(f"--out ({f})", out / f) for f in REPORT_FILES] + [("--json", args.json)])
+    prepare_out(out, REPORT_FILES, args.force)
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine(), "command": "python -m benchmarks.per_frame " + " ".join(argv or sys.argv[1:]),
               "sequences": {}, "backends": {}}
@@ -95,7 +115,7 @@ def main(argv=None) -> int:
     firsts = {b: [] for b in backends}
     curves = {}
     for path in seqs:
-        frames = _Frames(open_sequence_folder(path), args.max_frames)
+        frames = _Frames(open_sequence_folder(path, on_bad_frame="skip"), args.max_frames)
         result["sequences"][frames.name] = {}
         for b in backends:
             r = run_backend(b, frames, args.model, args.seed)

@@ -467,7 +467,8 @@ class OTBSequence(FileSequenceSource):
 
     GT_NAMES = ("groundtruth_rect.txt", "groundtruth.txt")
 
-    def __init__(self, folder, init_box=None, on_bad_frame: str = "raise", name: str | None = None):
+    def __init__(self, folder, init_box=None, on_bad_frame: str = "raise", name: str | None = None,
+                 groundtruth_name: str | None = None):
         folder = _require_folder(folder)
         img = folder / "img"
         if not img.is_dir():
@@ -482,11 +483,25 @@ class OTBSequence(FileSequenceSource):
             )
         super().__init__(name or folder.name, paths, None, init_box=init_box, on_bad_frame=on_bad_frame)
         self.folder = folder
+        names = (groundtruth_name,) if groundtruth_name else self.GT_NAMES
         self.groundtruth_path: Path | None = next(
-            (folder / n for n in self.GT_NAMES if os.path.lexists(folder / n)), None
+            (folder / n for n in names if os.path.lexists(folder / n)), None
         )
+        targets = groundtruth_targets(folder) if self.groundtruth_path is None else {}
+        if len(targets) == 1:  # OTB-100's Human4: groundtruth_rect.2.txt alone (beside an empty .1)
+            self.groundtruth_path = next(iter(targets.values()))
+        elif targets:  # Jogging, Skating2: one file per target, no groundtruth_rect.txt
+            shown = ", ".join(p.name for p in targets.values())
+            picks = " or ".join(f"{folder}.{k}" for k in targets)
+            if self._user_box is None:
+                raise SequenceError(f"{folder} holds the ground truth of {len(targets)} targets ({shown}) and no "
+                                    f"groundtruth_rect.txt", f"give one target's sequence as {picks} (the "
+                                    "GOT-10k toolkit's names)")
+            self.warnings.append(f"{folder} holds the ground truth of {len(targets)} targets ({shown}); tracking "
+                                 f"from the given initial box without ground truth (give {picks} to score one)")
         if self.groundtruth_path is None:
-            self.warnings.append(f"{folder} has no groundtruth_rect.txt; the sequence has no ground truth")
+            if not targets:
+                self.warnings.append(f"{folder} has no groundtruth_rect.txt; the sequence has no ground truth")
         else:
             self._load_groundtruth(self.groundtruth_path, allow_polygon=False)
 
@@ -519,6 +534,11 @@ class VOTSequence(FileSequenceSource):
 def open_sequence_folder(folder, init_box=None, on_bad_frame: str = "raise") -> FileSequenceSource:
     """Open ``folder`` with the right reader: OTB when it has ``img/`` or
     ``groundtruth_rect.txt``, VOT when it has ``groundtruth.txt`` or ``color/``."""
+    target = _target_sequence(folder)
+    if target is not None:  # Jogging.1: the first target of OTB's Jogging folder
+        base, gt_name = target
+        return OTBSequence(base, init_box=init_box, on_bad_frame=on_bad_frame, name=Path(folder).name,
+                           groundtruth_name=gt_name)
     folder = _require_folder(folder)
     try:
         # OTB when img/ holds the frames (an empty img/ beside a VOT color/ is not OTB)
@@ -543,6 +563,52 @@ def open_sequence_folder(folder, init_box=None, on_bad_frame: str = "raise") -> 
         "(color/ + groundtruth.txt)",
         f"for a plain folder of images use an image glob such as '{folder / '*.jpg'}'"
     )
+
+
+# OTB-100's folders with several targets (Jogging, Skating2) ship one ground-truth file per
+# target, groundtruth_rect.1.txt and groundtruth_rect.2.txt, and no groundtruth_rect.txt.
+_TARGET_GT = re.compile(r"groundtruth_rect\.(\d+)\.txt")
+
+
+def groundtruth_targets(folder) -> dict:
+    """``{"1": path, "2": path}``: the non-empty ``groundtruth_rect.N.txt`` files of an OTB
+    folder that has neither ``groundtruth_rect.txt`` nor ``groundtruth.txt``, by N in natural
+    order; empty otherwise. (Human4 ships an empty one beside the real one; the GOT-10k
+    toolkit skips empty files too.)"""
+    folder = Path(folder).expanduser()
+    try:
+        if any(os.path.lexists(folder / n) for n in OTBSequence.GT_NAMES):
+            return {}
+        found = [(m.group(1), p) for p in folder.iterdir() if (m := _TARGET_GT.fullmatch(p.name))]
+    except OSError:
+        return {}
+    found = [(k, p) for k, p in found if p.is_file() and p.stat().st_size > 0 and p.read_bytes().strip()]
+    return dict(sorted(found, key=lambda kp: int(kp[0])))
+
+
+def target_sequences(folder) -> list:
+    """The sequence paths ``folder`` stands for: ``[folder]``, or one per target for an OTB
+    folder with several (``Jogging`` -> ``Jogging.1``, ``Jogging.2``, as the GOT-10k toolkit
+    names them); each opens with :func:`open_sequence_folder`."""
+    targets = groundtruth_targets(folder)
+    if len(targets) < 2 or not (Path(folder).expanduser() / "img").is_dir():
+        return [folder]
+    base = Path(folder)
+    return [str(base.parent / f"{base.name}.{k}") for k in targets]
+
+
+def _target_sequence(folder):
+    """``(base folder, ground-truth file name)`` for a path ``BASE.N`` that does not exist
+    where ``BASE`` is an OTB folder with several targets and ``N`` one of them; else None."""
+    p = Path(folder).expanduser()
+    m = re.fullmatch(r"(.+)\.(\d+)", p.name)
+    if m is None or os.path.lexists(p):
+        return None
+    base = p.parent / m.group(1)
+    targets = groundtruth_targets(base) if base.is_dir() else {}
+    if len(targets) < 2 or m.group(2) not in targets:
+        return None
+    return base, targets[m.group(2)].name
 
 
 SEQUENCE_MARKS = ("img", "color", "groundtruth_rect.txt", "groundtruth.txt")  # what open_sequence_folder looks for

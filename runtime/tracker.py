@@ -61,6 +61,41 @@ def fuse_top_k(boxes: np.ndarray, scores: np.ndarray, k: int, max_center: float,
     return top[keep]
 
 
+def start_box(box, size, params: TrackerParams | None = None) -> np.ndarray:
+    """The box a tracker starts from, given the initial ``box`` (x,y,w,h) in an image of
+    ``size`` (w, h): checked (a TrackerInputError if it is no box or lies outside), clipped to
+    the image and grown about its centre to the smallest size ``params`` sample (defaults:
+    ``TrackerParams()``). ``Tracker.init`` starts from it; the benchmarks start the peer
+    trackers from it too, so every tracker starts from the same box."""
+    try:
+        b = np.asarray(box, dtype=np.float64)
+        raw = np.asarray(box)
+    except (TypeError, ValueError):
+        raise TrackerInputError(f"initial box must be 4 finite numbers x,y,w,h, got {box!r}") from None
+    # (4,) or one row (1, 4); a (2, 2) corner pair flattened would be read as x,y,w,h
+    # without a word, and booleans are no coordinates.
+    if b.shape not in ((4,), (1, 4)) or raw.dtype == np.bool_ or not np.all(np.isfinite(b)):
+        raise TrackerInputError(f"initial box must be 4 finite numbers x,y,w,h, got {raw.tolist()}")
+    b = b.reshape(4)
+    if b[2] <= 0 or b[3] <= 0:
+        raise TrackerInputError(f"initial box {b.tolist()} has no area: width and height must be positive")
+    x1, y1 = max(b[0], 0.0), max(b[1], 0.0)
+    x2, y2 = min(b[0] + b[2], size[0]), min(b[1] + b[3], size[1])
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        raise TrackerInputError(f"initial box {b.tolist()} lies outside the {size[0]}x{size[1]} image")
+    # Part outside the image: keep the visible part (what the first frame can show).
+    b = np.array([x1, y1, x2 - x1, y2 - y1])
+    # Every candidate is at least min_size pixels a side and every training sample at
+    # least sampling.MIN_SAMPLE_SIZE, so a thinner box would get no positive sample (IoU >= 0.7):
+    # grow it to the larger of the two about its centre.
+    m = max((params or TrackerParams()).min_size, sampling.MIN_SAMPLE_SIZE)
+    if b[2] < m or b[3] < m:
+        c = b[:2] + b[2:] / 2
+        wh = np.maximum(b[2:], m)
+        b = np.concatenate([c - wh / 2, wh])
+    return b
+
+
 class Tracker:
     """``Tracker(model, backend, device, seed).init(image, box)`` then ``update(image)``.
 
@@ -129,33 +164,7 @@ class Tracker:
         return feat
 
     def _check_box(self, box, size):
-        try:
-            b = np.asarray(box, dtype=np.float64)
-            raw = np.asarray(box)
-        except (TypeError, ValueError):
-            raise TrackerInputError(f"initial box must be 4 finite numbers x,y,w,h, got {box!r}") from None
-        # (4,) or one row (1, 4); a (2, 2) corner pair flattened would be read as x,y,w,h
-        # without a word, and booleans are no coordinates.
-        if b.shape not in ((4,), (1, 4)) or raw.dtype == np.bool_ or not np.all(np.isfinite(b)):
-            raise TrackerInputError(f"initial box must be 4 finite numbers x,y,w,h, got {raw.tolist()}")
-        b = b.reshape(4)
-        if b[2] <= 0 or b[3] <= 0:
-            raise TrackerInputError(f"initial box {b.tolist()} has no area: width and height must be positive")
-        x1, y1 = max(b[0], 0.0), max(b[1], 0.0)
-        x2, y2 = min(b[0] + b[2], size[0]), min(b[1] + b[3], size[1])
-        if x2 - x1 <= 0 or y2 - y1 <= 0:
-            raise TrackerInputError(f"initial box {b.tolist()} lies outside the {size[0]}x{size[1]} image")
-        # Part outside the image: keep the visible part (what the first frame can show).
-        b = np.array([x1, y1, x2 - x1, y2 - y1])
-        # Every candidate is at least min_size pixels a side and every training sample at
-        # least sampling.MIN_SAMPLE_SIZE, so a thinner box would get no positive sample (IoU >= 0.7):
-        # grow it to the larger of the two about its centre.
-        m = max(self.params.min_size, sampling.MIN_SAMPLE_SIZE)
-        if b[2] < m or b[3] < m:
-            c = b[:2] + b[2:] / 2
-            wh = np.maximum(b[2:], m)
-            b = np.concatenate([c - wh / 2, wh])
-        return b
+        return start_box(box, size, self.params)
 
     # -- the interface ------------------------------------------------------------------
     def init(self, image, box) -> TrackResult:

@@ -172,8 +172,9 @@ def test_per_frame_and_oracle_start_where_tracking_starts(tiny_seq, tiny_model, 
     log, orig = [], T.Tracker.init
     monkeypatch.setattr(T.Tracker, "init",
                         lambda self, image, box: (log.append(tuple(np.asarray(box, float))), orig(self, image, box))[1])
-    r = diagnose(open_sequence_folder(folder), model=tiny_model, frames=6)
-    assert log == [tuple(float(v) for v in rows[3].split(","))] and r["frames"] == 3  # frames 4-6 scored
+    r = diagnose(open_sequence_folder(folder), model=tiny_model, frames=2)
+    # --frames counts frames after the first tracked one (frame 3): frames 4 and 5 are scored
+    assert log == [tuple(float(v) for v in rows[3].split(","))] and r["frames"] == 2
 
 
 def test_accuracy_summary_with_a_sequence_without_scored_frames(tiny_seq, tiny_model, tmp_path, capsys):
@@ -220,3 +221,274 @@ def test_accuracy_refuses_inputs_it_cannot_score(tiny_seq, tiny_model, tmp_path,
     # the same folder twice is one sequence, not a clash
     assert main(["--sequences", str(tiny_seq), str(tiny_seq), "--max-frames", "2", *base]) == 0
     assert len(json.loads((tmp_path / "acc" / "summary.json").read_text())["trackers"]["ours"]["sequences"]) == 1
+
+
+def _has_kcf() -> bool:
+    try:
+        import cv2
+    except ImportError:
+        return False
+    return hasattr(cv2, "TrackerKCF_create") or hasattr(getattr(cv2, "legacy", None), "TrackerKCF_create")
+
+
+def _one_error(capsys, message):
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_outputs_may_not_overwrite_inputs_or_each_other(tiny_seq, tiny_model, tmp_path, capsys):
+    """--json on a sequence's ground truth, or on a report file of --out, is refused with one
+    error line before any work (runtime.outputs.check_outputs_apart, as runtime.track does)."""
+    from benchmarks.accuracy import main as accuracy
+    from benchmarks.per_frame import main as per_frame
+
+    gt = tiny_seq / "groundtruth_rect.txt"
+    before = gt.read_text()
+    out = tmp_path / "out"
+    base = ["--sequences", str(tiny_seq), "--model", str(tiny_model), "--out", str(out)]
+    for main, json_path, message in [
+            (accuracy, gt, "is one of the input files"),
+            (accuracy, out / "results.json", "--out (results.json) and --json both name"),
+            (accuracy, out / "boxes" / "ours" / "syn8.txt", "--out (boxes/ours/syn8.txt) and --json both name"),
+            (per_frame, gt, "is one of the input files"),
+            (per_frame, out / "per_frame.json", "--out (per_frame.json) and --json both name")]:
+        (out / "boxes" / "ours").mkdir(parents=True, exist_ok=True)
+        extra = ["--trackers", "ours"] if main is accuracy else ["--backends", "mxnet"]
+        assert main([*base, *extra, "--json", str(json_path)]) == 2
+        _one_error(capsys, message)
+    assert gt.read_text() == before and not list(out.glob("*.json"))
+
+
+def test_peers_start_from_the_box_ours_starts_from():
+    """The peers get ours' start box (runtime.tracker.start_box: clipped, grown to the
+    smallest size ours samples), in whole pixels inside the image, at least 5 px a side
+    (MIL never returns on 4x4); Tracker._check_box is that same function."""
+    from benchmarks.common import OpenCVTracker
+    from runtime.tracker import Tracker, start_box
+
+    img = np.zeros((120, 160, 3), np.uint8)
+    assert OpenCVTracker.opencv_box(img, [10.4, 20.6, 30.2, 40.5]) == (10, 21, 30, 40)
+    assert OpenCVTracker.opencv_box(img, [-10, -5, 30, 30]) == (0, 0, 20, 25)  # clipped as ours clips
+    assert start_box([-10, -5, 30, 30], (160, 120)).tolist() == [0, 0, 20, 25]
+    assert start_box([50.3, 40.2, 0.4, 0.3], (160, 120)).tolist() == pytest.approx([48.5, 38.35, 4, 4])
+    assert OpenCVTracker.opencv_box(img, [50.3, 40.2, 0.4, 0.3]) == (48, 38, 5, 5)  # sub-pixel: grown
+    assert OpenCVTracker.opencv_box(img, [159.5, 119.5, 0.4, 0.4]) == (155, 115, 5, 5)  # kept inside
+    t = Tracker.__new__(Tracker)
+    from runtime.params import TrackerParams
+
+    t.params = TrackerParams()
+    assert t._check_box([50.3, 40.2, 0.4, 0.3], (160, 120)).tolist() == start_box([50.3, 40.2, 0.4, 0.3], (160, 120)).tolist()
+
+
+@pytest.mark.skipif(not _has_kcf(), reason="no OpenCV contrib trackers")
+def test_peers_run_on_tiny_and_border_boxes(tiny_seq):
+    """A box crossing the border and a sub-pixel box used to crash MIL / CSRT / KCF."""
+    from benchmarks.common import OpenCVTracker
+    from runtime.sources import open_sequence_folder
+
+    frames = list(open_sequence_folder(tiny_seq))[:2]
+    for kind in ("csrt", "kcf", "mil"):
+        for box in ([150, 110, 30, 30], [50.3, 40.2, 0.4, 0.3], [-3.0, -2.0, 4.0, 3.0]):
+            t = OpenCVTracker(kind)
+            t.init(frames[0].image, box)
+            b, _ = t.update(frames[1].image)
+            assert np.all(np.isfinite(b)), (kind, box)
+
+
+class _FailingCV:
+    def __init__(self, when):
+        self.when = when
+
+    def init(self, image, box):
+        import cv2
+
+        if self.when == "init":
+            raise cv2.error("bad_alloc in a peer")
+
+    def update(self, image):
+        import cv2
+
+        raise cv2.error("OpenCV(4.x) error:\n  (-215:Assertion failed) in update")
+
+
+def test_a_failing_peer_is_a_recorded_failed_run(tiny_seq, tiny_model, tmp_path, monkeypatch, capsys):
+    """A cv2.error in a peer ends that tracker's run on that sequence: its later frames score
+    as lost (NaN boxes), the error is in summary.json and results.md, and the other trackers
+    and sequences run on (no traceback)."""
+    pytest.importorskip("cv2")
+    import benchmarks.accuracy as acc
+    from benchmarks.common import OpenCVTracker
+
+    def fake(kind):
+        t = OpenCVTracker.__new__(OpenCVTracker)
+        t.kind, t.t, t.box = kind, _FailingCV("init" if kind == "kcf" else "update"), None
+        return t
+
+    monkeypatch.setattr(acc, "OpenCVTracker", fake)
+    out = tmp_path / "acc"
+    assert acc.main(["--sequences", str(tiny_seq), "--trackers", "ours,kcf,csrt", "--model", str(tiny_model),
+                     "--max-frames", "3", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())["trackers"]
+    assert "error" not in s["ours"]["sequences"]["syn8"]
+    assert s["kcf"]["sequences"]["syn8"]["error"].startswith("frame 0: kcf init on")
+    assert s["kcf"]["sequences"]["syn8"]["auc"] == 0.0
+    assert s["csrt"]["sequences"]["syn8"]["error"] == "frame 1: csrt update: cv2.error: OpenCV(4.x) error: (-215:Assertion failed) in update"
+    rows = (out / "boxes" / "csrt" / "syn8.txt").read_text().splitlines()
+    assert rows[0] != "nan,nan,nan,nan" and rows[1:] == ["nan,nan,nan,nan"] * 2
+    assert "Failed runs" in (out / "results.md").read_text()
+    assert "2 failed run(s)" in capsys.readouterr().out
+
+
+def test_warnings_are_logged_and_two_target_folders_are_two_sequences(tiny_seq, tiny_model, tmp_path, caplog):
+    """A sequence's warnings (fewer ground-truth rows than frames) are logged as warnings by
+    every benchmark (common.check_inputs), and an OTB-100 folder with groundtruth_rect.1.txt /
+    .2.txt (Jogging) runs as Jogging.1 and Jogging.2."""
+    import logging
+    import shutil
+
+    from benchmarks.accuracy import main
+    from benchmarks.common import check_inputs, resolve_sequences
+
+    short = tmp_path / "short"
+    shutil.copytree(tiny_seq, short)
+    gt = short / "groundtruth_rect.txt"
+    gt.write_text("".join(gt.read_text().splitlines(keepends=True)[:6]))
+    jog = tmp_path / "Jogging"
+    shutil.copytree(tiny_seq, jog)
+    (jog / "groundtruth_rect.txt").rename(jog / "groundtruth_rect.1.txt")
+    shutil.copy(jog / "groundtruth_rect.1.txt", jog / "groundtruth_rect.2.txt")
+    seqs = resolve_sequences([str(short), str(jog)])
+    assert seqs == [str(short), str(tmp_path / "Jogging.1"), str(tmp_path / "Jogging.2")]
+    with caplog.at_level(logging.WARNING):
+        assert check_inputs(seqs) == seqs
+    assert [r.getMessage() for r in caplog.records] == [
+        "short: groundtruth_rect.txt has 6 rows for 8 frames; frames 6-7 have no ground truth"]
+    out = tmp_path / "acc"
+    assert main(["--sequences", str(short), str(jog), "--trackers", "ours", "--model", str(tiny_model),
+                 "--max-frames", "2", "--out", str(out)]) == 0
+    assert set(json.loads((out / "summary.json").read_text())["trackers"]["ours"]["sequences"]) == {
+        "short", "Jogging.1", "Jogging.2"}
+    assert (out / "boxes" / "ours" / "Jogging.2.txt").is_file()
+
+
+def test_per_frame_refuses_a_sequence_with_one_frame_to_time(tiny_seq, tiny_model, tmp_path, capsys):
+    """The first usable box on the last frame (within --max-frames) leaves nothing to time:
+    one error line naming the sequence, before any work (it used to be a traceback)."""
+    from benchmarks.per_frame import main
+
+    folder, _ = _absent_first(tiny_seq, tmp_path, 7)
+    assert main(["--sequences", str(folder), "--backends", "mxnet", "--model", str(tiny_model),
+                 "--out", str(tmp_path / "pf")]) == 2
+    _one_error(capsys, "sequence late (")
+    folder2, _ = _absent_first(tiny_seq, tmp_path, 3, name="late3")
+    assert main(["--sequences", str(folder2), "--backends", "mxnet", "--max-frames", "4", "--model", str(tiny_model),
+                 "--out", str(tmp_path / "pf")]) == 2
+    _one_error(capsys, "has 1 frame(s) within --max-frames 4 from its first usable ground-truth box (frame 3)")
+    assert not (tmp_path / "pf").exists()
+
+
+def test_accuracy_keeps_the_last_box_on_an_unreadable_frame(tiny_seq, tiny_model, tmp_path, caplog):
+    """A corrupt frame is skipped with a warning, every tracker keeping its last box there
+    (runtime.track's rule): the run and its report complete."""
+    import logging
+    import shutil
+
+    from benchmarks.accuracy import main
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_seq, bad)
+    frame = sorted((bad / "img").iterdir())[2]
+    frame.write_bytes(frame.read_bytes()[: frame.stat().st_size // 2])
+    trackers = "ours,kcf" if _has_kcf() else "ours"
+    out = tmp_path / "acc"
+    with caplog.at_level(logging.WARNING):
+        assert main(["--sequences", str(bad), "--trackers", trackers, "--model", str(tiny_model),
+                     "--max-frames", "4", "--out", str(out)]) == 0
+    for name in trackers.split(","):
+        rows = (out / "boxes" / name / "bad.txt").read_text().splitlines()
+        assert len(rows) == 4 and rows[2] == rows[1], name
+        assert any(f"bad {name}: frame 2 skipped" in r.getMessage() for r in caplog.records), name
+    assert (out / "results.json").is_file()
+
+
+def test_rerun_into_a_used_out_needs_force(tiny_seq, tiny_model, tmp_path, capsys):
+    """A second run into the same --out is refused (it would mix with the first's boxes);
+    --force deletes the first run's files, only those, then runs."""
+    import shutil
+
+    from benchmarks.accuracy import main
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_seq, other)
+    out = tmp_path / "acc"
+    base = ["--trackers", "ours", "--model", str(tiny_model), "--max-frames", "2", "--out", str(out)]
+    assert main(["--sequences", str(tiny_seq), str(other), *base]) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "boxes" / "notes.txt").write_text("mine too")
+    capsys.readouterr()
+    assert main(["--sequences", str(tiny_seq), *base]) == 2
+    _one_error(capsys, f"--out {out} already holds a run's results")
+    assert (out / "boxes" / "ours" / "other.txt").is_file()
+    assert main(["--sequences", str(tiny_seq), *base, "--force"]) == 0
+    assert sorted(p.name for p in (out / "boxes" / "ours").iterdir()) == ["syn8.txt"]  # other.txt was the old run's
+    assert (out / "notes.txt").read_text() == "mine" and (out / "boxes" / "notes.txt").read_text() == "mine too"
+
+
+def test_per_frame_and_oracle_refuse_two_sequences_of_one_name(tiny_seq, tiny_model, tmp_path, capsys):
+    import shutil
+
+    from benchmarks.oracle import main as oracle
+    from benchmarks.per_frame import main as per_frame
+
+    twin = tmp_path / "elsewhere" / "syn8"
+    shutil.copytree(tiny_seq, twin)
+    assert per_frame(["--sequences", str(tiny_seq), str(twin), "--backends", "mxnet", "--model", str(tiny_model),
+                      "--out", str(tmp_path / "pf")]) == 2
+    _one_error(capsys, "two sequences are named 'syn8'")
+    assert oracle(["--sequences", str(tiny_seq), str(twin), "--model", str(tiny_model), "--frames", "1"]) == 2
+    _one_error(capsys, "two sequences are named 'syn8'")
+
+
+def test_names_in_refuses_a_name_twice(capsys):
+    from benchmarks.common import names_in
+    from benchmarks.per_frame import main
+    from runtime.errors import TrackerInputError
+
+    assert names_in("mxnet, tvm", ("mxnet", "tvm")) == ["mxnet", "tvm"]
+    with pytest.raises(TrackerInputError, match="--backends names mxnet twice"):
+        names_in("mxnet,tvm,mxnet", ("mxnet", "tvm"))
+    assert main(["--backends", "mxnet,mxnet"]) == 2
+    _one_error(capsys, "--backends names mxnet twice")
+
+
+def test_oracle_reports_n_a_when_it_measured_nothing(tiny_seq, tiny_model, tmp_path, capsys):
+    """--frames 1 has one scored frame and no previous true box to compare: similarity is
+    n/a (null), not 0.00."""
+    from benchmarks.oracle import main
+
+    out = tmp_path / "oracle"
+    assert main(["--sequences", str(tiny_seq), "--model", str(tiny_model), "--frames", "1", "--out", str(out)]) == 0
+    r = json.loads((out / "oracle.json").read_text())["sequences"]["syn8"]
+    assert r["frames"] == 1 and r["similarity_near"] is None and r["head_near"] is not None
+    assert "similarity near truth n/a" in capsys.readouterr().out
+    assert (out / "oracle.md").read_text().splitlines()[-1].endswith("| n/a |")
+
+
+def test_saved_boxes_rescore_to_the_report_exactly(tmp_path, tiny_model):
+    """Rescoring boxes/<tracker>/<sequence>.txt against the sequence's ground truth gives
+    results.json's scores exactly (2-decimal rows moved an AUC by 0.002)."""
+    from benchmarks.accuracy import main
+    from runtime.evaluation import evaluate_sequence
+    from runtime.sources import open_sequence_folder
+
+    seq = write_otb(make_sequence(n_frames=6, size=(160, 120), seed=7, distractors=0), tmp_path / "syn6")
+    out = tmp_path / "acc"
+    trackers = "ours,kcf" if _has_kcf() else "ours"
+    assert main(["--sequences", str(seq), "--trackers", trackers, "--model", str(tiny_model), "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())["trackers"]
+    gt = open_sequence_folder(seq).groundtruth
+    for name in trackers.split(","):
+        boxes = np.loadtxt(out / "boxes" / name / "syn6.txt", delimiter=",")
+        score = evaluate_sequence(boxes, gt)
+        want = report[name]["sequences"]["syn6"]["score"]
+        assert (score.auc, score.precision, score.mean_iou) == (want["auc"], want["precision"], want["mean_iou"])

@@ -213,6 +213,43 @@ def test_otb_without_gt_has_none(tmp_path):
     assert "no groundtruth_rect.txt" in seq.warnings[0]
 
 
+def _two_targets(tmp_path):
+    """An OTB-100 folder like Jogging: one ground-truth file per target, no groundtruth_rect.txt."""
+    folder = make_otb(tmp_path, 3, False)
+    (folder / "groundtruth_rect.1.txt").write_text("1,2,10,8\n2,3,10,8\n3,4,10,8\n")
+    (folder / "groundtruth_rect.2.txt").write_text("11,12,6,5\n12,13,6,5\n13,14,6,5\n")
+    return folder
+
+
+def test_otb_folder_with_two_targets_is_two_sequences(tmp_path):
+    """OTB-100's Jogging and Skating2: ``Jogging.1`` and ``Jogging.2`` (the GOT-10k toolkit's
+    names) open one target each; the folder itself says which to give instead of claiming
+    there is no ground truth."""
+    from runtime.sources import groundtruth_targets, target_sequences
+
+    folder = _two_targets(tmp_path)
+    assert list(groundtruth_targets(folder)) == ["1", "2"]
+    assert target_sequences(folder) == [str(tmp_path / "seq.1"), str(tmp_path / "seq.2")]
+    for k, first in (("1", [1, 2, 10, 8]), ("2", [11, 12, 6, 5])):
+        seq = open_sequence_folder(tmp_path / f"seq.{k}")
+        assert seq.name == f"seq.{k}" and seq.groundtruth_path == folder / f"groundtruth_rect.{k}.txt"
+        assert seq.init_box.tolist() == first and len(seq) == 3 and not seq.warnings
+    with pytest.raises(SequenceError) as e:
+        open_sequence_folder(folder)
+    assert "groundtruth_rect.1.txt, groundtruth_rect.2.txt" in str(e.value)
+    assert f"{folder}.1 or {folder}.2" in str(e.value)
+    # with a box of the user's, it tracks without ground truth and says why
+    seq = open_sequence_folder(folder, init_box=[1, 2, 10, 8])
+    assert seq.groundtruth is None and "2 targets" in seq.warnings[0]
+    with pytest.raises(SequenceError, match="does not exist"):
+        open_sequence_folder(tmp_path / "seq.3")
+    # an ordinary folder is itself; a lone groundtruth_rect.N.txt (Human4, beside an empty one) is its ground truth
+    assert target_sequences(tmp_path / "nothing") == [tmp_path / "nothing"]
+    (folder / "groundtruth_rect.1.txt").write_text("")
+    assert target_sequences(folder) == [folder]
+    assert open_sequence_folder(folder).init_box.tolist() == [11, 12, 6, 5]
+
+
 def test_otb_natural_sort_and_extensions(tmp_path):
     folder = tmp_path / "seq"
     (folder / "img").mkdir(parents=True)
