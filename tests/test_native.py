@@ -187,7 +187,7 @@ def test_native_runner_checks_the_library_against_its_manifest(runner, llvm_buck
 
     r = _run(runner, "--lib", lib, *base)  # the exported set: checked, nothing to say
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    link = tmp_path / "elsewhere" / "b.so"  # a link is checked against the manifest beside its target
+    link = tmp_path / "elsewhere" / "b.so"  # no manifest beside the link: checked against its target's
     link.parent.mkdir()
     link.symlink_to(lib)
     r = _run(runner, "--lib", link, *base)
@@ -223,6 +223,44 @@ def test_native_runner_checks_the_library_against_its_manifest(runner, llvm_buck
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: ") and str(alone) in lines[0], r.stderr
     assert "integrity cannot be checked" in lines[0]
+
+
+@pytest.mark.slow
+def test_native_runner_checks_a_link_beside_its_given_name(runner, llvm_bucket, tmp_path):
+    """A library is checked against the manifest.json beside the path given, by the name
+    given: `set/bucket.so -> cache/x.so` was checked against cache/manifest.json (absent: a
+    false "no manifest.json" warning though set/ lists it). A link that leads out of its
+    set's folder is refused, as the Python runtime (runtime.artifacts.check_files) refuses it;
+    a link inside the set is checked; a link from a folder without a manifest is checked
+    against the set it leads into."""
+    lib, shape, _ = llvm_bucket
+    np.save(tmp_path / "ok.npy", np.zeros(shape, np.float32))
+    base = ["--input", tmp_path / "ok.npy", "--repeat", 0]
+    name = Path(lib).name
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy2(lib, cache / "x.so")  # the same bytes, in a folder with no manifest
+    outside = tmp_path / "set" / name
+    outside.parent.mkdir()
+    shutil.copy2(Path(lib).parent / "manifest.json", outside.parent / "manifest.json")
+    outside.symlink_to(cache / "x.so")
+    line = _one_error(_run(runner, "--lib", outside, *base), outside, "is a link to", "outside its set's folder",
+                      "cp -L")
+    assert "warning" not in line
+
+    inside = _copy_set(lib, tmp_path / "inside")  # a link to a file of the set, under another name
+    (inside.parent / "current.so").symlink_to(name)
+    r = _run(runner, "--lib", inside.parent / "current.so", *base)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    inside.write_bytes(inside.read_bytes() + b"\0" * 64)  # what it leads to is what is checked
+    _one_error(_run(runner, "--lib", inside.parent / "current.so", *base), "does not match the manifest")
+
+    into = tmp_path / "loose" / "b.so"  # no manifest beside the link: the set it leads into checks it
+    into.parent.mkdir()
+    into.symlink_to(inside)
+    _one_error(_run(runner, "--lib", into, *base), into, "does not match the manifest",
+               os.path.realpath(inside.parent / "manifest.json"))
 
 
 def _dynamic_symbol_offset(path: Path, name: str) -> int:
@@ -368,7 +406,8 @@ def test_native_tvm_runtime_errors_give_runtime_advice(runner, llvm_bucket, tmp_
 @pytest.mark.slow
 def test_native_library_api_failed_runtime_load_is_not_remembered(runner, llvm_bucket, tmp_path):
     """LoadTvmRuntime with a file that is not a TVM runtime fails each time, leaves nothing
-    marked as loaded, and a later call with the right runtime works (library API, C++)."""
+    marked as loaded, closes that file again (it registered nothing: its symbols once stayed
+    in the global scope), and a later call with the right runtime works (library API, C++)."""
     lib, shape, _ = llvm_bucket
     cxx = _cxx()
     from tvm_ffi import libinfo
@@ -377,6 +416,7 @@ def test_native_library_api_failed_runtime_load_is_not_remembered(runner, llvm_b
     subprocess.run([cxx, "-shared", "-fPIC", "-o", str(tmp_path / "notvm.so"), str(tmp_path / "notvm.cc")],
                    check=True, capture_output=True, timeout=120)
     (tmp_path / "t.cc").write_text(r"""
+#include <dlfcn.h>
 #include <iostream>
 #include <vector>
 #include "mdtrack/native.h"
@@ -391,6 +431,8 @@ int main(int argc, char** argv) {
       std::cout << "error " << mdtrack::TvmThreads() << ": " << e.what() << "\n";
     }
   }
+  std::cout << "still loaded " << (dlopen(argv[1], RTLD_NOW | RTLD_NOLOAD) != nullptr) << " symbol "
+            << (dlsym(RTLD_DEFAULT, "not_tvm") != nullptr) << "\n";
   mdtrack::FeatureExtractor fx(argv[2], mdtrack::DeviceSpec::Parse("cpu"), {1, 3, std::stoi(argv[3]), std::stoi(argv[4])});
   std::vector<float> in(3 * std::stoi(argv[3]) * std::stoi(argv[4]), 0.f), out;
   fx.Run(in.data(), &out);
@@ -405,17 +447,19 @@ int main(int argc, char** argv) {
                         f"-L{build}", "-lmdtrack_native", f"-Wl,-rpath,{build}", f"-Wl,-rpath-link,{ffi_dir}"],
                        capture_output=True, text=True, timeout=300)
     assert c.returncode == 0, c.stderr[-3000:]
-    r = subprocess.run([str(exe), str(tmp_path / "notvm.so"), str(lib), str(shape[2]), str(shape[3])],
+    r = subprocess.run([str(exe), os.path.realpath(tmp_path / "notvm.so"), str(lib), str(shape[2]), str(shape[3])],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert len(lines) == 4, r.stdout
+    assert len(lines) == 5, r.stdout
     for line in lines[:2]:  # both calls fail; the thread count stays unset
         assert line.startswith("error 0: ") and "does not register the Relax VM" in line, r.stdout
+        assert "stays loaded" not in line, r.stdout
+    assert lines[2] == "still loaded 0 symbol 0", r.stdout
     manifest = os.path.realpath(Path(lib).parent / "manifest.json")
-    assert lines[2].startswith("ran ") and f" manifest {manifest} " in lines[2], r.stdout
-    assert int(lines[2].split()[-1]) > 0
-    assert lines[3] == f"verify {manifest}"
+    assert lines[3].startswith("ran ") and f" manifest {manifest} " in lines[3], r.stdout
+    assert int(lines[3].split()[-1]) > 0
+    assert lines[4] == f"verify {manifest}"
 
 
 @pytest.mark.slow

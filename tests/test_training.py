@@ -1077,8 +1077,11 @@ def test_checkpoint_and_state_are_one_unit(sequences, reference_run, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0], err
     assert err[0].startswith("error: " if rc == 2 else "interrupted (SIGINT)"), err
+    # the iteration --resume continues from (a kill between the swap's renames: the new one,
+    # which the message once called the previous)
+    assert f"holds iteration {kept}" in err[0] and "--resume" in err[0], err
     if rc == 2:
-        assert "No space left on device" in err[0] and "holds iteration 2" in err[0] and "--resume" in err[0]
+        assert "No space left on device" in err[0]
     monkeypatch.undo()
     assert train.main(cmd + ["--resume"]) == 0
     if kept == 4:  # the new checkpoint was whole: nothing left to train
@@ -1226,3 +1229,176 @@ def test_sequences_are_recorded_absolute_for_feature_stats(sequences, tmp_path, 
     save_model(model, dict(old.config, training=training), old.params)
     with pytest.raises(TrackerInputError, match="relative to a folder it does not name; pass --sequences"):
         feature_stats.add_feature_stats(model)
+
+
+def test_a_failed_report_copy_is_a_warning_and_the_checkpoint_counts(sequences, reference_run, tmp_path, capsys,
+                                                                       monkeypatch):
+    """<out>/state.json (the report's copy) that cannot be written after the checkpoint was
+    swapped in: one warning naming the whole checkpoint's iteration, and the run goes on (it
+    was once an error claiming the previous iteration)."""
+    import errno
+
+    from train_mx import checkpoint, train
+
+    out = tmp_path / "run"
+    real, n = checkpoint._write_text, [0]
+
+    def write_text(path, text):
+        n[0] += 1
+        if n[0] == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(checkpoint, "_write_text", write_text)
+    assert train.main(["--sequences", *sequences, *TINY, "--iterations", "4", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: cannot write ") and "iteration 2 is whole" in err[0], err
+    assert _ckpt_iteration(out) == 4
+    _assert_same_params(_params(out / "checkpoint"), _params(reference_run / "checkpoint"))
+
+
+def test_resume_ignores_a_damaged_report_copy(sequences, tmp_path):
+    """--resume reads the state inside the checkpoint: <out>/state.json (train_mx.report's
+    copy) damaged does not stop it, and is written whole again."""
+    from train_mx import train
+
+    base = ["--sequences", *sequences, *TINY, "--out", str(tmp_path / "run")]
+    assert train.main(base + ["--iterations", "2"]) == 0
+    (tmp_path / "run" / "state.json").write_text("{")
+    assert train.main(base + ["--iterations", "4", "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["iteration"] == 4
+
+
+def _recheckpoint(out, edit_config=None, state=None):
+    """Rewrite the checkpoint in ``out`` with a consistent manifest (as another program, or a
+    bug, could): its config edited and/or its state replaced, the sha256 in config.json kept
+    in step with the state file."""
+    from runtime.model import load_model, save_model, sha256_file
+    from train_mx import checkpoint
+
+    ckpt = Path(out) / checkpoint.CHECKPOINT
+    model = load_model(ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    if state is not None:
+        (ckpt / checkpoint.STATE).write_text(state)
+        config["training"]["checkpoint_files"][checkpoint.STATE] = sha256_file(ckpt / checkpoint.STATE)
+    if edit_config:
+        edit_config(config)
+    save_model(ckpt, config, model.params)
+
+
+@pytest.mark.parametrize("how,words", [
+    ("state", ["the state in", "is damaged", "'log'"]),
+    ("iteration", ["the state in", "is damaged", "iteration 2, config.json 3"]),
+])
+def test_resume_refuses_a_checkpoint_whose_state_disagrees(reference_run, sequences, tmp_path, capsys, how, words):
+    """checkpoint.read's own checks, behind the sha256 ones: a state without its log, and a
+    state of another iteration than config.json's, are refused with one line."""
+    import shutil
+
+    from train_mx import train
+
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    if how == "state":
+        _recheckpoint(out, state=json.dumps({"iteration": 4}))
+    else:
+        state = json.loads((out / "checkpoint" / "state.json").read_text())
+        state["iteration"] = 2
+        _recheckpoint(out, state=json.dumps(state),
+                      edit_config=lambda c: c["training"].__setitem__("iteration", 3))
+    _one_error_line(capsys, train.main(["--sequences", *sequences, *TINY, "--iterations", "6", "--out", str(out),
+                                        "--resume"]), *words)
+
+
+def test_resume_with_another_ctx_count_keeps_the_momentum(sequences, tmp_path, capsys, monkeypatch):
+    """One device keys the SGD momentum by index, several (on the kvstore) by name: a
+    checkpoint stores names, so --ctx going from 1 to 2 devices and back keeps the momentum
+    (it was silently dropped)."""
+    from train_mx import checkpoint, train
+
+    out = tmp_path / "run"
+    base = ["--sequences", *sequences, *TINY, "--out", str(out)]
+    loaded = []
+    real = train.Trainer._set_optimizer_states
+
+    def spy(self, states):
+        real(self, states)
+        updater, keys = self._updater(), self._state_keys()
+        loaded.append({n: [updater.states[k].asnumpy() for k in keys[n] if k in updater.states] for n in keys})
+
+    monkeypatch.setattr(train.Trainer, "_set_optimizer_states", spy)
+    for n, ctx in ((2, "cpu:0"), (4, "cpu:0,cpu:1"), (6, "cpu:0")):
+        saved = None
+        if n > 2:
+            saved = {k: v.asnumpy() for k, v in checkpoint.read(out)[2].items()}
+        assert train.main(base + ["--ctx", ctx, "--iterations", str(n)] + (["--resume"] if n > 2 else [])) == 0
+        assert "warning" not in capsys.readouterr().err
+        if saved is None:
+            continue
+        got = loaded[-1]
+        assert saved and all(k.startswith("n:") for k in saved), sorted(saved)
+        for k, v in saved.items():
+            copies = got[k[2:]]
+            assert copies and len(copies) == (1 if ctx == "cpu:0" else len(copies)), k
+            for c in copies:
+                np.testing.assert_array_equal(c, v, err_msg=k)
+    assert len(loaded) == 2
+
+
+def test_optimizer_states_naming_no_parameter_warn(synthetic, capsys):
+    """Saved optimizer states that name none of the network's parameters: one warning line
+    that the momentum starts from zero, not silence."""
+    trainer = tiny_trainer()
+    trainer.load_optimizer_states({"n:not_a_parameter": mx.nd.zeros((3,))})
+    trainer.step(frame_batch(synthetic, SMALL, 0, 1, np.random.default_rng(0), n_pos=4, n_neg=16))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: none of the checkpoint's 1 optimizer states"), err
+    assert "momentum starts again from zero" in err[0]
+
+
+def test_resume_after_a_dropped_frame_is_bit_identical(tmp_path, capsys):
+    """Frames left out while drawing (here corrupt files) are part of the sampler's state: a
+    resumed run indexes the same frames as the run that was not stopped (it once drew again
+    among the corrupt ones, and its weights differed)."""
+    from train_mx import checkpoint, train
+
+    seqs = []
+    for s in (1, 2):
+        folder = write_otb(make_sequence(n_frames=12, size=(160, 120), seed=s), tmp_path / f"syn{s}", ext=".jpg")
+        for k in range(2, 12):  # most frames corrupt: the first iterations meet some
+            (folder / "img" / f"{k:04d}.jpg").write_bytes(b"not a jpeg")
+        seqs.append(str(folder))
+    base = ["--sequences", *seqs, *TINY]
+    assert train.main(base + ["--iterations", "4", "--out", str(tmp_path / "ref")]) == 0
+    assert train.main(base + ["--iterations", "2", "--out", str(tmp_path / "run")]) == 0
+    dropped = checkpoint.read(tmp_path / "run")[1]["sampler"]["dropped"]
+    assert sum(len(v) for v in dropped.values()) > 0, dropped
+    capsys.readouterr()
+    assert train.main(base + ["--iterations", "4", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    for name in (n for v in dropped.values() for n in v):  # not drawn, so not warned about, again
+        assert name not in capsys.readouterr().err
+    _assert_same_params(_params(tmp_path / "run" / "checkpoint"), _params(tmp_path / "ref" / "checkpoint"))
+
+
+def test_resume_makes_up_the_heldout_loss_a_stop_skipped(sequences, tmp_path, capsys, monkeypatch):
+    """A stop where the held-out loss was due skips it (a stop should be quick); --resume
+    scores the same weights then, so the log has it as the run that was not stopped does."""
+    from train_mx import train
+
+    third = str(write_otb(make_sequence(n_frames=12, size=(160, 120), seed=3), tmp_path / "syn3", ext=".jpg"))
+    base = ["--sequences", *sequences, third, *TINY, "--heldout-batches", "1", "--holdout", "syn3",
+            "--iterations", "4"]
+    assert train.main(base + ["--out", str(tmp_path / "ref")]) == 0
+    _signal_at_step(monkeypatch, "SIGINT", 4)  # the last step: the held-out loss is due there
+    assert train.main(base + ["--out", str(tmp_path / "run")]) == 130
+    assert "heldout_loss" not in json.loads((tmp_path / "run" / "state.json").read_text())["log"][-1]
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert train.main(base + ["--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert "due when the run stopped" in capsys.readouterr().out
+    ref = json.loads((tmp_path / "ref" / "state.json").read_text())["log"]
+    log = json.loads((tmp_path / "run" / "state.json").read_text())["log"]
+    assert log[-1]["heldout_loss"] == ref[-1]["heldout_loss"]
+    assert [e["loss"] for e in log] == [e["loss"] for e in ref]
+    _assert_same_params(_params(tmp_path / "run" / "checkpoint"), _params(tmp_path / "ref" / "checkpoint"))

@@ -7,12 +7,14 @@ the batch sampler's draws stand) and ``optimizer.params`` (the SGD momentum, in 
 NDArray format like the weights: no pickle). ``config.json`` records the iteration and the
 sha256 of both state files, so the manifest vouches for them too.
 
-The folder is written whole beside its final place (``.checkpoint.new``) and swapped in by
-two renames (the previous one goes to ``.checkpoint.old`` in between). A kill, a full disk
-or a second Ctrl-C at any moment therefore leaves the previous checkpoint or the new one,
-never weights of one iteration with the state of another: :func:`recover` completes a swap
-a kill cut in two. ``<out>/state.json`` is a copy of the state for ``train_mx.report``,
-written after the swap; ``--resume`` reads the one inside the checkpoint.
+The folder is written whole beside its final place (``.checkpoint.new``), its files and the
+folder flushed to disk (fsync), and swapped in by two renames (the previous one goes to
+``.checkpoint.old`` in between), the parent folder flushed after them. A kill, a full disk,
+a second Ctrl-C or a power cut at any moment therefore leaves the previous checkpoint or the
+new one, never weights of one iteration with the state of another: :func:`recover` completes
+a swap a kill cut in two. ``<out>/state.json`` is a copy of the state for
+``train_mx.report``, written after the swap (a failure to write it is a warning: the
+checkpoint is whole); ``--resume`` reads the one inside the checkpoint.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import copy
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from runtime.errors import TrackerInputError
@@ -46,10 +49,49 @@ def recover(out) -> None:
                 shutil.rmtree(leftover)
 
 
+def held_iteration(out):
+    """The iteration ``--resume`` would continue from: that of the checkpoint, or of the one
+    :func:`recover` would make of a swap cut in two; None when there is none or it cannot be
+    read. Reads only (for the message of a run cut short)."""
+    out = Path(out)
+    ckpt, new, old = out / CHECKPOINT, out / NEW, out / OLD
+    if ckpt.exists():
+        folder = ckpt
+    elif old.is_dir():
+        folder = new if new.is_dir() else old
+    else:
+        return None
+    try:
+        return int(json.loads((folder / "config.json").read_text())["training"]["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def holds_run(out) -> bool:
     """Whether ``out`` holds a training run (a checkpoint, one being swapped, or a state)."""
     out = Path(out)
     return (out / STATE).exists() or (out / CHECKPOINT / "manifest.json").exists() or (out / OLD).is_dir()
+
+
+def last_line(e: BaseException) -> str:
+    """The last line of an error's text (MXNet's errors end with the cause after a stack)."""
+    lines = str(e).strip().splitlines()
+    return lines[-1] if lines else str(e)
+
+
+def write_error(what, e: BaseException) -> OSError:
+    """An MXNetError met while writing ``what`` (a full disk, as MXNet reports it) as the
+    OSError it is: one line for the user."""
+    return OSError(f"cannot write {what}: {last_line(e)}")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder (its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -62,11 +104,12 @@ def _write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write(out, config: dict, params: dict, state: dict, optimizer=None) -> Path:
+def write(out, config: dict, params: dict, state: dict, optimizer=None, swapped=None) -> Path:
     """Write the checkpoint of ``state["iteration"]`` into ``out``: weights, config (with the
     iteration and the state files' sha256), state and optimizer states (name -> NDArray, or
-    None where this process has none). Raises OSError when a file cannot be written; the
-    previous checkpoint is then untouched."""
+    None where this process has none). ``swapped(iteration)`` is called as soon as the new
+    checkpoint is in place. Raises OSError when a file cannot be written; the previous
+    checkpoint is then untouched."""
     import mxnet as mx
 
     out = Path(out)
@@ -81,8 +124,7 @@ def write(out, config: dict, params: dict, state: dict, optimizer=None) -> Path:
             try:
                 mx.nd.save(str(new / OPTIMIZER), optimizer)
             except mx.base.MXNetError as e:  # a full disk, as MXNet reports it
-                lines = str(e).strip().splitlines()
-                raise OSError(f"cannot write {new / OPTIMIZER}: {lines[-1] if lines else e}") from None
+                raise write_error(new / OPTIMIZER, e) from None
             files[OPTIMIZER] = sha256_file(new / OPTIMIZER)
         (new / STATE).write_text(json.dumps(state, indent=1))
         files[STATE] = sha256_file(new / STATE)
@@ -91,19 +133,28 @@ def write(out, config: dict, params: dict, state: dict, optimizer=None) -> Path:
         try:
             save_model(new, config, params)
         except mx.base.MXNetError as e:
-            lines = str(e).strip().splitlines()
-            raise OSError(f"cannot write {new}: {lines[-1] if lines else e}") from None
+            raise write_error(new, e) from None
+        for f in new.iterdir():  # on disk before the renames make them the checkpoint
+            _fsync(f)
+        _fsync(new)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
     if ckpt.exists():
         os.rename(ckpt, old)
         os.rename(new, ckpt)  # a kill between the two: recover() finishes the swap
-        shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(new, ckpt)
-    _write_text(out / STATE, json.dumps({k: state[k] for k in ("iteration", "log", "seconds") if k in state},
-                                        indent=1))
+    if swapped is not None:
+        swapped(int(state["iteration"]))
+    _fsync(out)
+    shutil.rmtree(old, ignore_errors=True)
+    try:
+        _write_text(out / STATE, json.dumps({k: state[k] for k in ("iteration", "log", "seconds") if k in state},
+                                            indent=1))
+    except OSError as e:
+        print(f"warning: cannot write {out / STATE} (the copy of the state for train_mx.report; the checkpoint "
+              f"of iteration {state['iteration']} is whole): {e.strerror or e}", file=sys.stderr, flush=True)
     return ckpt
 
 
@@ -138,7 +189,6 @@ def read(out):
         list(state["log"])
         optimizer = mx.nd.load(str(ckpt / OPTIMIZER)) if OPTIMIZER in files else None
     except (OSError, ValueError, KeyError, TypeError, mx.base.MXNetError) as e:
-        lines = str(e).strip().splitlines()
-        raise TrackerInputError(f"--resume: the state in {ckpt} is damaged ({lines[-1] if lines else e}); "
+        raise TrackerInputError(f"--resume: the state in {ckpt} is damaged ({last_line(e)}); "
                                 "train into a new --out") from None
     return model, state, optimizer

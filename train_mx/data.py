@@ -179,6 +179,7 @@ class BatchSampler:
         self.rng = np.random.default_rng(seed)
         self.prev_jitter = prev_jitter
         self._order = []
+        self._dropped = {}  # domain name -> file names of the frames left out while drawing
 
     def reseed(self, seed) -> None:
         """Start the draws afresh from ``seed``: the same batches again (a fixed held-out set)."""
@@ -186,13 +187,35 @@ class BatchSampler:
         self._order = []
 
     def state(self) -> dict:
-        """Where the draws stand, as JSON-friendly values (a checkpoint keeps it)."""
-        return {"rng": self.rng.bit_generator.state, "order": [int(d) for d in self._order]}
+        """Where the draws stand, as JSON-friendly values (a checkpoint keeps it): the random
+        generator, the domain order, and the frames left out so far (which the draws index
+        around)."""
+        return {"rng": self.rng.bit_generator.state, "order": [int(d) for d in self._order],
+                "dropped": self.dropped()}
 
     def set_state(self, state: dict) -> None:
         """Continue the draws from a :meth:`state`."""
         self.rng.bit_generator.state = state["rng"]
         self._order = [int(d) for d in state["order"]]
+        self.drop(state.get("dropped") or {})
+
+    def dropped(self) -> dict:
+        """Domain name -> file names of the frames left out while drawing (unreadable, or of
+        another size than their sequence's)."""
+        return {name: list(files) for name, files in self._dropped.items()}
+
+    def drop(self, dropped: dict) -> None:
+        """Leave out the frames :meth:`dropped` named (a resumed run: they were left out before
+        the checkpoint, so the draws index the same frames as the run that was not stopped)."""
+        for dom in self.domains:
+            names = set(dropped.get(dom.name, ()))
+            if not names:
+                continue
+            keep = [i for i, f in enumerate(dom.frames) if Path(f).name not in names]
+            if len(keep) < len(dom.frames):
+                dom.frames, dom.boxes = [dom.frames[i] for i in keep], dom.boxes[keep]
+            known = self._dropped.setdefault(dom.name, [])
+            known += [n for n in dropped[dom.name] if n not in known]
 
     def next_domain(self) -> int:
         """Cycle through domains in a fresh random order each round (MDNet)."""
@@ -227,6 +250,7 @@ class BatchSampler:
             pos_all.append(geom.to_patch(pos))
             neg_all.append(geom.to_patch(neg))
         if bad:  # dropped for good once this batch no longer indexes them
+            self._dropped.setdefault(dom.name, []).extend(Path(dom.frames[i]).name for i in sorted(bad))
             keep = [i for i in range(len(dom.frames)) if i not in bad]
             dom.frames, dom.boxes = [dom.frames[i] for i in keep], dom.boxes[keep]
         return Batch(bucket, np.stack(data), np.stack(pos_all), np.stack(neg_all), d)

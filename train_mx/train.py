@@ -133,21 +133,33 @@ class Trainer:
             return getattr(mod._kvstore, "_updater", None)
         return mod._updater
 
+    def _state_keys(self) -> dict:
+        """Parameter name -> the updater's keys for it. With one device (or MXNET_UPDATE_ON_KVSTORE=0)
+        the module updates with keys index * devices + device; on the kvstore (several devices,
+        the default) the key is the name. A checkpoint stores names, so a run resumed with
+        another --ctx count finds its momentum."""
+        mod = self.mod._curr_module
+        names = mod._exec_group.param_names
+        if mod._update_on_kvstore:
+            return {n: [n] for n in names}
+        return {n: [i * self.P + k for k in range(self.P)] for i, n in enumerate(names)}
+
     def optimizer_states(self):
-        """The optimizer's per-weight states (the SGD momentum) as name -> NDArray, for a
-        checkpoint; None where this process cannot read them (dist_sync)."""
+        """The optimizer's per-weight states (the SGD momentum) as 'n:<parameter name>' ->
+        NDArray, for a checkpoint; None where this process cannot read them (dist_sync)."""
         if not self.mod.optimizer_initialized:
             return self._pending_states
         updater = self._updater()
         if updater is None:
             return None
         out = {}
-        for key, st in updater.states.items():
-            if st is None:  # no momentum
+        for name, keys in self._state_keys().items():
+            st = updater.states.get(keys[0])  # the devices' copies are equal (the summed gradient)
+            if st is None:  # not updated yet, or no momentum
                 continue
             if not isinstance(st, mx.nd.NDArray):
-                raise TypeError(f"optimizer state of {key!r} is a {type(st).__name__}, not one NDArray")
-            out[f"{'s' if isinstance(key, str) else 'i'}:{key}"] = st.copyto(mx.cpu())
+                raise TypeError(f"optimizer state of {name!r} is a {type(st).__name__}, not one NDArray")
+            out[f"n:{name}"] = st.copyto(mx.cpu())
         return out
 
     def load_optimizer_states(self, states: dict) -> None:
@@ -162,11 +174,23 @@ class Trainer:
         updater = self._updater()
         if updater is None:
             return
-        for name, value in states.items():
-            kind, _, key = name.partition(":")
-            key = int(key) if kind == "i" else key
-            updater.states[key] = value
-            updater.states_synced[key] = False  # moved to the weight's device at its next update
+        keys = self._state_keys()
+        names = list(keys)
+        matched = 0
+        for saved, value in states.items():
+            kind, _, key = saved.partition(":")
+            # "i:N" / "s:NAME": the updater's own keys, as the first checkpoints stored them
+            # ("i:N" was written with one device, where N is the parameter's index)
+            name = names[int(key)] if kind == "i" and key.isdigit() and int(key) < len(names) else key
+            if name not in keys:
+                continue
+            matched += 1
+            for j, k in enumerate(keys[name]):
+                updater.states[k] = value if j == 0 else value.copy()
+                updater.states_synced[k] = False  # moved to the weight's device at its next update
+        if states and not matched:
+            warn(f"none of the checkpoint's {len(states)} optimizer states names a parameter of this network: "
+                 "the SGD momentum starts again from zero")
 
     def _key(self, bucket, n_rois):
         h, w = self.policy.shapes[bucket]
@@ -442,11 +466,13 @@ def main(argv=None) -> int:
 
 
 def _kept(run) -> str:
-    """What a run cut short leaves: the checkpoint to resume from."""
+    """What a run cut short leaves: the checkpoint to resume from (as it is on disk: a stop
+    in the middle of a swap leaves the new one or the previous one)."""
     if run["saved"] is None:
         return ""
-    return (f"; the checkpoint in {run['out'] / checkpoint.CHECKPOINT} holds iteration {run['saved']}: rerun the "
-            "same command with --resume to continue from it")
+    saved = checkpoint.held_iteration(run["out"])
+    return (f"; the checkpoint in {run['out'] / checkpoint.CHECKPOINT} holds iteration "
+            f"{run['saved'] if saved is None else saved}: rerun the same command with --resume to continue from it")
 
 
 def _startup_checks(args, ap):
@@ -556,9 +582,28 @@ def _train(args, ap, stop, run) -> int:
     config["training"]["sequences"] = [str(Path(s).expanduser().resolve()) for s in seqs]
     config["training"]["domains"] = [d.name for d in domains]  # in every checkpoint: --resume checks them
     config["training"]["out_abs"] = str(out.expanduser().resolve())  # --save-model replaces only this run's model
+    if held_sampler is not None and state is not None:  # frames the held-out draws left out before
+        held_sampler.drop(state.get("heldout_dropped") or {})
     t_start = time.time()
     it = start
     stopped = None  # the signal's name once one asked to stop
+
+    def save():
+        """The checkpoint of iteration ``it``; ``run["saved"]`` follows it from the swap on."""
+        st = {"iteration": it, "log": log, "seconds": seconds + time.time() - t_start, "sampler": sampler.state()}
+        if held_sampler is not None:
+            st["heldout_dropped"] = held_sampler.dropped()
+        checkpoint.write(out, config, trainer.params(), st, trainer.optimizer_states(),
+                         swapped=lambda i: run.__setitem__("saved", i))
+
+    made_up = False
+    if (resumed is not None and held_sampler is not None and log and log[-1].get("iteration") == start
+            and "heldout_loss" not in log[-1]
+            and (start % (args.epoch_size * 5) == 0 or start >= args.iterations)):
+        # the run stopped where the held-out loss was due (a stop skips it): score these weights now
+        log[-1]["heldout_loss"] = heldout_loss(trainer, held_sampler, args.heldout_batches)
+        print(f"heldout {log[-1]['heldout_loss']:.4f} at iteration {start} (due when the run stopped)")
+        made_up = True
     bar = tqdm(total=args.iterations, initial=start, disable=args.quiet or not sys.stderr.isatty(), unit="it")
     if stop is not None:
         stop.deferred = True  # from here a first signal stops after the step in hand, with a checkpoint
@@ -594,12 +639,10 @@ def _train(args, ap, stop, run) -> int:
             msg += f" heldout {entry['heldout_loss']:.4f}"
         bar.write(msg) if not bar.disable else print(msg, flush=True)
         if rank == 0:
-            checkpoint.write(out, config, trainer.params(),
-                             {"iteration": it, "log": log, "seconds": seconds + time.time() - t_start,
-                              "sampler": sampler.state()},
-                             trainer.optimizer_states())
-            run["saved"] = it
+            save()
     bar.close()
+    if made_up and it == start and rank == 0:  # nothing trained: the log keeps the made-up held-out loss
+        save()
     trainer.finish()  # every rank, before rank 0 reads the final weights (see Trainer.finish)
     total = seconds + time.time() - t_start
     if rank == 0:
@@ -613,8 +656,7 @@ def _train(args, ap, stop, run) -> int:
             try:
                 save_model(args.save_model, config, params)
             except mx.base.MXNetError as e:  # a full disk, as MXNet reports it
-                lines = str(e).strip().splitlines()
-                raise OSError(f"cannot write --save-model {args.save_model}: {lines[-1] if lines else e}") from None
+                raise checkpoint.write_error(f"--save-model {args.save_model}", e) from None
             if stopped is None:
                 print(f"model written to {args.save_model} (next: python -m train_mx.feature_stats --model "
                       f"{args.save_model}; without its statistics the tracker factors fc4 less well)")

@@ -271,6 +271,9 @@ std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
       candidates.push_back("libtvm_runtime.so");  // LD_LIBRARY_PATH, ld.so.cache
     }
     std::string errors, loaded;
+    void* handle = nullptr;
+    // what tvm-ffi holds before the load: a rejected library that added nothing can be closed again
+    const size_t registered = ffi::Function::ListGlobalNames().size();
     for (std::string c : candidates) {
       // a path that names a file (an explicit one in the current folder too) is that file,
       // not a name for the loader to search its path with
@@ -286,6 +289,7 @@ std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
       void* h = ::dlopen(c.c_str(), RTLD_NOW | RTLD_GLOBAL);
       if (h) {
         loaded = LoadedFrom(h, "TVMBackendAllocWorkspace", c);
+        handle = h;
         break;
       }
       errors += "; " + c + ": " + ::dlerror();
@@ -295,9 +299,19 @@ std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
                                "; set --tvm-runtime PATH or MDTRACK_TVM_RUNTIME (see native/README.md)");
     }
     if (!ffi::Function::GetGlobal("vm.builtin.alloc_storage").has_value()) {
-      // not marked as loaded: a later call (with the right runtime) loads again
+      // Not marked as loaded: a later call (with the right runtime) loads again. A library
+      // that registered nothing with tvm-ffi is closed, so its symbols leave the global
+      // scope. One that did register functions (a TVM runtime without the Relax VM) stays:
+      // tvm-ffi's registry holds code of it, which dlclose would unmap under it.
+      std::string stays;
+      if (ffi::Function::ListGlobalNames().size() == registered) {
+        ::dlclose(handle);
+      } else {
+        stays = " (it registered functions with tvm-ffi, so it stays loaded in this process: load the right "
+                "runtime in a new process)";
+      }
       throw std::runtime_error(loaded + " does not register the Relax VM (vm.builtin.*); it is not a TVM >= 0.20 "
-                               "runtime built with the Relax VM: " + kTvmRuntime.rebuild);
+                               "runtime built with the Relax VM: " + kTvmRuntime.rebuild + stays);
     }
     g_runtime_path = loaded;
     g_threads = threads;
@@ -326,21 +340,36 @@ std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda) {
   return g_runtime_path;
 }
 
-std::string VerifyManifest(const std::string& library) {
-  // the file itself, where a link leads: a set's manifest lies beside its libraries
-  const std::string real = RealPath(library);
-  const std::string dir = DirName(real);
-  const std::string name = real.substr(real.find_last_of('/') + 1);
-  const std::string mpath = (dir == "/" ? std::string() : dir) + "/manifest.json";
+namespace {
+
+std::string ManifestIn(const std::string& dir) { return (dir == "/" ? std::string() : dir) + "/manifest.json"; }
+
+std::string BaseName(const std::string& p) {
+  const size_t s = p.find_last_of('/');
+  return s == std::string::npos ? p : p.substr(s + 1);
+}
+
+// Whether `dir`/manifest.json exists (false when absent; throws when it cannot be looked at).
+bool HasManifest(const std::string& dir) {
+  const std::string mpath = ManifestIn(dir);
   struct stat st;
-  if (::stat(mpath.c_str(), &st) != 0) {
-    if (errno == ENOENT || errno == ENOTDIR) return "";
-    throw std::runtime_error(mpath + ": cannot read (" + std::strerror(errno) + ")");
-  }
-  const std::string fix = "export the set again (`python -m export`), or copy the whole set (the libraries with "
-                          "their manifest.json) again";
+  if (::stat(mpath.c_str(), &st) == 0) return true;
+  if (errno == ENOENT || errno == ENOTDIR) return false;
+  throw std::runtime_error(mpath + ": cannot read (" + std::strerror(errno) + ")");
+}
+
+const char* kManifestFix = "export the set again (`python -m export`), or copy the whole set (the libraries with "
+                           "their manifest.json) again";
+
+// Checks the bytes of `real` against the sha256 `dir`/manifest.json lists for the first of
+// `names` it lists; `library` is the path as given, for the messages. Returns the manifest.
+std::string CheckAgainstManifest(const std::string& library, const std::string& real, const std::string& dir,
+                                 const std::vector<std::string>& names) {
+  const std::string mpath = ManifestIn(dir);
+  const std::string fix = kManifestFix;
+  struct stat st;
   std::string text;
-  if (!S_ISREG(st.st_mode) || !ReadWholeFile(mpath, &text)) {
+  if (::stat(mpath.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || !ReadWholeFile(mpath, &text)) {
     throw std::runtime_error(mpath + " (the manifest beside " + library + ") cannot be read; " + fix);
   }
   ffi::String parse_error;
@@ -361,9 +390,12 @@ std::string VerifyManifest(const std::string& library) {
   if (auto f = manifest->Get(ffi::String("files"))) files = f->as<ffi::json::Object>();
   if (!files.has_value()) throw std::runtime_error(mpath + " has no \"files\" table (not an export manifest); " + fix);
   std::optional<ffi::String> want;
-  if (auto d = files->Get(ffi::String(name))) want = d->as<ffi::String>();
+  for (const std::string& name : names) {
+    if (auto d = files->Get(ffi::String(name))) want = d->as<ffi::String>();
+    if (want.has_value()) break;
+  }
   if (!want.has_value()) {
-    throw std::runtime_error(library + ": " + name + " is not listed in " + mpath +
+    throw std::runtime_error(library + ": " + names.front() + " is not listed in " + mpath +
                              " (renamed, or copied into another set's folder); run the set's own file under its "
                              "own name, or " + fix);
   }
@@ -374,6 +406,36 @@ std::string VerifyManifest(const std::string& library) {
                              " (sha256 differs: corrupt, modified, or from another export); " + fix);
   }
   return mpath;
+}
+
+}  // namespace
+
+std::string VerifyManifest(const std::string& library) {
+  // The set is the folder of the path as given: `set/bucket0.so` is checked against
+  // set/manifest.json by the name bucket0.so, whatever it is a link to.
+  const std::string dir = RealPath(DirName(library));  // the given folder (its own links resolved)
+  const std::string name = BaseName(library);
+  const std::string real = RealPath(library);          // the file the bytes come from
+  const std::string real_dir = DirName(real);
+  const std::string prefix = dir == "/" ? dir : dir + "/";
+  const bool inside = real.compare(0, prefix.size(), prefix) == 0;
+  if (HasManifest(dir)) {
+    if (!inside) {
+      // as runtime.artifacts.check_files: a set runs its own files, not ones a link brings in
+      throw std::runtime_error(library + " is a link to " + real + ", outside its set's folder " + dir +
+                               " (a set's manifest vouches for the set's own files only): copy the file in "
+                               "(cp -L) or " + kManifestFix);
+    }
+    std::vector<std::string> names = {name};
+    if (real_dir == dir && BaseName(real) != name) names.push_back(BaseName(real));  // a link to a file of the set
+    return CheckAgainstManifest(library, real, dir, names);
+  }
+  // No set here: a link from outside every set (e.g. `current.so -> set/bucket0.so`) is
+  // checked against the manifest of the set it leads into, by the name it has there.
+  if (real_dir != dir && HasManifest(real_dir)) {
+    return CheckAgainstManifest(library, real, real_dir, {BaseName(real)});
+  }
+  return "";
 }
 
 bool CudaAvailable(int id) {

@@ -54,18 +54,24 @@ int ParseThreadCount(const std::string& text);
 // when `cuda` is set. Before the first load it sets TVM_NUM_THREADS to
 // ResolveThreads(options.num_threads), which TVM reads when its thread pool starts. Returns
 // the path of the runtime loaded. Throws std::runtime_error (std::invalid_argument for a bad
-// thread count).
+// thread count). A file loaded but rejected (no Relax VM) is not remembered; it is closed
+// again when it registered nothing with tvm-ffi, else it stays loaded (unloading it would
+// leave tvm-ffi's registry pointing into unmapped code) and the error says so.
 std::string LoadTvmRuntime(const RuntimeOptions& options, bool cuda);
 
 // The thread count set by the LoadTvmRuntime call that loaded the runtime (0 before).
 int TvmThreads();
 
 // Checks `library` against the manifest.json that `python -m export` writes beside the
-// libraries of a set ("files": {name: sha256}). Links are followed: the manifest is the one
-// beside the file itself, and it must list that file's name with its sha256. Returns the
-// manifest's path, or "" when the folder has none (nothing to check against). Throws
-// std::runtime_error, naming the file and what to do, when the manifest cannot be read, does
-// not list the file, or lists another sha256 (a corrupt, modified or stale library).
+// libraries of a set ("files": {name: sha256}): the one in the folder of `library` as given,
+// which must list the name given (or, for a link to a file of the same folder, that file's
+// name) with the sha256 of the bytes the path leads to. A link that leads out of that folder
+// is refused (as runtime.artifacts.check_files refuses it). When the given folder has no
+// manifest and `library` is a link, the manifest beside the file it leads to checks it, by
+// that file's name. Returns the manifest's path, or "" when there is none (nothing to check
+// against). Throws std::runtime_error, naming the file and what to do, when the manifest
+// cannot be read, does not list the file, lists another sha256 (a corrupt, modified or stale
+// library), or the link leaves the set's folder.
 std::string VerifyManifest(const std::string& library);
 
 // True when the loaded TVM runtime has a CUDA device API and sees device `id`.
