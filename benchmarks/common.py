@@ -165,7 +165,10 @@ def prepare_out(out_dir, patterns, force: bool) -> None:
     out = Path(out_dir).expanduser()
     if not out.is_dir():
         return
-    found = sorted({p for pat in patterns for p in out.glob(pat) if p.is_file() or p.is_symlink()})
+    # a match reached through a linked folder lies outside --out: never this tool's, never deleted
+    found = sorted({p for pat in patterns for p in out.glob(pat)
+                    if (p.is_file() or p.is_symlink())
+                    and not any((out / q).is_symlink() for q in p.relative_to(out).parents if str(q) != ".")})
     if not found:
         return
     if not force:

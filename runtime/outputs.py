@@ -78,6 +78,9 @@ def check_outputs_apart(outputs, source) -> None:
             raise TrackerInputError(f"{named[p]} and {flag} both name {p}; give each output its own file")
         named[p] = flag
     inputs = {Path(p).resolve() for p in (getattr(source, "path", None), getattr(source, "groundtruth_path", None)) if p}
+    folder = getattr(source, "folder", None)
+    if folder:  # every target's ground truth of the folder (OTB's Jogging: groundtruth_rect.1.txt, .2.txt)
+        inputs |= {p.resolve() for p in Path(folder).glob("groundtruth*.txt")}
     # frames: resolve each folder once (a long sequence has tens of thousands of frames)
     by_dir = {}
     for f in getattr(source, "frame_paths", ()):

@@ -302,6 +302,8 @@ def _write_report(out_dir, results: Mapping[str, Mapping[str, Mapping]],
             e = {"score": _score_dict(entry["score"]), "cost": entry.get("cost")}
             if "stages" in entry:
                 e["stages"] = entry["stages"]
+            if entry.get("error"):  # a run that failed part-way (a peer's cv2.error): say so beside its scores
+                e["error"] = entry["error"]
             seqs[s] = e
         mean = mean_scores([e["score"] for e in seqs.values()])
         mean["fps"] = _mean_of((e["cost"] or {}).get("fps") for e in seqs.values())

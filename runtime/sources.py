@@ -593,8 +593,16 @@ def target_sequences(folder) -> list:
     targets = groundtruth_targets(folder)
     if len(targets) < 2 or not (Path(folder).expanduser() / "img").is_dir():
         return [folder]
-    base = Path(folder)
-    return [str(base.parent / f"{base.name}.{k}") for k in targets]
+    base = Path(folder).expanduser().absolute()
+    if not base.name or base.name in (".", ".."):  # "." or "..": name it by the folder itself
+        base = base.resolve()
+    paths = [base.parent / f"{base.name}.{k}" for k in targets]
+    taken = [p for p in paths if os.path.lexists(p)]
+    if taken:
+        raise SequenceError(f"{base} has one ground-truth file per target, and {taken[0]} already exists beside "
+                            f"it: that name would stand for target {taken[0].name.rsplit('.', 1)[1]} of {base.name}",
+                            f"rename {taken[0]}")
+    return [str(p) for p in paths]
 
 
 def _target_sequence(folder):

@@ -335,6 +335,9 @@ def test_a_failing_peer_is_a_recorded_failed_run(tiny_seq, tiny_model, tmp_path,
     assert rows[0] != "nan,nan,nan,nan" and rows[1:] == ["nan,nan,nan,nan"] * 2
     assert "Failed runs" in (out / "results.md").read_text()
     assert "2 failed run(s)" in capsys.readouterr().out
+    full = json.loads((out / "results.json").read_text())["trackers"]
+    assert full["kcf"]["sequences"]["syn8"]["error"] == s["kcf"]["sequences"]["syn8"]["error"]
+    assert "error" not in full["ours"]["sequences"]["syn8"]
 
 
 def test_warnings_are_logged_and_two_target_folders_are_two_sequences(tiny_seq, tiny_model, tmp_path, caplog):
@@ -490,3 +493,19 @@ def test_saved_boxes_rescore_to_the_report_exactly(tmp_path, tiny_model):
         score = evaluate_sequence(boxes, gt)
         want = report[name]["sequences"]["syn6"]["score"]
         assert (score.auc, score.precision, score.mean_iou) == (want["auc"], want["precision"], want["mean_iou"])
+
+
+def test_force_never_deletes_through_a_linked_folder(tmp_path):
+    """--force deletes the files a run wrote in --out; a folder linked into it leads out of
+    it, and its files are not this tool's."""
+    from benchmarks.common import prepare_out
+
+    out, elsewhere = tmp_path / "out", tmp_path / "precious"
+    (out / "boxes" / "csrt").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("keep")
+    (out / "boxes" / "ours").symlink_to(elsewhere)
+    (out / "boxes" / "csrt" / "seq.txt").write_text("1,2,3,4")
+    prepare_out(out, ["boxes/*/*.txt"], force=True)
+    assert (elsewhere / "notes.txt").read_text() == "keep"
+    assert not (out / "boxes" / "csrt" / "seq.txt").exists()

@@ -645,3 +645,28 @@ def test_groundtruth_that_is_a_folder_is_an_error_not_missing(tmp_path):
     (tmp_path / "seq" / "groundtruth_rect.txt").mkdir()
     with pytest.raises(SequenceError, match="groundtruth_rect.txt"):
         open_sequence_folder(tmp_path / "seq")
+
+
+def test_two_target_names_never_stand_for_another_folder(tmp_path, monkeypatch):
+    """A real folder ``seq.1`` beside two-target ``seq`` would be scored as target 1 of seq
+    (silently, against its own ground truth): refused. ``.`` is named by the folder itself."""
+    import shutil
+
+    from runtime.sources import target_sequences
+
+    folder = _two_targets(tmp_path)
+    monkeypatch.chdir(folder)
+    assert target_sequences(".") == [str(tmp_path / "seq.1"), str(tmp_path / "seq.2")]
+    shutil.copytree(folder, tmp_path / "seq.1")
+    with pytest.raises(SequenceError, match=r"seq\.1 already exists beside it.*rename"):
+        target_sequences(folder)
+
+
+def test_an_output_may_not_overwrite_another_targets_ground_truth(tmp_path, capsys):
+    from runtime import track
+
+    folder = _two_targets(tmp_path)
+    code = track.main(["--sequence", str(tmp_path / "seq.1"), "--out", str(folder / "groundtruth_rect.2.txt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "one of the input files" in err, err
+    assert (folder / "groundtruth_rect.2.txt").read_text().startswith("11")

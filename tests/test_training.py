@@ -1402,3 +1402,23 @@ def test_resume_makes_up_the_heldout_loss_a_stop_skipped(sequences, tmp_path, ca
     assert log[-1]["heldout_loss"] == ref[-1]["heldout_loss"]
     assert [e["loss"] for e in log] == [e["loss"] for e in ref]
     _assert_same_params(_params(tmp_path / "run" / "checkpoint"), _params(tmp_path / "ref" / "checkpoint"))
+
+
+def test_checkpoint_is_written_where_folders_cannot_be_flushed(sequences, tmp_path, monkeypatch):
+    """Some file systems (network, FUSE) refuse fsync on a folder: the checkpoint is still
+    written there (every run once ended at its first checkpoint with 'Invalid argument')."""
+    import errno
+
+    from train_mx import checkpoint, train
+
+    real = os.fsync
+
+    def fsync(fd):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    out = tmp_path / "run"
+    assert train.main(["--sequences", *sequences, *TINY, "--iterations", "2", "--out", str(out)]) == 0
+    assert _ckpt_iteration(out) == 2

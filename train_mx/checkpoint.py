@@ -19,6 +19,7 @@ checkpoint is whole); ``--resume`` reads the one inside the checkpoint.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import shutil
@@ -86,10 +87,22 @@ def write_error(what, e: BaseException) -> OSError:
 
 
 def _fsync(path: Path) -> None:
-    """Flush a file or a folder (its entries) to disk."""
-    fd = os.open(path, os.O_RDONLY)
+    """Flush a file or a folder (its entries) to disk. A folder is flushed where the file
+    system allows it: some (network, FUSE) refuse fsync on a folder, and a checkpoint must
+    still be written there; a file's flush failing is an error."""
+    folder = path.is_dir()
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if folder:
+            return
+        raise
     try:
         os.fsync(fd)
+    except OSError as e:
+        if not folder or e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF,
+                                         errno.EACCES, errno.EISDIR, errno.EPERM):
+            raise
     finally:
         os.close(fd)
 
