@@ -772,20 +772,76 @@ def test_closed_stdout_is_one_error_line(tiny_model, tmp_path):
     BrokenPipeError traceback and exit 1; now one error line, exit 2, outputs whole."""
     folder = write_otb(make_sequence(n_frames=300, size=SIZE, seed=2), tmp_path / "long", ext=".jpg")
     p = _track_process(folder, tiny_model, tmp_path, stdout=subprocess.PIPE)
-    try:
-        assert p.stdout.readline().startswith("frame 0 ")
-        p.stdout.close()
-        err = p.stderr.read()
-        p.wait(60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        p.stderr.close()
+    (first,), err = _read_then_close(p, 1)
+    assert first.startswith("frame 0 "), first
     lines = [line for line in err.splitlines() if line.strip()]
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: stdout was closed"), err
     n = len(read_rows(tmp_path / "res.txt"))
     assert 1 <= n < 300 and [r["frame"] for r in read_jsonl(tmp_path / "res.jsonl")] == list(range(n))
+
+
+def _read_then_close(p, n):
+    """The first ``n`` lines of ``p``'s stdout, then close it (the reader goes away, as
+    ``| head -n`` does); returns them and whatever ``p`` wrote to stderr until it ended."""
+    try:
+        first = [p.stdout.readline() for _ in range(n)]
+        p.stdout.close()
+        err = p.stderr.read() if p.stderr else ""
+        p.wait(120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if p.stderr:
+            p.stderr.close()
+    return first, err
+
+
+def test_rows_to_a_closed_stdout_stop_with_the_files_whole(tiny_model, tmp_path):
+    """``--out - | head -3``: once the reader has gone, the run stops after that frame with
+    one error line, and --jsonl's file still holds every frame up to it."""
+    folder = write_otb(make_sequence(n_frames=300, size=SIZE, seed=2), tmp_path / "long", ext=".jpg")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "runtime.track", "--sequence", str(folder), "--model", str(tiny_model),
+                          "--out", "-", "--jsonl", str(tmp_path / "res.jsonl"), "--quiet"], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first, err = _read_then_close(p, 3)
+    assert all(len(line.split(",")) == 4 for line in first), first
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: stdout was closed"), err
+    frames = [r["frame"] for r in read_jsonl(tmp_path / "res.jsonl")]
+    assert 3 <= len(frames) < 300 and frames == list(range(len(frames)))
+
+
+def test_rows_and_log_into_one_closed_pipe_exit_2(tiny_model, tmp_path):
+    """``--out - 2>&1 | head -1``: the log, the summary and the error line have nowhere to
+    go either; the run still stops with exit 2 (it ended in a traceback's exit 1)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "runtime.track", "--demo", "--model", str(tiny_model), "--out", "-",
+                          "--verbose"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    (first,), _ = _read_then_close(p, 1)
+    assert first and p.returncode == 2, first
+
+
+def test_video_cut_short_by_a_file_size_limit_is_an_error(tiny_model, tmp_path):
+    """OpenCV's video writer ignores write errors: a full disk (here a file-size limit, which
+    fails writes the same way) left a truncated video and exit 0. Now the finished file is
+    read back and a short one is one error line, exit 2; --out stays whole."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "runtime.track", "--demo", "--max-frames", "60", "--model",
+                        str(tiny_model), "--out", str(tmp_path / "r.txt"), "--save-video", str(tmp_path / "v.mp4"),
+                        "--plot", str(tmp_path / "s.png"), "--quiet"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300, preexec_fn=limit)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: --save-video") and "of 60 pictures" in lines[0] and "full disk" in lines[0]
+    assert len(read_rows(tmp_path / "r.txt")) == 60
+    assert cv2.imread(str(tmp_path / "s.png")) is not None  # "the other outputs are complete": the plot too
 
 
 # =========================================================================== properties: sampling
@@ -977,65 +1033,3 @@ def test_soak_rejects_bad_arguments(capsys):
         assert e.value.code == 2
     assert "at least 20 frames" in capsys.readouterr().err
 
-
-def test_rows_to_a_closed_stdout_stop_with_the_files_whole(tiny_model, tmp_path):
-    """``--out - | head -3``: once the reader has gone, the run stops after that frame with
-    one error line, and --jsonl's file still holds every frame up to it."""
-    folder = write_otb(make_sequence(n_frames=300, size=SIZE, seed=2), tmp_path / "long", ext=".jpg")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.Popen([sys.executable, "-m", "runtime.track", "--sequence", str(folder), "--model", str(tiny_model),
-                          "--out", "-", "--jsonl", str(tmp_path / "res.jsonl"), "--quiet"], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        first = [p.stdout.readline() for _ in range(3)]
-        p.stdout.close()
-        err = p.stderr.read()
-        p.wait(60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        p.stderr.close()
-    assert all(len(line.split(",")) == 4 for line in first), first
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: stdout was closed"), err
-    frames = [r["frame"] for r in read_jsonl(tmp_path / "res.jsonl")]
-    assert 3 <= len(frames) < 300 and frames == list(range(len(frames)))
-
-
-def test_rows_and_log_into_one_closed_pipe_exit_2(tiny_model, tmp_path):
-    """``--out - 2>&1 | head -1``: the log, the summary and the error line have nowhere to
-    go either; the run still stops with exit 2 (it ended in a traceback's exit 1)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.Popen([sys.executable, "-m", "runtime.track", "--demo", "--model", str(tiny_model), "--out", "-",
-                          "--verbose"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        first = p.stdout.readline()
-        p.stdout.close()
-        p.wait(120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    assert first and p.returncode == 2, first
-
-
-def test_video_cut_short_by_a_file_size_limit_is_an_error(tiny_model, tmp_path):
-    """OpenCV's video writer ignores write errors: a full disk (here a file-size limit, which
-    fails writes the same way) left a truncated video and exit 0. Now the finished file is
-    read back and a short one is one error line, exit 2; --out stays whole."""
-    import resource
-
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
-
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "runtime.track", "--demo", "--max-frames", "60", "--model",
-                        str(tiny_model), "--out", str(tmp_path / "r.txt"), "--save-video", str(tmp_path / "v.mp4"),
-                        "--plot", str(tmp_path / "s.png"), "--quiet"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300, preexec_fn=limit)
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: --save-video") and "of 60 pictures" in lines[0] and "full disk" in lines[0]
-    assert len(read_rows(tmp_path / "r.txt")) == 60
-    assert cv2.imread(str(tmp_path / "s.png")) is not None  # "the other outputs are complete": the plot too
