@@ -257,14 +257,7 @@ class OpenCVTracker:
         from runtime.tracker import start_box
 
         h, w = image.shape[:2]
-        start_box(box, (w, h))  # the same refusals (no area, outside the image) as ours
-        b = np.asarray(box, np.float64).reshape(4)
-        x1, y1 = max(b[0], 0.0), max(b[1], 0.0)
-        b = np.array([x1, y1, min(b[0] + b[2], w) - x1, min(b[1] + b[3], h) - y1])
-        if (b[2:] < min_size).any():  # grown about its centre
-            c = b[:2] + b[2:] / 2
-            b[2:] = np.maximum(b[2:], min_size)
-            b[:2] = c - b[2:] / 2
+        b = start_box(box, (w, h), min_size=min_size)  # ours' checks and clipping, the peer's minimum
         bw, bh = (max(min_size, 1, min(int(round(v)), lim)) for v, lim in ((b[2], w), (b[3], h)))
         x = min(max(int(round(b[0])), 0), w - bw)
         y = min(max(int(round(b[1])), 0), h - bh)

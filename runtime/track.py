@@ -476,22 +476,25 @@ def main(argv=None) -> int:
         return _report(s, stop, _log_stream(args))
     except (TrackerInputError, StdoutClosed) as e:
         one_line = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        try:
-            print(f"error: {one_line}", file=sys.stderr)
-        except OSError:  # stderr shares the closed pipe (``2>&1 | head``): the exit status says it
-            pass
+        _to_stderr(f"error: {one_line}")
         return 2
     except KeyboardInterrupt as e:
         name = str(e) if str(e) in StopRequest.SIGNALS else "SIGINT"
-        try:
-            print(f"interrupted ({name})", file=sys.stderr)
-        except OSError:  # stderr's reader went away too
-            pass
+        _to_stderr(f"interrupted ({name})")
         return 128 + getattr(signal, name)
     finally:  # a first signal stays deferred until the summary is out
         if old is not None:
             stop.deferred = False
             StopRequest.restore(old)
+
+
+def _to_stderr(line: str) -> None:
+    """A closing line on stderr; where stderr shares a pipe whose reader went away
+    (``2>&1 | head``) there is nowhere to say it, and the exit status says it instead."""
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass
 
 
 def _report(s: dict, stop: StopRequest, stream) -> int:
@@ -519,11 +522,8 @@ def _report(s: dict, stop: StopRequest, stream) -> int:
         # stderr gone, the results went to stdout whole: only the exit status can tell more
     if name:
         closed = f"; stdout was closed at frame {s['stdout_closed']}" if "stdout_closed" in s else ""
-        try:
-            print(f"interrupted ({name}) after {s['frames']} frames; the outputs hold frames 0-{s['frames'] - 1}"
-                  f"{closed}", file=sys.stderr)
-        except OSError:
-            pass
+        _to_stderr(f"interrupted ({name}) after {s['frames']} frames; the outputs hold frames 0-{s['frames'] - 1}"
+                   f"{closed}")
         return 128 + getattr(signal, name)
     return 0
 

@@ -61,7 +61,7 @@ def fuse_top_k(boxes: np.ndarray, scores: np.ndarray, k: int, max_center: float,
     return top[keep]
 
 
-def start_box(box, size, params: TrackerParams | None = None) -> np.ndarray:
+def start_box(box, size, params: TrackerParams | None = None, min_size: float | None = None) -> np.ndarray:
     """The box a tracker starts from, given the initial ``box`` (x,y,w,h) in an image of
     ``size`` (w, h): checked (a TrackerInputError if it is no box or lies outside), clipped to
     the image and grown about its centre to the smallest size ``params`` sample (defaults:
@@ -88,7 +88,7 @@ def start_box(box, size, params: TrackerParams | None = None) -> np.ndarray:
     # Every candidate is at least min_size pixels a side and every training sample at
     # least sampling.MIN_SAMPLE_SIZE, so a thinner box would get no positive sample (IoU >= 0.7):
     # grow it to the larger of the two about its centre.
-    m = max((params or TrackerParams()).min_size, sampling.MIN_SAMPLE_SIZE)
+    m = max((params or TrackerParams()).min_size, sampling.MIN_SAMPLE_SIZE) if min_size is None else min_size
     if b[2] < m or b[3] < m:
         c = b[:2] + b[2:] / 2
         wh = np.maximum(b[2:], m)
