@@ -32,23 +32,26 @@ class _Frames:
     """A sequence decoded once so every backend sees identical frames without I/O. It starts
     where tracking starts (``common.run_sequence``'s rule): at the first frame whose own
     ground-truth box is usable. A frame that cannot be read (``seq`` opened with
-    ``on_bad_frame="skip"``) is left out, with a warning: this benchmark times frames."""
+    ``on_bad_frame="skip"``) is left out, with a warning: this benchmark times frames.
+    ``limit``: stop after that many frames (``main`` checks every sequence with 2 before it
+    clears a previous run's results, so that ``--force`` loses nothing on a bad sequence)."""
 
-    def __init__(self, seq, max_frames):
+    def __init__(self, seq, max_frames, limit=None):
         from runtime.errors import TrackerInputError
 
         self.name = seq.name
         has_gt = seq.groundtruth is not None
         self.frames = []
         for f in seq:
-            if max_frames is not None and f.index >= max_frames:
+            if (max_frames is not None and f.index >= max_frames) or (limit is not None and len(self.frames) >= limit):
                 break
             if f.image is None:
-                if self.frames:
+                if self.frames and limit is None:
                     log.warning("%s: frame %d left out: %s", seq.name, f.index, f.error)
                 continue
             if self.frames and f.image.shape != self.frames[0].image.shape:
-                log.warning("%s: frame %d left out: its size is not the sequence's", seq.name, f.index)
+                if limit is None:
+                    log.warning("%s: frame %d left out: its size is not the sequence's", seq.name, f.index)
                 continue
             if self.frames or not has_gt or usable_box(f.gt):
                 self.frames.append(f)
@@ -106,6 +109,12 @@ def main(argv=None) -> int:
     seqs = check_inputs(seqs, [args.model or DEFAULT_MODEL], args.max_frames, args.out, [("--json", args.json)],
                         min_frames=2, min_tracked=2,
                         outputs=lambda names: [(f"--out ({f})", out / f) for f in REPORT_FILES] + [("--json", args.json)])
+    for path in seqs:  # decode until 2 frames can be timed: a sequence that has not fails before --force deletes
+        seq = open_sequence_folder(path, on_bad_frame="skip")
+        try:
+            _Frames(seq, args.max_frames, limit=2)
+        finally:
+            seq.close()
     prepare_out(out, REPORT_FILES, args.force)
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine(), "command": "python -m benchmarks.per_frame " + " ".join(argv or sys.argv[1:]),

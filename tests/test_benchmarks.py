@@ -388,6 +388,29 @@ def test_per_frame_refuses_a_sequence_with_one_frame_to_time(tiny_seq, tiny_mode
     assert not (tmp_path / "pf").exists()
 
 
+def test_per_frame_force_keeps_the_last_results_when_a_sequence_has_too_few_readable_frames(
+        tiny_seq, tiny_model, tmp_path, capsys):
+    """Unreadable frames are found by decoding, not by counting files: a sequence with one
+    readable frame is refused before --force deletes the previous run's results."""
+    import shutil
+
+    from benchmarks.per_frame import main
+
+    out = tmp_path / "pf"
+    base = ["--backends", "mxnet", "--model", str(tiny_model), "--max-frames", "3", "--out", str(out)]
+    assert main(["--sequences", str(tiny_seq), *base]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "per_frame.json" in before
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_seq, bad)
+    for frame in sorted((bad / "img").iterdir())[1:]:
+        frame.write_bytes(frame.read_bytes()[: frame.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(["--sequences", str(tiny_seq), str(bad), *base, "--force"]) == 2
+    _one_error(capsys, "sequence bad has 1 readable frame(s)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_accuracy_keeps_the_last_box_on_an_unreadable_frame(tiny_seq, tiny_model, tmp_path, caplog):
     """A corrupt frame is skipped with a warning, every tracker keeping its last box there
     (runtime.track's rule): the run and its report complete."""
