@@ -1357,6 +1357,42 @@ def test_optimizer_states_naming_no_parameter_warn(synthetic, capsys):
     assert "momentum starts again from zero" in err[0]
 
 
+@pytest.mark.parametrize("devices", [1, 2, 3])
+def test_first_checkpoints_index_keys_map_to_their_parameters(synthetic, devices, capsys):
+    """The first checkpoints stored the updater's own keys, 'i:<index * devices + device>'
+    without the devices' count (several devices with MXNET_UPDATE_ON_KVSTORE=0). Each state
+    lands on its own parameter, whatever the count: read as indices they had landed on the
+    wrong weights (or none)."""
+    trainer = tiny_trainer()
+    batch = frame_batch(synthetic, SMALL, 0, 1, np.random.default_rng(0), n_pos=4, n_neg=16)
+    trainer.step(batch)
+    saved = trainer.optimizer_states()
+    names = list(trainer._state_keys())
+    old = {}
+    for i, n in enumerate(names):
+        if f"n:{n}" in saved:
+            for k in range(devices):
+                old[f"i:{i * devices + k}"] = saved[f"n:{n}"].copy()
+    other = tiny_trainer()
+    other.load_optimizer_states(old)
+    other._init_optimizer()
+    got = other.optimizer_states()
+    assert sorted(got) == sorted(saved)
+    for k, v in saved.items():
+        np.testing.assert_array_equal(got[k].asnumpy(), v.asnumpy(), err_msg=k)
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_index_keys_that_fit_no_parameter_leave_the_momentum_at_zero():
+    from train_mx.train import _index_keys
+
+    shapes = {"a": (2, 3), "b": (2,)}
+    assert _index_keys({0: mx.nd.zeros((2, 3)), 1: mx.nd.zeros((2,))}, ["a", "b"], shapes) == {0: "a", 1: "b"}
+    assert _index_keys({0: mx.nd.zeros((2, 3)), 1: mx.nd.zeros((2, 3)), 2: mx.nd.zeros((2,)), 3: mx.nd.zeros((2,))},
+                       ["a", "b"], shapes) == {0: "a", 1: "a", 2: "b", 3: "b"}
+    assert _index_keys({0: mx.nd.zeros((5,))}, ["a", "b"], shapes) == {}
+
+
 def test_resume_after_a_dropped_frame_is_bit_identical(tmp_path, capsys):
     """Frames left out while drawing (here corrupt files) are part of the sampler's state: a
     resumed run indexes the same frames as the run that was not stopped (it once drew again

@@ -61,6 +61,21 @@ def softmax_loss(prob, labels) -> float:
 BATCH_NEG = 96  # negatives per minibatch (MDNet), mined from --mine-from
 
 
+def _index_keys(states: dict, names: list, shapes: dict) -> dict:
+    """Parameter name of each key N of the first checkpoints' ``"i:N"`` states: the updater's
+    own keys, ``index * devices + device`` (MXNet's layout without the kvstore updating), with
+    the devices' count not recorded. It is the smallest count under which every state has its
+    parameter's shape; with none, nothing maps (and the momentum starts from zero with a
+    warning) rather than landing on the wrong weights."""
+    if not states:
+        return {}
+    for devices in range(1, max(states) + 2):
+        mapping = {n: names[n // devices] for n in states if n // devices < len(names)}
+        if len(mapping) == len(states) and all(tuple(v.shape) == shapes[mapping[n]] for n, v in states.items()):
+            return mapping
+    return {}
+
+
 class Trainer:
     """The bucketing module, optimizer and hard minibatch mining loop."""
 
@@ -176,12 +191,13 @@ class Trainer:
             return
         keys = self._state_keys()
         names = list(keys)
+        by_index = _index_keys({int(k[2:]): v for k, v in states.items() if k.startswith("i:") and k[2:].isdigit()},
+                               names, self._param_shapes())
         matched = 0
         for saved, value in states.items():
             kind, _, key = saved.partition(":")
             # "i:N" / "s:NAME": the updater's own keys, as the first checkpoints stored them
-            # ("i:N" was written with one device, where N is the parameter's index)
-            name = names[int(key)] if kind == "i" and key.isdigit() and int(key) < len(names) else key
+            name = by_index.get(int(key)) if kind == "i" and key.isdigit() else key
             if name not in keys:
                 continue
             matched += 1
@@ -191,6 +207,10 @@ class Trainer:
         if states and not matched:
             warn(f"none of the checkpoint's {len(states)} optimizer states names a parameter of this network: "
                  "the SGD momentum starts again from zero")
+
+    def _param_shapes(self) -> dict:
+        mod = self.mod._curr_module
+        return {n: tuple(a[0].shape) for n, a in zip(mod._exec_group.param_names, mod._exec_group.param_arrays)}
 
     def _key(self, bucket, n_rois):
         h, w = self.policy.shapes[bucket]
