@@ -607,14 +607,16 @@ def target_sequences(folder) -> list:
 
 def _target_sequence(folder):
     """``(base folder, ground-truth file name)`` for a path ``BASE.N`` that does not exist
-    where ``BASE`` is an OTB folder with several targets and ``N`` one of them; else None."""
+    where ``BASE`` is an OTB folder with per-target ground truth and ``N`` one of its targets
+    (``Jogging.1``; also ``Human4.2``, the GOT-10k toolkit's name for OTB's Human4, whose one
+    target is its ``groundtruth_rect.2.txt``); else None."""
     p = Path(folder).expanduser()
     m = re.fullmatch(r"(.+)\.(\d+)", p.name)
     if m is None or os.path.lexists(p):
         return None
     base = p.parent / m.group(1)
     targets = groundtruth_targets(base) if base.is_dir() else {}
-    if len(targets) < 2 or m.group(2) not in targets:
+    if m.group(2) not in targets:
         return None
     return base, targets[m.group(2)].name
 

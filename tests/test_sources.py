@@ -248,6 +248,11 @@ def test_otb_folder_with_two_targets_is_two_sequences(tmp_path):
     (folder / "groundtruth_rect.1.txt").write_text("")
     assert target_sequences(folder) == [folder]
     assert open_sequence_folder(folder).init_box.tolist() == [11, 12, 6, 5]
+    # ... and the GOT-10k toolkit's name for it (Human4.2) opens it too; the empty target does not
+    seq = open_sequence_folder(tmp_path / "seq.2")
+    assert seq.name == "seq.2" and seq.init_box.tolist() == [11, 12, 6, 5] and len(seq) == 3
+    with pytest.raises(SequenceError, match="does not exist"):
+        open_sequence_folder(tmp_path / "seq.1")
 
 
 def test_otb_natural_sort_and_extensions(tmp_path):
