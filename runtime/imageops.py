@@ -59,7 +59,8 @@ def to_bgr8(image) -> np.ndarray:
     otherwise surface much later as a shape error deep inside the network.
     """
     if not isinstance(image, np.ndarray):
-        raise TrackerInputError(f"expected an image array, got {_describe(image)}")
+        raise TrackerInputError(f"expected an image array, got {_describe(image)}: pass a numpy array such as "
+                                "cv2.imread(path) gives (a PIL image: cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR))")
     if image.ndim not in (2, 3):
         raise TrackerInputError(
             f"expected an HxW or HxWxC image, got {_describe(image)} ({image.ndim} dimensions)"

@@ -122,7 +122,8 @@ def load_model(path=None) -> Model:
 
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_dir():
-        raise ModelError(f"model folder not found: {path} (pass --model DIR, e.g. models/default)")
+        what = "is a file, not a model folder" if path.exists() else "not found"
+        raise ModelError(f"model folder {what}: {path} (pass --model DIR, or Tracker(model=DIR), e.g. models/default)")
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise ModelError(f"{mpath} is missing: the model folder is incomplete; restore it or retrain")

@@ -25,8 +25,12 @@ _HALF_OPEN_UNIT = ("momentum", "dropout")  # [0, 1)
 _ONLINE_LAYERS = (("fc6",), ("fc5", "fc6"), ("fc4", "fc5", "fc6"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackerParams:
+    """Read-only once made (checked in ``__post_init__``; a later assignment would bypass the
+    checks and change a tracker already running on the object): ``replace(top_k=3)`` gives a
+    changed copy."""
+
     # candidates (MDNet): Gaussian around the last box. MDNet uses trans 0.6 and scale 1.05
     # (OTB at 30 fps); UAV123@10fps and VOT move farther between frames and change scale
     # faster: 0.6 / 1.0 / 0.8 gave 0.36 / 0.43 / 0.44, and scale 1.1 with trans 0.8 0.45.

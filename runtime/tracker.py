@@ -134,7 +134,7 @@ class Tracker:
         device = parse_device(device)
         if artifacts is not None and backend == "mxnet":
             raise TrackerInputError("artifacts are compiled sets for the onnxruntime and tvm backends; "
-                                    "the mxnet backend takes none (drop --artifacts or pick --backend)")
+                                    "the mxnet backend takes none (drop --artifacts / artifacts=, or pick another backend)")
         # bucketed=False: the unbucketed baseline for benchmarks (MXNet only): one exact
         # patch shape per frame, binding new executors whenever the shape is new. Checked
         # before the backend, which may export or compile for minutes on first use.

@@ -120,6 +120,44 @@ def test_got10k_adapter_matches_runtime_tracker(got10k_tracker, tiny_model, tmp_
     np.testing.assert_allclose(boxes[1:], np.array(expected), atol=1e-4)
 
 
+def test_got10k_adapter_keeps_16_bit_frames(got10k_tracker, tiny_model, tmp_path):
+    """A 16-bit PNG sequence (thermal data) is tracked on its real pixels: the toolkit's own
+    loop converts every PIL image to RGB, which clips 16-bit values to white."""
+    from PIL import Image
+
+    from runtime.imageops import to_bgr8
+    from runtime.integrations.got10k import to_bgr
+    from runtime.sources import read_image
+    from runtime.tracker import Tracker
+
+    seq = _seq(6, n=5)
+    files = []
+    for f in seq:
+        p = tmp_path / f"{f.index:04d}.png"
+        cv2.imwrite(str(p), cv2.cvtColor(f.image, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257)
+        files.append(str(p))
+    pil = Image.open(files[0])
+    assert pil.mode in ("I", "I;16")
+    for im in (pil, pil.convert("I"), Image.fromarray(read_image(files[0]))):
+        np.testing.assert_array_equal(to_bgr8(to_bgr(im)), to_bgr8(read_image(files[0])))
+    assert 20 < to_bgr8(to_bgr(pil)).mean() < 235
+    boxes, _ = got10k_tracker.track(files, seq.groundtruth[0])
+    ref = Tracker(tiny_model, seed=0)
+    ref.init(read_image(files[0]), seq.groundtruth[0])
+    expected = [ref.update(read_image(p)).box for p in files[1:]]
+    np.testing.assert_allclose(boxes[1:], np.array(expected), atol=1e-4)
+
+
+def test_got10k_adapter_reports_a_bad_box_as_the_runtime_does(got10k_tracker):
+    from runtime.errors import TrackerInputError
+
+    image = np.zeros((40, 50, 3), np.uint8)
+    for box, shown in (("1,2,3,4", "'1,2,3,4'"), (None, "None")):
+        with pytest.raises(TrackerInputError, match="initial box must be 4 finite numbers") as e:
+            got10k_tracker.init(image, box)
+        assert shown in str(e.value)
+
+
 def _write_vot(root: Path, name: str, seed: int, n: int = 12) -> Path:
     """GOT-10k toolkit's VOT layout: ROOT/list.txt, ROOT/<seq>/00000001.jpg and an 8-value polygon groundtruth.txt."""
     seq = _seq(seed, n=n)

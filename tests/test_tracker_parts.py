@@ -564,6 +564,33 @@ def test_params_as_dict_and_bad_arguments(tiny_model):
             Tracker(**({"model": tiny_model} | kw))
 
 
+def test_params_are_read_only_so_their_checks_hold(tiny_model, tmp_path):
+    """An assignment would skip __post_init__'s checks (top_k=0 then failed as an IndexError
+    mid-run) and change a tracker already running on the caller's object."""
+    import dataclasses
+
+    from runtime.errors import ModelError, TrackerInputError
+    from runtime.params import TrackerParams
+    from runtime.tracker import Tracker
+
+    p = TrackerParams(top_k=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.top_k = 0
+    assert p.replace(top_k=4).top_k == 4 and p.top_k == 3
+    with pytest.raises(TrackerInputError, match="top_k"):
+        p.replace(top_k=0)
+    t = Tracker(tiny_model, params=p)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.params.n_candidates = 0
+    # API errors name the Python form beside the command-line flag
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelError, match=r"model folder is a file, not a model folder: .*Tracker\(model=DIR\)"):
+        Tracker(tmp_path / "file")
+    for image in ("frame.jpg", object()):
+        with pytest.raises(TrackerInputError, match=r"cv2.imread\(path\)"):
+            t.init(image, (1, 2, 3, 4))
+
+
 @pytest.mark.parametrize("box", ["40,30,30,20", [1, 2, [3, 4]], {"x": 1},
                                  [[40, 30], [70, 50]],  # corners (x1, y1), (x2, y2): not read as x, y, w, h
                                  [True, True, True, True]])

@@ -17,7 +17,7 @@ def mx_context(device: str):
         return mx.cpu()
     idx = device_index(device)
     if mx.context.num_gpus() <= idx:
-        raise TrackerInputError(f"device {device!r} asked for, but MXNet sees {mx.context.num_gpus()} GPU(s); use --device cpu")
+        raise TrackerInputError(f"device {device!r} asked for, but MXNet sees {mx.context.num_gpus()} GPU(s); use --device cpu (Tracker(device='cpu'))")
     return mx.gpu(idx)
 
 
