@@ -142,7 +142,10 @@ def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=(), m
         if out_dir is not None:
             check_output_folder(out_dir, "--out")
         for flag, path in out_files:
-            if path:
+            if path and out_dir is not None and Path(path).expanduser().parent.absolute() == \
+                    Path(out_dir).expanduser().absolute() and not Path(out_dir).expanduser().exists():
+                check_output_folder(out_dir, flag)  # in --out, which the tool creates
+            elif path:
                 check_output_path(path, flag)
         if outputs is not None:
             wanted = [(flag, path) for flag, path in outputs([seq.name for _, seq in opened]) if path]

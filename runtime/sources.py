@@ -449,6 +449,13 @@ def _require_folder(folder) -> Path:
     except OSError:
         pass  # reported below
     if not folder.exists():
+        m = re.fullmatch(r"(.+)\.(\d+)", folder.name)
+        base = folder.parent / m.group(1) if m else None
+        targets = groundtruth_targets(base) if base is not None and base.is_dir() else {}
+        if targets:  # Jogging.3 where Jogging has targets 1 and 2
+            names = ", ".join(f"{base.name}.{k}" for k in targets)
+            raise SequenceError(f"sequence folder {folder} does not exist, and {base} has no target {m.group(2)}",
+                                f"its targets are {names}")
         raise SequenceError(
             f"sequence folder {folder} does not exist",
             "pass a folder that holds the frames (OTB: img/ and groundtruth_rect.txt, VOT: color/ and groundtruth.txt)"

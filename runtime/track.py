@@ -117,12 +117,12 @@ def draw(frame, box, gt, score, ok, ms, index):
     import cv2
 
     img = frame.copy()
-    if gt is not None and np.all(np.isfinite(gt)):
-        x, y, w, h = (int(round(v)) for v in gt)
-        cv2.rectangle(img, (x, y), (x + w, y + h), (0, 0, 255), 1)
     if np.all(np.isfinite(box)):  # NaN before tracking starts
         x, y, w, h = (int(round(v)) for v in box)
         cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 0) if ok else (0, 200, 255), 2)
+    if gt is not None and np.all(np.isfinite(gt)):  # over the box: a close track hid it
+        x, y, w, h = (int(round(v)) for v in gt)
+        cv2.rectangle(img, (x, y), (x + w, y + h), (0, 0, 255), 1)
     cv2.putText(img, f"#{index} score {score:.2f} {ms:.1f} ms", (5, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                 (255, 255, 255), 1, cv2.LINE_AA)
     return img
@@ -130,6 +130,21 @@ def draw(frame, box, gt, score, ok, ms, index):
 
 def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or not sys.platform.startswith("linux")
+
+
+def opencv_has_windows() -> bool:
+    """Whether this OpenCV build can open windows: the headless builds the project installs
+    (servers, CI) report ``GUI: NONE`` and fail in imshow / selectROI with a traceback."""
+    import cv2
+
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GUI:"):
+            return line.split(":", 1)[1].strip().upper() != "NONE"
+    return True  # a build that does not say: let OpenCV try
+
+
+GUI_OPENCV = ("this OpenCV build is headless (no windows); for a window: pip uninstall -y opencv-python-headless "
+              "opencv-contrib-python-headless && pip install opencv-contrib-python==4.10.0.84 (README, Dependencies)")
 
 
 def _select_box(image):
@@ -184,6 +199,10 @@ def run(args, stop: StopRequest | None = None) -> dict:
         if not _has_display():
             raise TrackerInputError("--select needs a display to draw the box on (DISPLAY is not set); "
                                     "pass --init x,y,w,h instead")
+    for flag, wanted in (("--show", show), ("--select", args.select)):
+        if wanted and not opencv_has_windows():
+            instead = "pass --init x,y,w,h" if flag == "--select" else "use --save-video"
+            raise TrackerInputError(f"{flag}: {GUI_OPENCV}; or {instead}")
     outputs = [(flag, path) for flag, path in (("--out", args.out), ("--jsonl", args.jsonl),
                                                ("--save-video", args.save_video), ("--plot", args.plot)) if path]
     check_stdout_outputs(outputs)

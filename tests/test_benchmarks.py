@@ -388,6 +388,21 @@ def test_per_frame_refuses_a_sequence_with_one_frame_to_time(tiny_seq, tiny_mode
     assert not (tmp_path / "pf").exists()
 
 
+def test_json_may_go_into_the_out_folder_the_run_creates(tiny_seq, tiny_model, tmp_path, capsys):
+    """--json inside a new --out was refused ('folder does not exist; create it first') though
+    the run creates --out; a folder inside --out that nothing creates is still refused."""
+    from benchmarks.accuracy import main
+
+    out = tmp_path / "new" / "acc"
+    base = ["--sequences", str(tiny_seq), "--trackers", "ours", "--model", str(tiny_model), "--max-frames", "2"]
+    assert main([*base, "--out", str(out), "--json", str(out / "copy.json")]) == 0
+    assert json.loads((out / "copy.json").read_text()) == json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    out2 = tmp_path / "new2"
+    assert main([*base, "--out", str(out2), "--json", str(out2 / "sub" / "copy.json")]) == 2
+    _one_error(capsys, "does not exist; create it first")
+
+
 def test_per_frame_force_keeps_the_last_results_when_a_sequence_has_too_few_readable_frames(
         tiny_seq, tiny_model, tmp_path, capsys):
     """Unreadable frames are found by decoding, not by counting files: a sequence with one

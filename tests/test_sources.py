@@ -241,8 +241,9 @@ def test_otb_folder_with_two_targets_is_two_sequences(tmp_path):
     # with a box of the user's, it tracks without ground truth and says why
     seq = open_sequence_folder(folder, init_box=[1, 2, 10, 8])
     assert seq.groundtruth is None and "2 targets" in seq.warnings[0]
-    with pytest.raises(SequenceError, match="does not exist"):
+    with pytest.raises(SequenceError, match="does not exist, and .*seq has no target 3") as e:
         open_sequence_folder(tmp_path / "seq.3")
+    assert "its targets are seq.1, seq.2" in str(e.value)
     # an ordinary folder is itself; a lone groundtruth_rect.N.txt (Human4, beside an empty one) is its ground truth
     assert target_sequences(tmp_path / "nothing") == [tmp_path / "nothing"]
     (folder / "groundtruth_rect.1.txt").write_text("")

@@ -172,6 +172,27 @@ def test_select_without_display_is_a_clear_error(otb, tiny_model, monkeypatch, c
     _error(code, capsys.readouterr().err, "--select", "display", "--init")
 
 
+@pytest.mark.parametrize("flag", ["--show", "--select"])
+def test_window_flags_with_a_headless_opencv_are_a_clear_error(otb, tiny_model, monkeypatch, capsys, flag):
+    """With a display but the headless OpenCV the project installs, --show and --select used
+    to end in a cv2.error traceback (--show after tracking the first frame)."""
+    if track.opencv_has_windows():
+        pytest.skip("this OpenCV build has windows")
+    monkeypatch.setenv("DISPLAY", ":0")
+    code = track.main(["--sequence", str(otb), flag, "--model", str(tiny_model), "--quiet"])
+    _error(code, capsys.readouterr().err, flag, "headless", "pip install opencv-contrib-python==4.10.0.84")
+
+
+def test_drawn_ground_truth_stays_visible_over_a_close_box():
+    """The 1-px ground truth is drawn over the 2-px tracked box: with the track close it was
+    painted over in the video the README describes."""
+    frame = np.zeros((60, 80, 3), np.uint8)
+    img = track.draw(frame, np.array([10.0, 10, 40, 30]), np.array([10.0, 10, 40, 30]), 1.0, True, 5.0, 0)
+    bottom = 40  # the top edge runs under the text line
+    assert (img[bottom, 20:40] == (0, 0, 255)).all()
+    assert (img[bottom - 1, 20:40] == (0, 255, 0)).all() and (img[bottom + 1, 20:40] == (0, 255, 0)).all()
+
+
 FAST_FPS = 120
 
 
