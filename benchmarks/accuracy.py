@@ -96,7 +96,7 @@ def main(argv=None) -> int:
                     help="comma-separated: ours, ours:MODEL_DIR (another model), csrt, kcf, mil")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     ap.add_argument("--backend", default="mxnet", help="feature backend of ours: mxnet, onnxruntime or tvm (default mxnet)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of ours (candidate sampling); the peers are deterministic")
+    ap.add_argument("--seed", type=int, default=0, help="seed of ours (candidate sampling); CSRT and KCF are deterministic, MIL depends on the MIL runs before it in the process (OpenCV keeps its random state)")
     ap.add_argument("--max-frames", type=int, default=None, help="first N frames of each sequence (default: all)")
     ap.add_argument("--out", default="benchmarks/results/accuracy", help="report folder")
     ap.add_argument("--json", default=None, help="also write the JSON (summary.json) here")

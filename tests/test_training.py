@@ -490,6 +490,26 @@ def test_resume_refuses_a_changed_recipe(sequences, tmp_path, capsys):
     assert train.main(base + ["--iterations", "4", "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "state.json").read_text())["iteration"] == 4
+    # options left out take the checkpoint's values (they counted as defaults, and were refused)
+    left_out = base[: base.index("--roi-shrink")]
+    assert train.main(left_out + ["--iterations", "6", "--resume", "--save-model", str(tmp_path / "m")]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["training"]["roi_shrink"] == 4.0
+
+
+def test_given_options_sees_abbreviations_and_equals_signs():
+    import argparse
+
+    from train_mx.train import given_options
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--roi-shrink", type=float, default=0.0)
+    ap.add_argument("--iterations", type=int, default=2)
+    names = ("lr", "roi_shrink")
+    assert given_options(ap, ["--iterations", "3"], names) == set()
+    assert given_options(ap, ["--lr=0.1", "--roi", "2"], names) == {"lr", "roi_shrink"}
+    assert given_options(ap, ["--roi-shrink", "0"], names) == {"roi_shrink"}  # given as the default: still given
 
 
 WORKER = textwrap.dedent('''

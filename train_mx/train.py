@@ -329,6 +329,26 @@ RECIPE = ("extractor", "target_size", "roi_shrink", "instance_loss", "lr", "fc_l
           "holdout")
 
 
+_UNSET = object()
+
+
+def given_options(parser, argv, names) -> set:
+    """Which of ``names`` the command line gave (abbreviations included): parsed again onto a
+    namespace that holds a marker for each, which argparse leaves where nothing is given."""
+    probe = argparse.Namespace(**{n: _UNSET for n in names})
+    parser.parse_args(argv, namespace=probe)
+    return {n for n in names if getattr(probe, n) is not _UNSET}
+
+
+def take_recipe(config: dict, args, parser, given) -> None:
+    """``--resume``: recipe options left out of the command take the checkpoint's values
+    (they used to count as their defaults and be refused as changed)."""
+    recorded = config.get("training", {})
+    for name in RECIPE:
+        if name not in given:
+            setattr(args, name, recorded.get(name, parser.get_default(name)))
+
+
 def resume_mismatch(config: dict, args, parser) -> str | None:
     """The first recipe option given differently from the checkpoint's run, as
     '--name NEW (checkpoint: OLD)', or None. Options a checkpoint predates count as their
@@ -460,6 +480,7 @@ def main(argv=None) -> int:
     ap.add_argument("--save-model", default=None, help="write the final model folder here")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    given = given_options(ap, argv, RECIPE)
     run = {"out": Path(args.out), "saved": None}  # saved: the iteration the checkpoint in --out holds
     stop = StopRequest()
     try:
@@ -467,7 +488,7 @@ def main(argv=None) -> int:
     except ValueError:  # not the main thread: signals stay as they are
         old = None
     try:
-        return _train(args, ap, stop if old is not None else None, run)
+        return _train(args, ap, stop if old is not None else None, run, given)
     except TrackerInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -495,7 +516,7 @@ def _kept(run) -> str:
             f"{run['saved'] if saved is None else saved}: rerun the same command with --resume to continue from it")
 
 
-def _startup_checks(args, ap):
+def _startup_checks(args, ap, given=RECIPE):
     """Everything a user can get wrong, checked before data, network or checkpoint is touched:
     returns (resumed checkpoint model or None, its state or None, its optimizer states or None,
     pretrained weights path or None)."""
@@ -524,6 +545,7 @@ def _startup_checks(args, ap):
             raise TrackerInputError(f"--resume: no checkpoint in {ckpt}; pass the --out of the run to resume, "
                                     "or drop --resume to start afresh")
         resumed, state, optimizer = checkpoint.read(out)
+        take_recipe(resumed.config, args, ap, given)
         changed = resume_mismatch(resumed.config, args, ap)
         if changed:
             raise TrackerInputError(f"{changed} differs from the checkpoint in {ckpt}; resume with the "
@@ -538,11 +560,11 @@ def _startup_checks(args, ap):
     return resumed, state, optimizer, pre
 
 
-def _train(args, ap, stop, run) -> int:
+def _train(args, ap, stop, run, given=RECIPE) -> int:
     from tqdm import tqdm
 
     # A refused run should cost nothing: check before the data and the network are built.
-    resumed, state, optimizer, pre = _startup_checks(args, ap)
+    resumed, state, optimizer, pre = _startup_checks(args, ap, given)
     out = Path(args.out)
     ckpt = out / checkpoint.CHECKPOINT
     if state is not None:
