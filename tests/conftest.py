@@ -1,8 +1,19 @@
-"""Shared fixtures: a tiny model folder and the ../shared folder."""
+"""Shared fixtures: a tiny model folder and one compiled-artifact cache for the session."""
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+def pytest_configure(config):
+    """Hypothesis keeps its files (examples, a constants cache) in ./.hypothesis, the
+    repository in CI: give it a temporary home so the suite writes only under tmp folders."""
+    try:
+        from hypothesis.configuration import set_hypothesis_home_dir
+    except ImportError:
+        return
+    set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hypothesis-"))
 
 
 def _extractor_params(rng: np.random.Generator) -> dict:
@@ -60,16 +71,6 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The ../shared folder next to the project (data and weights), or skip."""
-    from runtime.model import SHARED_DIR as path
-
-    if not path.is_dir():
-        pytest.skip(f"{path} is not present")
-    return path
-
-
-@pytest.fixture(scope="session")
 def artifact_cache(tmp_path_factory):
     """One MDTRACK_CACHE for the session, so compiled backends are built once for all tests."""
     path = tmp_path_factory.getbasetemp() / "mdtrack-cache"
@@ -96,3 +97,16 @@ def expect_one_error_line(capsys, code, *words):
     assert err.startswith("error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     for w in words:
         assert w in err, err
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_env(env=None) -> dict:
+    """The environment for a child Python process that imports this checkout's packages,
+    whatever is installed and whatever the working folder."""
+    import os
+
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env

@@ -327,7 +327,16 @@ def test_vot_loop_uses_the_given_rectangle_type_and_ends_on_none(vot_frames, vot
     assert all(type(r) is HelperRect for r, _ in handle.reports)
     # no frame at all: nothing reported, the tracker is not initialised
     empty = StubHandle(HelperRect(*seq.groundtruth[0]), [])
-    assert vot.track(empty, vot_tracker) == 0 and empty.reports == []
+    inits = []
+
+    class Spy:
+        def init(self, *a):
+            inits.append(a)
+
+        def update(self, *a):
+            raise AssertionError("update without a frame")
+
+    assert vot.track(empty, Spy()) == 0 and empty.reports == [] and inits == []
 
 
 def test_vot_loop_keeps_box_on_unreadable_frame(vot_frames, vot_tracker, tmp_path):
@@ -495,8 +504,8 @@ def test_vot_entry_speaks_trax(vot_frames, tiny_model, tmp_path):
     seq, files = vot_frames
     env = dict(os.environ, TRAX="1", MDTRACK_MODEL=str(tiny_model),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    for k in ("MDTRACK_BACKEND", "MDTRACK_DEVICE", "MDTRACK_ARTIFACTS", "MDTRACK_VOT_HANDLE"):
-        env.pop(k, None)
+    for k in [k for k in env if k.startswith("MDTRACK_") and k != "MDTRACK_MODEL"]:  # MDTRACK_SEED too
+        env.pop(k)
     proc = subprocess.Popen([sys.executable, "-m", "runtime.integrations.vot"], cwd=tmp_path, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             bufsize=0, close_fds=False)

@@ -549,15 +549,11 @@ def test_image_glob_no_match(tmp_path):
         ImageGlobSource(str(tmp_path / "*.jpg"), init_box="1,1,2,2")
 
 
-def test_camera_that_does_not_exist_fails_fast():
-    import time
-
-    t0 = time.monotonic()
+def test_camera_that_does_not_exist_is_a_clear_error():
     with pytest.raises(SequenceError, match="cannot open camera index 99"):
         CameraSource(99, init_box="1,1,2,2")
     with pytest.raises(SequenceError, match="camera index 98"):
         CameraSource("98")
-    assert time.monotonic() - t0 < 5
 
 
 def test_camera_bad_argument():

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import expect_one_error_line
+from conftest import child_env, expect_one_error_line
 from runtime import track
 from runtime.synthetic import make_sequence, write_otb
 
@@ -107,7 +107,7 @@ def test_warnings_are_printed_like_errors(otb, tiny_model, tmp_path):
     shutil.copytree(otb, seq)
     (seq / "img" / "0003.png").write_bytes(b"")
     r = subprocess.run([sys.executable, "-m", "runtime.track", "--sequence", str(seq), "--model", str(tiny_model),
-                        "--max-frames", "4", "--quiet"], capture_output=True, text=True, timeout=300)
+                        "--max-frames", "4", "--quiet"], capture_output=True, text=True, timeout=300, env=child_env())
     assert r.returncode == 0, r.stderr
     assert any(line.startswith("warning: frame 2 skipped: cannot decode image") for line in r.stderr.splitlines())
     assert "WARNING" not in r.stderr, r.stderr
@@ -154,6 +154,7 @@ def test_modified_weights_refused(otb, tiny_model, tmp_path, capsys):
 
 def test_show_without_display(otb, tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     code = track.main(["--sequence", str(otb), "--model", str(tiny_model), "--show", "--quiet"])
     _error(code, capsys.readouterr().err, "DISPLAY")
 
@@ -538,7 +539,7 @@ def test_unreachable_stream_is_one_error_line():
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    env = child_env({k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")})
     r = subprocess.run([sys.executable, "-m", "runtime.track", "--camera", "rtsp://127.0.0.1:9/stream",
                         "--init", "1,2,3,4"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and r.stderr.splitlines() == [

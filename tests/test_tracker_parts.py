@@ -671,7 +671,9 @@ def test_zero_width_roi_does_not_abort_the_process(tiny_model):
         "assert np.array_equal(pooled[3:], ref)\n"  # other rows untouched
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    from conftest import child_env
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
