@@ -5,7 +5,9 @@
 Prints AUC / precision@20 / fps per sequence and on average, and writes results.json,
 results.md, success.png, precision.png (OTB style) and summary.json into --out, with every
 run's boxes in boxes/<tracker>/<sequence>.txt (``runtime.track --out``'s rows, with every
-digit of the boxes scored, so rescoring them reproduces results.json). An --out that holds a
+digit of the boxes scored, so rescoring them reproduces results.json; the first tracked frame
+holds its ground-truth box, as the OTB toolkits record it, where ``runtime.track`` writes the
+box the tracker started from: the same but for a box crossing the image border). An --out that holds a
 previous run's results is refused unless --force, which deletes those files first.
 """
 from __future__ import annotations

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import TrackerInputError
+
 FC_LAYERS = ("fc4", "fc5", "fc6")
 MIN_ROI = 1e-2  # patch pixels: the narrowest RoI handed to RoIAlign (see embed)
 LR_MULT = {"fc4_weight": 1.0, "fc4_bias": 2.0, "fc5_weight": 1.0, "fc5_bias": 2.0,
@@ -108,13 +110,11 @@ class OnlineHead:
         self.ctx = ctx
         self.rng = rng
         self.binds = 0
-        self.online_layers = tuple(params.online_layers)
-        if self.online_layers not in (("fc4", "fc5", "fc6"), ("fc5", "fc6"), ("fc6",)):
-            raise ValueError(f"online_layers must be a suffix of {FC_LAYERS}, got {self.online_layers}")
+        self.online_layers = params.online_layers  # one of FC_LAYERS' suffixes (TrackerParams checks)
         first = self.online_layers[0]
         self.rank = effective_rank(params, model.channels)
         if self.rank and first == "fc4":
-            raise ValueError("fc4_rank needs fc4 frozen: train online_layers ('fc5', 'fc6') or ('fc6',)")
+            raise TrackerInputError("fc4_rank needs fc4 frozen: train online_layers ('fc5', 'fc6') or ('fc6',)")
         self.pooled_dim = (self.rank or model.channels) * 9
         self.embed_dim = self.pooled_dim if first == "fc4" else 512
 
@@ -258,7 +258,8 @@ class OnlineHead:
         return out
 
     def score(self, emb: np.ndarray) -> np.ndarray:
-        """Target score of each row: fc6 positive minus negative logit (> 0: target)."""
+        """Target score of each row: fc6 positive minus negative logit (above
+        ``success_threshold``, 0 by default: target)."""
         out = self._run(self._score, emb)
         return out[:, 1] - out[:, 0]
 

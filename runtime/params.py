@@ -1,5 +1,6 @@
-"""Every number of the online algorithm in one object (pytracking keeps parameters apart
-from tracker code the same way). Defaults follow MDNet / RT-MDNet where this CPU allows;
+"""The online algorithm's parameters in one object (pytracking keeps parameters apart from
+tracker code the same way); the spreads of MDNet's sample distributions are fixed, named in
+``runtime.sampling``. Defaults follow MDNet / RT-MDNet where this CPU allows;
 the comments say where and why they differ. Where a default was chosen by measurement, it
 was on the development set (benchmarks/README.md), averaged over seeds 0-3: the same five
 sequences the accuracy benchmark reports, so those figures are not a held-out test."""

@@ -1,7 +1,9 @@
 """Box sampling around a target (MDNet's SampleGenerator), shared by training and tracking.
 
-All functions take a ``numpy.random.Generator`` so that a seed fixes every sample, and
-return ``(n, 4)`` float64 boxes ``(x, y, w, h)``.
+The samplers take a ``numpy.random.Generator``, so that a seed fixes every sample, and return
+``(n, 4)`` float64 boxes ``(x, y, w, h)``; ``first_frame_samples`` returns a (positives,
+negatives) pair of them. The spreads of MDNet's sample distributions are fixed here, named
+below; the counts and IoU ranges are tracker parameters (``runtime.params``).
 """
 from __future__ import annotations
 
@@ -11,19 +13,21 @@ from .geometry import cxcywh_to_xywh, iou, xywh_to_cxcywh
 
 # Training samples are at least this many pixels a side, whatever the tracker's min_size.
 MIN_SAMPLE_SIZE = 4.0
+# MDNet's (trans, scale) spreads: positives (first frame and updates), first-frame negatives
+# near the target, update negatives, and the bounding-box regression's training boxes.
+POS_SPREAD = (0.1, 1.3)
+NEG_SPREAD = (1.0, 1.6)
+NEG_UPDATE_SPREAD = (1.5, 1.2)
+BBREG_SPREAD = (0.3, 1.6)
 
 
-def gaussian(rng, box, n, trans=0.6, scale=1.05, aspect=None):
+def gaussian(rng, box, n, trans=0.6, scale=1.05):
     """MDNet candidates: centre shift ``trans * mean(w, h) * clip(0.5 N(0,1), -1, 1)``,
-    size times ``scale ** clip(0.5 N(0,1), -1, 1)`` (and optionally aspect jitter)."""
+    size times ``scale ** clip(0.5 N(0,1), -1, 1)``."""
     c = np.tile(xywh_to_cxcywh(np.reshape(box, 4)), (n, 1))
     m = c[:, 2:].mean(axis=1, keepdims=True)
     c[:, :2] += trans * m * np.clip(0.5 * rng.standard_normal((n, 2)), -1, 1)
     c[:, 2:] *= scale ** np.clip(0.5 * rng.standard_normal((n, 1)), -1, 1)
-    if aspect is not None:
-        a = aspect ** np.clip(0.5 * rng.standard_normal(n), -1, 1)
-        c[:, 2] *= a ** 0.5
-        c[:, 3] /= a ** 0.5
     return cxcywh_to_xywh(c)
 
 
@@ -83,10 +87,10 @@ def first_frame_samples(rng, box, n_pos, n_neg, bounds, pos_iou=0.7, neg_iou=0.5
     """MDNet's samples of a frame with a known box, for offline training and the tracker's
     first frame alike: positives (IoU >= ``pos_iou``) close around the box, negatives
     (IoU <= ``neg_iou``) half near it, half anywhere in ``bounds``."""
-    pos = sample_by_iou(rng, "gaussian", box, n_pos, pos_iou, 1.0, bounds, trans=0.1, scale=1.3)
+    pos = sample_by_iou(rng, "gaussian", box, n_pos, pos_iou, 1.0, bounds, trans=POS_SPREAD[0], scale=POS_SPREAD[1])
     half = n_neg // 2
     neg = np.concatenate([
-        sample_by_iou(rng, "uniform", box, half, 0.0, neg_iou, bounds, trans=1.0, scale=1.6),
-        sample_by_iou(rng, "whole", box, n_neg - half, 0.0, neg_iou, bounds, scale=1.6),
+        sample_by_iou(rng, "uniform", box, half, 0.0, neg_iou, bounds, trans=NEG_SPREAD[0], scale=NEG_SPREAD[1]),
+        sample_by_iou(rng, "whole", box, n_neg - half, 0.0, neg_iou, bounds, scale=NEG_SPREAD[1]),
     ])
     return pos, neg

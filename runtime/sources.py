@@ -129,10 +129,15 @@ def _box_from_user(box) -> np.ndarray | None:
     if isinstance(box, str):
         return parse_box(box)
     try:
-        b = np.asarray(box, dtype=np.float64).reshape(-1)
+        raw = np.asarray(box)
+        b = np.asarray(box, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise TrackerInputError(f"init box must be 4 numbers x,y,w,h, got {box!r}") from exc
-    return _check_box(b, repr(box))
+    # (4,) or one row (1, 4), as runtime.tracker.start_box takes it: a (2, 2) corner pair
+    # flattened would be read as x,y,w,h, and booleans are no coordinates
+    if b.shape not in ((4,), (1, 4)) or raw.dtype == np.bool_:
+        raise TrackerInputError(f"init box must be 4 numbers x,y,w,h, got {box!r}")
+    return _check_box(b.reshape(4), repr(box))
 
 
 def _check_box(b: np.ndarray, shown: str) -> np.ndarray:

@@ -407,7 +407,8 @@ def run(args, stop: StopRequest | None = None) -> dict:
         from .report import plot_scores
 
         try:
-            plot_scores(scores, args.plot, ok=oks, title=f"Target score: {source.name}")
+            plot_scores(scores, args.plot, ok=oks, title=f"Target score: {source.name}",
+                        threshold=tracker.params.success_threshold)
         except OSError as e:
             raise TrackerInputError(f"cannot write --plot {args.plot}: {e.strerror or e}; the other outputs "
                                     "are complete") from None

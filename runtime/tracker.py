@@ -33,7 +33,7 @@ STAGES = ("crop", "features", "head", "bbreg", "update")
 @dataclass
 class TrackResult:
     box: np.ndarray  # (x, y, w, h) float image pixels
-    score: float     # target score of the fused top-k (> 0: target found)
+    score: float     # target score of the fused top-k (above params.success_threshold, 0: found)
     ok: bool         # success flag
     ms: float = 0.0  # wall time of this call
     stages: dict = field(default_factory=dict)  # ms per stage; "other" is Python overhead
@@ -205,8 +205,9 @@ class Tracker:
         t = time.perf_counter()
         bbreg = None
         if p.bbreg:
-            bb = sampling.sample_by_iou(rng, "uniform", box, p.n_bbreg, p.bbreg_iou, 1.0, bounds, trans=0.3, scale=1.6)
-            if len(bb) >= 10:
+            trans, scale = sampling.BBREG_SPREAD
+            bb = sampling.sample_by_iou(rng, "uniform", box, p.n_bbreg, p.bbreg_iou, 1.0, bounds, trans=trans, scale=scale)
+            if len(bb) >= 10:  # fewer would not constrain the ridge regression's 4 targets
                 bb_pooled, _ = head.embed(feat, geom.to_patch(bb))
                 bbreg = BBoxRegressor(p.bbreg_alpha).fit(bb_pooled, bb, box)
         stages["bbreg"] = (time.perf_counter() - t) * 1e3
@@ -269,9 +270,9 @@ class Tracker:
         if ok:
             bounds = geom.sample_bounds(size)
             pos = sampling.sample_by_iou(rng, "gaussian", self.box, p.n_pos_update, p.pos_iou_update, 1.0,
-                                         bounds, trans=0.1, scale=1.3)
+                                         bounds, trans=sampling.POS_SPREAD[0], scale=sampling.POS_SPREAD[1])
             neg = sampling.sample_by_iou(rng, "uniform", self.box, p.n_neg_update, 0.0, p.neg_iou_update,
-                                         bounds, trans=1.5, scale=1.2)
+                                         bounds, trans=sampling.NEG_UPDATE_SPREAD[0], scale=sampling.NEG_UPDATE_SPREAD[1])
             if len(pos) and len(neg):
                 _, e = self.head.embed(feat, geom.to_patch(np.concatenate([pos, neg])), want_pooled=False)
                 # Copies, not views: a view would keep the whole array (negatives too) alive

@@ -150,6 +150,11 @@ def test_user_init_box_overrides_gt(tmp_path):
     np.testing.assert_array_equal(OTBSequence(folder, init_box=(1, 1, 2, 2)).init_box, [1, 1, 2, 2])
     with pytest.raises(TrackerInputError):
         OTBSequence(folder, init_box=(1, 1, 0, 2))
+    np.testing.assert_array_equal(OTBSequence(folder, init_box=[[1, 1, 2, 2]]).init_box, [1, 1, 2, 2])
+    # refused as runtime.tracker.start_box refuses them: corners are no x,y,w,h, booleans no numbers
+    for box in ([[1, 1], [3, 3]], [True, True, True, True]):
+        with pytest.raises(TrackerInputError, match="4 numbers x,y,w,h"):
+            OTBSequence(folder, init_box=box)
 
 
 @pytest.mark.parametrize(
