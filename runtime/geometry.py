@@ -74,19 +74,24 @@ def center_error(a, b) -> np.ndarray:
     return np.sqrt((d ** 2).sum(axis=-1))
 
 
-def keep_center_inside(box, image_size, min_size: float = 1.0) -> np.ndarray:
-    """Keep the box size but move the centre inside the image and bound the size.
+def clip_into(boxes, bounds, min_size: float) -> np.ndarray:
+    """``(N, 4)`` boxes with sizes in ``[min_size, bounds]`` and centres inside ``bounds``
+    (x, y, w, h). A box may still extend past the border: a target half out of frame keeps
+    its size, as trackers on OTB do."""
+    b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    bx, by, bw, bh = (float(v) for v in bounds)
+    w = np.clip(b[:, 2], min_size, max(min_size, bw))
+    h = np.clip(b[:, 3], min_size, max(min_size, bh))
+    cx = np.clip(b[:, 0] + b[:, 2] / 2.0, bx, bx + bw)
+    cy = np.clip(b[:, 1] + b[:, 3] / 2.0, by, by + bh)
+    return np.stack([cx - w / 2.0, cy - h / 2.0, w, h], axis=1)
 
-    The box may extend past the border: a target that is half out of frame keeps its
-    size, as trackers on OTB do.
-    """
-    width, height = float(image_size[0]), float(image_size[1])
-    b = np.array(box, dtype=np.float64)
-    w = np.clip(b[..., 2], min_size, width)
-    h = np.clip(b[..., 3], min_size, height)
-    cx = np.clip(b[..., 0] + b[..., 2] / 2.0, 0.0, width)
-    cy = np.clip(b[..., 1] + b[..., 3] / 2.0, 0.0, height)
-    return np.stack([cx - w / 2.0, cy - h / 2.0, w, h], axis=-1)
+
+def keep_center_inside(box, image_size, min_size: float = 1.0) -> np.ndarray:
+    """``box`` (any shape ending in 4) with its centre inside the image and its size bounded
+    by the image: :func:`clip_into` with the whole image as bounds."""
+    b = np.asarray(box, dtype=np.float64)
+    return clip_into(b, (0.0, 0.0, image_size[0], image_size[1]), min_size).reshape(b.shape)
 
 
 def is_valid_box(box) -> bool:

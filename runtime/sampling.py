@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import geometry
 from .geometry import cxcywh_to_xywh, iou, xywh_to_cxcywh
 
 # Training samples are at least this many pixels a side, whatever the tracker's min_size.
@@ -51,14 +52,8 @@ def whole(rng, box, n, bounds, scale=1.6):
 
 
 def clip_into(boxes, bounds, min_size=MIN_SAMPLE_SIZE):
-    """Keep sizes in [min_size, bounds] and centres inside ``bounds``."""
-    b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
-    bx, by, bw, bh = (float(v) for v in bounds)
-    w = np.clip(b[:, 2], min_size, max(min_size, bw))
-    h = np.clip(b[:, 3], min_size, max(min_size, bh))
-    cx = np.clip(b[:, 0] + b[:, 2] / 2.0, bx, bx + bw)
-    cy = np.clip(b[:, 1] + b[:, 3] / 2.0, by, by + bh)
-    return np.stack([cx - w / 2.0, cy - h / 2.0, w, h], axis=1)
+    """:func:`runtime.geometry.clip_into`, samples at least ``MIN_SAMPLE_SIZE`` a side by default."""
+    return geometry.clip_into(boxes, bounds, min_size)
 
 
 def sample_by_iou(rng, kind, box, n, iou_min=0.0, iou_max=1.0, bounds=None, max_rounds=20, **kw):
