@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import TrackerInputError
-from .sources import frame_rate
+from .sources import DEFAULT_FPS, frame_rate
 from .stopping import StdoutClosed, stdout_gone
 
 STDOUT = "-"  # as an output path: the result rows go to stdout
@@ -154,7 +154,7 @@ class VideoOut:
 
     def __init__(self, path, fps: float | None = None):
         self.path = str(path)
-        self.fps = frame_rate(fps) or 30.0  # a source that reports none (a glob of images): 30
+        self.fps = frame_rate(fps) or DEFAULT_FPS
         self._writer = None
         self._size = None  # (w, h)
         self._pending = []  # notes of the unreadable frames before the first picture

@@ -787,6 +787,9 @@ class VideoSource(_CaptureSource):
             cap.release()
 
 
+DEFAULT_FPS = 30.0  # a source that reports no frame rate (a glob of images, some cameras)
+
+
 def frame_rate(value) -> float | None:
     """A frame rate as reported (by a container, a camera), or None where it is none or nonsense."""
     return float(value) if value and math.isfinite(value) and 0 < value < 1000 else None

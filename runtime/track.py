@@ -187,7 +187,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
     """
     from .evaluation import cost_stats, evaluate_sequence
     from .geometry import iou
-    from .sources import usable_box
+    from .sources import DEFAULT_FPS, frame_rate, usable_box
     from .tracker import Tracker
 
     show = args.show
@@ -293,7 +293,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
                     shown = box
                     size = frame.image.shape[:2]
                     if args.realtime:
-                        fps = getattr(source, "fps", None) or 30.0
+                        fps = frame_rate(getattr(source, "fps", None)) or DEFAULT_FPS
                         pace = (time.perf_counter(), frame.index, 1.0 / fps)
                     if waiting:
                         log.warning("tracking starts at frame %d; NaN rows for %s %s (%s)", frame.index,
