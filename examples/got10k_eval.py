@@ -22,6 +22,7 @@ from pathlib import Path
 # Run from anywhere inside a checkout without installing it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runtime.backends import BACKENDS  # noqa: E402
 from runtime.errors import TrackerInputError  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--allow-download", action="store_true",
                     help="let the toolkit download OTB sequences missing under --root")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
-    ap.add_argument("--backend", default="mxnet", choices=("mxnet", "onnxruntime", "tvm"), help="feature backend")
+    ap.add_argument("--backend", default="mxnet", choices=BACKENDS, help="feature backend")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--seed", type=int, default=0, help="random seed")
     ap.add_argument("--name", default="mdtrack", help="tracker name in results and reports")
@@ -80,13 +81,16 @@ def make_experiment(args):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")  # the report saves plots; no display needed
-    from runtime.errors import TrackerInputError
-    from runtime.integrations.got10k import GOT10kTracker
-
     from runtime.outputs import check_output_folder
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # the report saves plots; no display needed
+        from runtime.integrations.got10k import GOT10kTracker
+    except ImportError as e:  # without the toolkits extra: the message says what to install
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     try:
         check_output_folder(args.results, "--results")  # before the evaluation, not after it

@@ -225,9 +225,16 @@ def crop_patch(image: np.ndarray, geom: PatchGeometry, fill=(0, 0, 0)) -> np.nda
     )
 
 
+def normalise(patch: np.ndarray, mean) -> np.ndarray:
+    """A BGR (H, W, 3) patch as the extractor takes it: ``mean`` subtracted, a contiguous
+    (3, H, W) float32 array. Training's sampler (which jitters colour between the crop and
+    this) and :func:`extractor_input` both end with it, so the two cannot drift apart."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(3)
+    return np.ascontiguousarray((patch.astype(np.float32) - mean).transpose(2, 0, 1))
+
+
 def extractor_input(image: np.ndarray, geom: PatchGeometry, mean) -> np.ndarray:
     """The conv extractor's input for ``geom``: the patch cropped with the model's ``mean``
     as border fill, mean-subtracted, as a (1, 3, H, W) float32 array (BGR channel order)."""
     mean = np.asarray(mean, dtype=np.float32).reshape(3)
-    patch = crop_patch(image, geom, fill=mean)
-    return np.ascontiguousarray((patch.astype(np.float32) - mean).transpose(2, 0, 1)[None])
+    return normalise(crop_patch(image, geom, fill=mean), mean)[None]

@@ -37,6 +37,18 @@ class ArtifactError(TrackerInputError):
     """A compiled artifact set is missing, stale or built for something else."""
 
 
+def last_line(e: BaseException) -> str:
+    """The last line of an error's text (MXNet's errors end with the cause after a stack)."""
+    lines = str(e).strip().splitlines()
+    return lines[-1] if lines else str(e)
+
+
+def write_error(what, e: BaseException) -> OSError:
+    """An MXNetError met while writing ``what`` (a full disk, as MXNet reports it) as the
+    OSError it is: one line for the user."""
+    return OSError(f"cannot write {what}: {last_line(e)}")
+
+
 class _LowerLevel(logging.Formatter):
     def format(self, record):
         return f"{record.levelname.lower()}: {record.getMessage()}"

@@ -16,13 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from .buckets import BucketPolicy
-from .errors import ModelError
+from .errors import ModelError, write_error
 
 CONFIG = "config.json"
 WEIGHTS = "weights.params"
 # Statistics of the model's features, stored beside the weights (not network parameters).
 FEATURE_COV = "stats_feature_cov"
 MANIFEST = "manifest.json"
+# RoIAlign's bilinear samples per bin side: what training pools with (train_mx.network's
+# default) and what a model that does not record "roi_sample_ratio" (the shipped one) gets.
+ROI_SAMPLE_RATIO = 2
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 # A checkout's ../shared: the real sequences the benchmarks and training use by default, and
 # the ImageNet weights training starts from. Never needed to track.
@@ -64,7 +67,7 @@ class Model:
 
     @property
     def roi_sample_ratio(self) -> int:
-        return int(self.config.get("roi_sample_ratio", 2))
+        return int(self.config.get("roi_sample_ratio", ROI_SAMPLE_RATIO))
 
     @property
     def roi_shrink(self) -> float:
@@ -90,7 +93,8 @@ class Model:
 
 
 def save_model(path, config: dict, params: dict) -> Path:
-    """Write a model folder (weights, config, manifest) and return its path."""
+    """Write a model folder (weights, config, manifest) and return its path. A write that
+    fails is an OSError naming the file (MXNet reports a full disk as an MXNetError)."""
     import mxnet as mx
 
     path = Path(path)
@@ -99,7 +103,10 @@ def save_model(path, config: dict, params: dict) -> Path:
     # written: a failed write (a full disk) leaves the previous model loadable.
     tmp = {name: path / f".{name}.{os.getpid()}.tmp" for name in (WEIGHTS, CONFIG, MANIFEST)}
     try:
-        mx.nd.save(str(tmp[WEIGHTS]), {k: mx.nd.array(np.asarray(v, dtype=np.float32)) for k, v in params.items()})
+        try:
+            mx.nd.save(str(tmp[WEIGHTS]), {k: mx.nd.array(np.asarray(v, dtype=np.float32)) for k, v in params.items()})
+        except mx.base.MXNetError as e:
+            raise write_error(path / WEIGHTS, e) from None
         tmp[CONFIG].write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         files = {name: sha256_file(tmp[name]) for name in (CONFIG, WEIGHTS)}
         manifest = {"format": 1, "files": files, "model_hash": _model_hash(files)}

@@ -266,6 +266,25 @@ def test_example_refuses_to_download_missing_otb(tmp_path, capsys):
     assert "--reports" in capsys.readouterr().err
 
 
+def test_example_without_the_toolkit_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """Without the toolkits extra, the adapter's ImportError (which says what to install) is
+    one error line and exit 2, not a traceback; --backend offers the runtime's backends."""
+    from runtime.backends import BACKENDS
+
+    for name in [m for m in sys.modules if m == "got10k" or m.startswith("got10k.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delitem(sys.modules, "runtime.integrations.got10k", raising=False)
+    monkeypatch.setitem(sys.modules, "got10k", None)  # import got10k... raises ImportError
+    example = _load_example()
+    code = example.main(["--root", str(tmp_path / "otb"), "--results", str(tmp_path / "r"),
+                         "--reports", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and "toolkits" in err, err
+    backend = next(a for a in example.build_parser()._actions if a.dest == "backend")
+    assert tuple(backend.choices) == tuple(BACKENDS)
+
+
 # --------------------------------------------------------------------------- VOT / TraX
 
 

@@ -245,3 +245,44 @@ def test_onnx_set_whose_features_do_not_fit_the_model_is_refused(onnx_set):
         OnnxRuntimeBackend(wide, artifacts=d)
     assert "gives features of shape (1, 256, 24, 24)" in _one_line(e) and "(1, 512, 24, 24)" in str(e.value)
     OnnxRuntimeBackend(model, artifacts=d)  # the set itself is fine
+
+
+def test_a_failed_weights_write_is_an_oserror_naming_the_file(tiny, tmp_path, monkeypatch):
+    """MXNet reports a full disk in mx.nd.save as an MXNetError with a C++ stack: save_model
+    turns it into one OSError line naming the file (feature_stats showed a traceback), and the
+    model folder it would have replaced still loads."""
+    import mxnet as mx
+
+    config, params = tiny
+    folder = _write(tmp_path, config, params)
+
+    def full(fname, data):
+        raise mx.base.MXNetError(f"[12:00:00] src/io/local_filesys.cc:209: Check failed\nStack trace:\n  [bt] (0) x\n"
+                                 f"No space left on device")
+
+    monkeypatch.setattr(mx.nd, "save", full)
+    with pytest.raises(OSError) as e:
+        save_model(folder, config, params)
+    msg = _one_line(e)
+    assert str(folder) in msg and "weights.params" in msg and msg.endswith("No space left on device"), msg
+    monkeypatch.undo()
+    assert load_model(folder).model_hash
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_roi_sample_ratio_is_one_constant_with_the_old_default(tiny, tmp_path):
+    """The RoIAlign sample ratio training pools with (network.roi_pool's default) is the one
+    the runtime reads for a model that does not record it (models before it was recorded)."""
+    import inspect
+
+    from runtime.model import ROI_SAMPLE_RATIO
+    from train_mx import network
+
+    assert ROI_SAMPLE_RATIO == 2  # the shipped model's, which does not record it
+    assert inspect.signature(network.roi_pool).parameters["sample_ratio"].default == ROI_SAMPLE_RATIO
+    config, params = tiny
+    config = {k: v for k, v in config.items() if k != "roi_sample_ratio"}
+    assert load_model(_write(tmp_path, config, params)).roi_sample_ratio == ROI_SAMPLE_RATIO
+    from runtime.model import DEFAULT_MODEL
+
+    assert "roi_sample_ratio" not in json.loads((DEFAULT_MODEL / "config.json").read_text())

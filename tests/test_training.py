@@ -1200,7 +1200,7 @@ def test_load_domains_leaves_out_frames_of_another_size(tmp_path, capsys):
     assert not any(Path(p).name in ("0005.jpg", "0009.jpg") for p in dom.frames)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: s: 2 frame(s) of another size than the sequence's 160x120")
-    assert "frame 5, 0005.jpg, 80x60" in err[0]
+    assert "frame 4, 0005.jpg, 80x60" in err[0]  # numbered from 0, as every warning
     cv2.imwrite(str(dom.frames[0]), np.zeros((60, 80, 3), np.uint8))
     sampler = BatchSampler([dom], SMALL, MEAN["squeezenet"], n_pos=4, n_neg=16, patches=10, seed=0)
     assert sampler.sample().data.shape[0] == 10
@@ -1479,3 +1479,179 @@ def test_checkpoint_is_written_where_folders_cannot_be_flushed(sequences, tmp_pa
     out = tmp_path / "run"
     assert train.main(["--sequences", *sequences, *TINY, "--iterations", "2", "--out", str(out)]) == 0
     assert _ckpt_iteration(out) == 2
+
+
+def test_a_wrong_pretrained_file_is_one_error_line_before_the_data(sequences, tmp_path, capsys, monkeypatch):
+    """--pretrained that is not the extractor's ImageNet weights (another HDF5, a .mat for
+    squeezenet, something else for vggm, SqueezeNet v1.0's shapes) ends in one line naming the
+    file and what it should be, before the data are loaded (it was a KeyError / ValueError
+    traceback after data loading and network binding)."""
+    import shutil
+
+    import h5py
+    import scipy.io
+
+    from runtime.errors import TrackerInputError
+    from train_mx import train
+    from train_mx.weights import default_squeezenet_path, load_squeezenet_h5, load_vggm_mat
+
+    def no_data(*a, **k):
+        raise AssertionError("the data were loaded before the pretrained weights were checked")
+
+    monkeypatch.setattr(train, "load_domains", no_data)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["dense/kernel"] = np.zeros((4, 4), np.float32)
+    v10 = tmp_path / "squeezenet_v1.0.h5"  # conv1 7x7x96, as SqueezeNet v1.0 has it
+    shutil.copy(default_squeezenet_path(), v10)
+    with h5py.File(v10, "r+") as f:
+        del f["conv1"]
+        f["conv1/kernel"] = np.zeros((7, 7, 3, 96), np.float32)
+        f["conv1/bias"] = np.zeros(96, np.float32)
+    text = tmp_path / "weights.mat"
+    text.write_text("not a MATLAB file\n")
+    other_mat = tmp_path / "other.mat"
+    scipy.io.savemat(other_mat, {"net": np.zeros(3)})
+    base = ["--sequences", *sequences, "--iterations", "2", "--epoch-size", "2", "--quiet"]
+    for i, (extractor, path, words) in enumerate((
+            ("squeezenet", other, ("SqueezeNet", "conv1")),
+            ("squeezenet", v10, ("SqueezeNet", "conv1_weight", "(96, 3, 7, 7)")),
+            ("squeezenet", text, ("SqueezeNet", "HDF5")),
+            ("vggm", text, ("imagenet-vgg-m.mat",)),
+            ("vggm", other_mat, ("imagenet-vgg-m.mat", "layers")),
+            ("vggm", default_squeezenet_path(), ("imagenet-vgg-m.mat",)))):
+        out = tmp_path / f"run{i}"
+        _one_error_line(capsys, train.main([*base, "--extractor", extractor, "--pretrained", str(path),
+                                            "--out", str(out)]), str(path), *words)
+        assert not out.exists()
+    with pytest.raises(TrackerInputError, match="other.h5"):
+        load_squeezenet_h5(other)
+    with pytest.raises(TrackerInputError, match="weights.mat"):
+        load_vggm_mat(text)
+
+
+def test_feature_stats_write_failure_is_one_error_line(tiny_model, tmp_path, capsys, monkeypatch):
+    """A full disk while feature_stats rewrites the model (MXNet's MXNetError from mx.nd.save)
+    is one error line naming the file, not a traceback; the model is untouched."""
+    import shutil
+
+    from runtime.model import load_model
+    from train_mx import feature_stats
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    seq = write_otb(make_sequence(n_frames=12, size=(160, 120), seed=5), tmp_path / "s", ext=".jpg")
+    monkeypatch.setattr(feature_stats, "feature_moment", lambda m, domains, every=10: (np.eye(m.channels), 1))
+
+    def full(fname, data):
+        raise mx.base.MXNetError("[12:00:00] src/io/local_filesys.cc:209: Check failed\nStack trace:\n"
+                                 "  [bt] (0) libmxnet.so\nNo space left on device")
+
+    monkeypatch.setattr(mx.nd, "save", full)
+    before = load_model(model).model_hash
+    _one_error_line(capsys, feature_stats.main(["--model", str(model), "--sequences", str(seq)]),
+                    str(model), "No space left on device")
+    monkeypatch.undo()
+    assert load_model(model).model_hash == before
+
+
+def _two_target_folder(root) -> Path:
+    """An OTB folder with one ground-truth file per target (OTB-100's Jogging)."""
+    folder = write_otb(make_sequence(n_frames=12, size=(160, 120), seed=6), root / "Jog", ext=".jpg")
+    gt = folder / "groundtruth_rect.txt"
+    for k in (1, 2):
+        (folder / f"groundtruth_rect.{k}.txt").write_text(gt.read_text())
+    gt.unlink()
+    return folder
+
+
+def test_feature_stats_takes_a_per_target_sequence(tiny_model, tmp_path, monkeypatch):
+    """feature_stats opens the training sequences as train_mx.train does: a per-target name
+    (Jog.1 of an OTB folder with one ground truth per target) is a sequence, not 'not found';
+    a missing one is refused with the runtime's message."""
+    import shutil
+
+    from runtime.errors import TrackerInputError
+    from runtime.model import load_model, save_model
+    from train_mx import feature_stats
+
+    folder = _two_target_folder(tmp_path)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    m = load_model(model)
+    target = f"{folder}.1"
+    save_model(model, dict(m.config, training={"domains": ["Jog.1"], "sequences": [target]}), m.params)
+    read = []
+
+    def moment(m, domains, every=10):
+        read.extend(d.name for d in domains)
+        return np.eye(m.channels), 1
+
+    monkeypatch.setattr(feature_stats, "feature_moment", moment)
+    feature_stats.add_feature_stats(model)
+    assert read == ["Jog.1"]
+    assert load_model(model).config["feature_stats"]["sequences"] == ["Jog.1"]
+    with pytest.raises(TrackerInputError, match=r"Jog\.3 does not exist.*its targets are Jog\.1, Jog\.2"):
+        feature_stats.add_feature_stats(model, [f"{folder}.3"])
+    with pytest.raises(TrackerInputError, match="gone does not exist; pass --sequences with the model's training"):
+        feature_stats.add_feature_stats(model, [str(tmp_path / "gone")])
+    (folder / "groundtruth_rect.1.txt").write_text("1,2,3\n")  # the tracker's advice (--init) does not apply
+    with pytest.raises(TrackerInputError, match=r"groundtruth_rect\.1\.txt:1: expected.*; pass --sequences") as e:
+        feature_stats.add_feature_stats(model)
+    assert "--init" not in str(e.value)
+
+
+def test_load_domains_keeps_the_runtimes_target_advice(tmp_path):
+    """A folder with one ground truth per target given whole to --sequences: the runtime's
+    advice (give Jog.1 or Jog.2) is kept, not replaced by a generic 'fix it'."""
+    from runtime.errors import SequenceError
+
+    folder = _two_target_folder(tmp_path)
+    for given, advice in ((folder, f"{folder}.1 or {folder}.2"), (f"{folder}.3", "its targets are Jog.1, Jog.2")):
+        with pytest.raises(SequenceError) as e:
+            load_domains([str(given)])
+        assert advice in str(e.value) and "fix it" not in str(e.value), str(e.value)
+    (dom,) = load_domains([f"{folder}.2"])
+    assert dom.name == "Jog.2"
+    # a target whose own ground truth is bad: training's advice, not the tracker's --init
+    (folder / "groundtruth_rect.1.txt").write_text("1,2,3\n")
+    with pytest.raises(SequenceError) as e:
+        load_domains([f"{folder}.1"])
+    assert str(e.value).endswith("fix it, or leave Jog.1 out of --sequences") and "--init" not in str(e.value)
+
+
+def test_training_and_tracking_normalise_patches_alike(sequences, monkeypatch):
+    """The sampler's patches go through runtime.buckets.normalise, the step extractor_input
+    ends with, so training and tracking cannot drift apart."""
+    from runtime import buckets
+    from train_mx import data
+
+    calls = []
+
+    def spy(patch, mean):
+        calls.append(patch.shape)
+        return buckets.normalise(patch, mean)
+
+    monkeypatch.setattr(data, "normalise", spy)
+    batch = BatchSampler(load_domains(sequences), SMALL, MEAN["squeezenet"], n_pos=4, n_neg=16, patches=3,
+                         seed=0).sample()
+    assert len(calls) == 3 and batch.data.shape[0] == 3
+    rng = np.random.default_rng(0)
+    patch = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    mean = np.array([104.0, 117.0, 123.0], np.float32)
+    want = (patch.astype(np.float32) - mean.reshape(1, 1, 3)).transpose(2, 0, 1)
+    got = buckets.normalise(patch, mean)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+
+
+def test_train_records_the_roi_sample_ratio(sequences, tmp_path):
+    """The model config records the RoIAlign sample ratio training pooled with, as
+    network.roi_pool says."""
+    from runtime.model import ROI_SAMPLE_RATIO, load_model
+    from train_mx import train
+
+    assert train.main(["--sequences", *sequences, *TINY, "--iterations", "2", "--out", str(tmp_path / "run"),
+                       "--save-model", str(tmp_path / "model")]) == 0
+    model = load_model(tmp_path / "model")
+    assert model.config["roi_sample_ratio"] == ROI_SAMPLE_RATIO == model.roi_sample_ratio

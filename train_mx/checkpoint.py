@@ -26,7 +26,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from runtime.errors import TrackerInputError
+from runtime.errors import TrackerInputError, last_line, write_error
 from runtime.model import load_model, save_model, sha256_file
 
 CHECKPOINT = "checkpoint"
@@ -72,18 +72,6 @@ def holds_run(out) -> bool:
     """Whether ``out`` holds a training run (a checkpoint, one being swapped, or a state)."""
     out = Path(out)
     return (out / STATE).exists() or (out / CHECKPOINT / "manifest.json").exists() or (out / OLD).is_dir()
-
-
-def last_line(e: BaseException) -> str:
-    """The last line of an error's text (MXNet's errors end with the cause after a stack)."""
-    lines = str(e).strip().splitlines()
-    return lines[-1] if lines else str(e)
-
-
-def write_error(what, e: BaseException) -> OSError:
-    """An MXNetError met while writing ``what`` (a full disk, as MXNet reports it) as the
-    OSError it is: one line for the user."""
-    return OSError(f"cannot write {what}: {last_line(e)}")
 
 
 def _fsync(path: Path) -> None:

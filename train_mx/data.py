@@ -2,6 +2,8 @@
 one patch per frame with positive and negative RoIs drawn as MDNet does."""
 from __future__ import annotations
 
+import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +12,10 @@ import cv2
 import numpy as np
 
 from runtime import sampling
-from runtime.buckets import BucketPolicy, crop_patch
+from runtime.buckets import BucketPolicy, crop_patch, normalise
 from runtime.errors import SequenceError, TrackerInputError
-from runtime.sources import OTBSequence, looks_like_sequence, open_sequence_folder, read_image, sequence_subfolders
+from runtime.sources import (OTBSequence, groundtruth_targets, looks_like_sequence, open_sequence_folder, read_image,
+                             sequence_subfolders)
 
 
 def clean_groundtruth(gt: np.ndarray, image_size, window: int = 5, max_ratio: float = 2.0) -> np.ndarray:
@@ -69,9 +72,23 @@ def warn(msg: str) -> None:
 SEQUENCE_LAYOUT = "OTB: img/ + groundtruth_rect.txt, VOT: color/ + groundtruth.txt"
 
 
+def advice_names_targets(p: Path) -> bool:
+    """Whether the runtime's advice for ``p`` names the targets to give instead, which holds
+    for --sequences too: ``p`` is an OTB folder with one ground truth per target (Jogging), or
+    a target name its folder lacks (Jogging.3)."""
+    if p.is_dir():
+        return len(groundtruth_targets(p)) > 1
+    m = re.fullmatch(r"(.+)\.(\d+)", p.name)
+    if m is None or os.path.lexists(p) or not (p.parent / m.group(1)).is_dir():
+        return False
+    targets = groundtruth_targets(p.parent / m.group(1))
+    return bool(targets) and m.group(2) not in targets
+
+
 def open_training_sequence(folder):
     """``open_sequence_folder`` with the errors worded for a --sequences entry: the problem
-    with training's advice (the tracker's, an image glob or --init, does not apply)."""
+    with training's advice where the tracker's (an image glob, --init) does not apply; the
+    runtime's advice naming the targets to give is kept."""
     p = Path(folder).expanduser()
     if p.exists() and not p.is_dir():
         raise TrackerInputError(f"--sequences {folder} is not a folder; every entry must be a sequence folder "
@@ -82,7 +99,8 @@ def open_training_sequence(folder):
     try:
         return open_sequence_folder(folder)
     except SequenceError as e:
-        if sequence_subfolders(p):  # a dataset root: the message names its sequences
+        # a dataset root: the message names its sequences; Jogging: the advice names its targets
+        if sequence_subfolders(p) or (e.advice and advice_names_targets(p)):
             raise
         raise SequenceError(e.problem, f"fix it, or leave {Path(folder).name} out of --sequences") from None
 
@@ -145,7 +163,7 @@ def load_domains(folders, min_frames: int = 10) -> list:
         if other:
             j = other[0]
             warn(f"{name}: {len(other)} frame(s) of another size than the sequence's {size[0]}x{size[1]} left "
-                 f"out of training (the first: frame {j + 1}, {Path(paths[j]).name}, {headers[j][0]}x{headers[j][1]})")
+                 f"out of training (the first: frame {j}, {Path(paths[j]).name}, {headers[j][0]}x{headers[j][1]})")
         mask = clean_groundtruth(seq.groundtruth[:n], size)
         mask[unreadable] = False
         mask[other] = False
@@ -246,7 +264,7 @@ class BatchSampler:
             patch = crop_patch(image, geom, fill=self.mean.reshape(3))
             if rng.random() < 0.5:  # colour jitter keeps the head from keying on exact tones
                 patch = cv2.convertScaleAbs(patch, alpha=float(rng.uniform(0.8, 1.2)), beta=float(rng.uniform(-20, 20)))
-            data.append((patch.astype(np.float32) - self.mean).transpose(2, 0, 1))
+            data.append(normalise(patch, self.mean))
             pos_all.append(geom.to_patch(pos))
             neg_all.append(geom.to_patch(neg))
         if bad:  # dropped for good once this batch no longer indexes them

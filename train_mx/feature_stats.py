@@ -85,6 +85,24 @@ def recorded_sequences(model_dir, training: dict) -> list:
     return out
 
 
+def check_sequences(sequences) -> None:
+    """Open (and close) each sequence as train_mx.train does, so that every name it trains on
+    (OTB's Jogging.1, a target of one folder) is found; the first that cannot be opened is
+    refused with the runtime's reason (and its advice where it names the targets to give; the
+    tracker's, such as --init, does not apply here)."""
+    from runtime.errors import SequenceError
+    from runtime.sources import open_sequence_folder
+
+    from .data import advice_names_targets
+
+    for s in sequences:
+        try:
+            open_sequence_folder(s).close()
+        except SequenceError as e:
+            kept = f"{e.advice}, or " if e.advice and advice_names_targets(Path(s).expanduser()) else ""
+            raise SequenceError(e.problem, f"{kept}pass --sequences with the model's training folders") from None
+
+
 def add_feature_stats(model_dir, sequences=None, every: int = 10) -> Path:
     """Measure the statistics and rewrite the model folder with them (new manifest)."""
     from .data import load_domains
@@ -98,10 +116,7 @@ def add_feature_stats(model_dir, sequences=None, every: int = 10) -> Path:
         # the folders given to train_mx.train (--sequences), else ../shared's of those names
         given = {p.name: p for p in recorded_sequences(model_dir, training)}
         sequences = [given.get(n, SEQUENCES / n) for n in names]
-    missing = [str(s) for s in sequences if not Path(s).is_dir()]
-    if missing:
-        raise TrackerInputError(f"sequence folder(s) not found: {', '.join(missing)}; pass --sequences with the model's "
-                         "training folders")
+    check_sequences(sequences)
     cov, cells = feature_moment(model, load_domains(sequences), every)
     params = dict(model.params)
     params[FEATURE_COV] = cov.astype(np.float32)

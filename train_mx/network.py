@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import mxnet as mx
 
+from runtime.model import ROI_SAMPLE_RATIO
+
 EXTRACTORS = ("vggm", "squeezenet")
 STRIDE = 8
 POOLED = (3, 3)
@@ -73,11 +75,12 @@ def extractor(name: str, data=None, feature_scale: float = 1.0):
     return feat, c
 
 
-def roi_pool(feat, rois, sample_ratio: int = 2, shrink: float = 0.0):
+def roi_pool(feat, rois, sample_ratio: int = ROI_SAMPLE_RATIO, shrink: float = 0.0):
     """RoIAlign 3x3 at 1/8 scale; rois are (K, 5) rows (batch index, x1, y1, x2, y2) in patch px.
 
-    ``sample_ratio``: bilinear samples per bin side (2 -> 4 per bin); the model config
-    records it so that tracking pools the way training did, or cheaper where measured.
+    ``sample_ratio``: bilinear samples per bin side (2 -> 4 per bin); training pools with
+    the default and its model config records it (``roi_sample_ratio``), so that tracking
+    pools the way training did, or cheaper where measured.
     ``shrink``: pixels taken off each side of every RoI before pooling (at most down to a
     1-px box), as RT-MDNet shrinks RoIs by the receptive field: a stride-8 cell sees about
     63 px of the patch, so an unshrunk 3x3 grid over a 64-px target pools mostly background.
@@ -143,10 +146,6 @@ def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5, f
     instance = mx.sym.SoftmaxOutput(positive, label=inst_label, use_ignore=True, ignore_label=-1,
                                     normalization="valid", grad_scale=float(instance_weight), name="instance")
     return mx.sym.Group([binary, instance])
-
-
-def head_param_names() -> list:
-    return ["fc4_weight", "fc4_bias", "fc5_weight", "fc5_bias", "fc6_weight", "fc6_bias"]
 
 
 def extractor_param_names(extractor_name: str) -> list:

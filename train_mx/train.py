@@ -25,14 +25,14 @@ import mxnet as mx  # noqa: E402
 
 from runtime.buckets import BucketPolicy  # noqa: E402
 from runtime.errors import TrackerInputError  # noqa: E402
-from runtime.model import save_model  # noqa: E402
+from runtime.model import ROI_SAMPLE_RATIO, save_model  # noqa: E402
 from runtime.model import SHARED_SEQUENCES  # noqa: E402
 from runtime.outputs import check_output_folder  # noqa: E402
 from runtime.stopping import StopRequest  # noqa: E402
 
 from . import checkpoint, network  # noqa: E402
 from .data import BatchSampler, load_domains, warn  # noqa: E402
-from .weights import default_squeezenet_path, load_squeezenet_h5, load_vggm_mat  # noqa: E402
+from .weights import default_squeezenet_path, load_pretrained  # noqa: E402
 
 MEAN = {"squeezenet": [104.0, 117.0, 123.0], "vggm": [128.0, 128.0, 128.0]}
 FEATURE_SCALE = {"squeezenet": 1.0 / 32, "vggm": 1.0 / 32}
@@ -443,6 +443,7 @@ def model_config(extractor, policy, args=None, roi_shrink: float = 0.0) -> dict:
     return {
         "extractor": extractor,
         "roi_shrink": float(roi_shrink),
+        "roi_sample_ratio": ROI_SAMPLE_RATIO,  # network.roi_pool's default, which training pools with
         "feature_channels": 512 if extractor == "vggm" else 256,
         "feature_scale": FEATURE_SCALE[extractor],
         "mean_bgr": MEAN[extractor],
@@ -519,7 +520,8 @@ def _kept(run) -> str:
 def _startup_checks(args, ap, given=RECIPE):
     """Everything a user can get wrong, checked before data, network or checkpoint is touched:
     returns (resumed checkpoint model or None, its state or None, its optimizer states or None,
-    pretrained weights path or None)."""
+    pretrained weights path or None, those weights or None). The weights are read here: a
+    wrong file is refused before the data are loaded and the network bound."""
     for flag, ok in (("--iterations", args.iterations >= 1), ("--epoch-size", args.epoch_size >= 1),
                      ("--target-size", args.target_size > 0), ("--heldout-batches", args.heldout_batches >= 1 or not args.holdout),
                      ("--lr", args.lr > 0)):
@@ -535,7 +537,7 @@ def _startup_checks(args, ap, given=RECIPE):
         check_save_model_free(args.save_model, args.out)
     out = Path(args.out)
     ckpt = out / checkpoint.CHECKPOINT
-    resumed = state = optimizer = pre = None
+    resumed = state = optimizer = pre = weights = None
     if not args.resume and checkpoint.holds_run(out):
         raise TrackerInputError(f"--out {out} already holds a training run; pass --resume to continue it, or give "
                                 "a new --out (or remove that folder to start over)")
@@ -557,14 +559,16 @@ def _startup_checks(args, ap, given=RECIPE):
         if pre and not (Path(pre).is_file() or Path(pre + ".mat").is_file()):  # loadmat adds .mat
             raise TrackerInputError(f"pretrained weights {pre} not found; pass --pretrained FILE "
                                     "(squeezenet .h5 or imagenet-vgg-m.mat)")
-    return resumed, state, optimizer, pre
+        if pre:
+            weights = load_pretrained(args.extractor, pre)
+    return resumed, state, optimizer, pre, weights
 
 
 def _train(args, ap, stop, run, given=RECIPE) -> int:
     from tqdm import tqdm
 
     # A refused run should cost nothing: check before the data and the network are built.
-    resumed, state, optimizer, pre = _startup_checks(args, ap, given)
+    resumed, state, optimizer, pre, pretrained = _startup_checks(args, ap, given)
     out = Path(args.out)
     ckpt = out / checkpoint.CHECKPOINT
     if state is not None:
@@ -613,10 +617,9 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
             warn(f"--iterations {args.iterations} is not above the checkpoint's iteration {start}: nothing to "
                  f"train{also}")
     else:
-        if pre:
-            w = load_squeezenet_h5(pre) if args.extractor == "squeezenet" else load_vggm_mat(pre)
-            trainer.set_params(w)
-            print(f"initialised {len(w)} extractor tensors from {pre}")
+        if pretrained is not None:
+            trainer.set_params(pretrained)
+            print(f"initialised {len(pretrained)} extractor tensors from {pre}")
     held_sampler = BatchSampler(held, policy, MEAN[args.extractor], n_neg=args.mine_from, patches=len(contexts),
                                 seed=HELDOUT_SEED) if held else None
     config = model_config(args.extractor, policy, {k: v for k, v in vars(args).items()}, args.roi_shrink)
@@ -695,10 +698,7 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
         config["training"]["seconds"] = total  # every session of the run, resumed ones included
         config["training"]["heldout"] = sorted(holdout)
         if args.save_model and run["saved"] is not None:  # not for a run stopped before its first step
-            try:
-                save_model(args.save_model, config, params)
-            except mx.base.MXNetError as e:  # a full disk, as MXNet reports it
-                raise checkpoint.write_error(f"--save-model {args.save_model}", e) from None
+            save_model(args.save_model, config, params)  # a full disk: an OSError naming the file
             if stopped is None:
                 print(f"model written to {args.save_model} (next: python -m train_mx.feature_stats --model "
                       f"{args.save_model}; without its statistics the tracker factors fc4 less well)")
