@@ -18,7 +18,7 @@ import numpy as np
 from .geometry import is_valid_box
 
 # (H, W) pairs, multiples of 32 so that the stride-8 feature map is whole and friendly to
-# compiled kernels. Square ones for square-ish regions, 5:3 and 3:2 for elongated ones.
+# compiled kernels. Square ones for square-ish regions, 8:5 and 3:2 for elongated ones.
 DEFAULT_SHAPES = (
     (192, 192),
     (224, 224),
@@ -88,7 +88,8 @@ class BucketPolicy:
     ``target_size``: the target's geometric-mean side in patch pixels (the patch is scaled
     so that the target always looks about this big, as in RT-MDNet's 107 px crop).
     ``context``: the search region extends ``context * mean(w, h)`` beyond the target on
-    each side; it must cover the candidate translations (0.6 * mean(w, h) * widening).
+    each side; it must cover the candidate translations (``TrackerParams.trans`` * mean(w, h),
+    times the widening on failure).
     ``max_upscale``: tiny targets are enlarged at most this much (more context instead).
     """
 
@@ -198,16 +199,17 @@ class BucketPolicy:
             shapes=tuple(tuple(s) for s in d["shapes"]),
             target_size=float(d["target_size"]),
             context=float(d["context"]),
-            max_upscale=float(d.get("max_upscale", 6.0)),
-            stride=int(d.get("stride", 8)),
+            max_upscale=float(d.get("max_upscale", cls.max_upscale)),
+            stride=int(d.get("stride", cls.stride)),
         )
 
 
 def crop_patch(image: np.ndarray, geom: PatchGeometry, fill=(0, 0, 0)) -> np.ndarray:
     """Crop and resize the patch described by ``geom`` out of a BGR uint8 image.
 
-    One ``cv2.warpAffine`` does crop, scale and border fill together (bilinear; area
-    averaging would cost more and the extractor is trained on this same resampling).
+    One ``cv2.warpAffine`` does crop, scale and border fill together (bilinear: the extractor
+    is trained on this same resampling). Shrinking by more than 2x area-averages the image
+    first, which bilinear sampling alone would alias.
     """
     import cv2
 

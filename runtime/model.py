@@ -196,7 +196,7 @@ def _check_config(cpath: Path, config) -> None:
     if not (isinstance(shapes, list) and shapes
             and all(isinstance(s, list) and len(s) == 2 and all(_number(v, True) for v in s) for s in shapes)):
         raise bad(f"'buckets' 'shapes' must be a list of [height, width] whole numbers, got {shapes!r}")
-    for key, default in (("target_size", None), ("context", None), ("max_upscale", 6.0)):
+    for key, default in (("target_size", None), ("context", None), ("max_upscale", BucketPolicy.max_upscale)):
         v = b.get(key, default)
         if not _number(v) or v <= 0:
             raise bad(f"'buckets' {key!r} must be a number > 0, got {v!r}")
