@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -142,8 +143,8 @@ def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=(), m
         if out_dir is not None:
             check_output_folder(out_dir, "--out")
         for flag, path in out_files:
-            if path and out_dir is not None and Path(path).expanduser().parent.absolute() == \
-                    Path(out_dir).expanduser().absolute() and not Path(out_dir).expanduser().exists():
+            if path and out_dir is not None and os.path.abspath(Path(path).expanduser().parent) == \
+                    os.path.abspath(Path(out_dir).expanduser()) and not Path(out_dir).expanduser().exists():
                 check_output_folder(out_dir, flag)  # in --out, which the tool creates
             elif path:
                 check_output_path(path, flag)

@@ -103,8 +103,9 @@ def save_model(path, config: dict, params: dict) -> Path:
     # written: a failed write (a full disk) leaves the previous model loadable.
     tmp = {name: path / f".{name}.{os.getpid()}.tmp" for name in (WEIGHTS, CONFIG, MANIFEST)}
     try:
+        arrays = {k: mx.nd.array(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
         try:
-            mx.nd.save(str(tmp[WEIGHTS]), {k: mx.nd.array(np.asarray(v, dtype=np.float32)) for k, v in params.items()})
+            mx.nd.save(str(tmp[WEIGHTS]), arrays)
         except mx.base.MXNetError as e:
             raise write_error(path / WEIGHTS, e) from None
         tmp[CONFIG].write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -457,7 +457,7 @@ def _require_folder(folder) -> Path:
         m = re.fullmatch(r"(.+)\.(\d+)", folder.name)
         base = folder.parent / m.group(1) if m else None
         targets = groundtruth_targets(base) if base is not None and base.is_dir() else {}
-        if targets:  # Jogging.3 where Jogging has targets 1 and 2
+        if targets and m.group(2) not in targets:  # Jogging.3 where Jogging has targets 1 and 2
             names = ", ".join(f"{base.name}.{k}" for k in targets)
             raise SequenceError(f"sequence folder {folder} does not exist, and {base} has no target {m.group(2)}",
                                 f"its targets are {names}")

@@ -395,7 +395,7 @@ def test_json_may_go_into_the_out_folder_the_run_creates(tiny_seq, tiny_model, t
 
     out = tmp_path / "new" / "acc"
     base = ["--sequences", str(tiny_seq), "--trackers", "ours", "--model", str(tiny_model), "--max-frames", "2"]
-    assert main([*base, "--out", str(out), "--json", str(out / "copy.json")]) == 0
+    assert main([*base, "--out", str(out), "--json", str(out / ".." / "acc" / "copy.json")]) == 0
     assert json.loads((out / "copy.json").read_text()) == json.loads((out / "summary.json").read_text())
     capsys.readouterr()
     out2 = tmp_path / "new2"

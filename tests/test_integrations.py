@@ -141,6 +141,9 @@ def test_got10k_adapter_keeps_16_bit_frames(got10k_tracker, tiny_model, tmp_path
     for im in (pil, pil.convert("I"), Image.fromarray(read_image(files[0]))):
         np.testing.assert_array_equal(to_bgr8(to_bgr(im)), to_bgr8(read_image(files[0])))
     assert 20 < to_bgr8(to_bgr(pil)).mean() < 235
+    # a mode "I" image of 8-bit values (an "L" frame converted) stays 8-bit, not 1/257 of it
+    grey = np.tile(np.arange(256, dtype=np.uint8), (4, 1))
+    np.testing.assert_array_equal(to_bgr8(to_bgr(Image.fromarray(grey).convert("I"))), to_bgr8(grey))
     boxes, _ = got10k_tracker.track(files, seq.groundtruth[0])
     ref = Tracker(tiny_model, seed=0)
     ref.init(read_image(files[0]), seq.groundtruth[0])

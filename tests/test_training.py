@@ -495,6 +495,14 @@ def test_resume_refuses_a_changed_recipe(sequences, tmp_path, capsys):
     assert train.main(left_out + ["--iterations", "6", "--resume", "--save-model", str(tmp_path / "m")]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert json.loads((tmp_path / "m" / "config.json").read_text())["training"]["roi_shrink"] == 4.0
+    # values are checked again once the checkpoint's have filled in (its --holdout needs held-out batches)
+    held = ["--sequences", *sequences, "--epoch-size", "2", "--pretrained", "", "--quiet",
+            "--holdout", Path(sequences[0]).name, "--out", str(tmp_path / "held")]
+    assert train.main(held + ["--iterations", "2", "--heldout-batches", "1"]) == 0
+    capsys.readouterr()
+    no_holdout = held[: held.index("--holdout")] + held[held.index("--out"):]
+    assert train.main(no_holdout + ["--iterations", "4", "--resume", "--heldout-batches", "0"]) == 2
+    assert "--heldout-batches must be positive" in capsys.readouterr().err
 
 
 def test_given_options_sees_abbreviations_and_equals_signs():

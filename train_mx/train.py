@@ -517,16 +517,20 @@ def _kept(run) -> str:
             f"{run['saved'] if saved is None else saved}: rerun the same command with --resume to continue from it")
 
 
-def _startup_checks(args, ap, given=RECIPE):
-    """Everything a user can get wrong, checked before data, network or checkpoint is touched:
-    returns (resumed checkpoint model or None, its state or None, its optimizer states or None,
-    pretrained weights path or None, those weights or None). The weights are read here: a
-    wrong file is refused before the data are loaded and the network bound."""
+def _check_values(args) -> None:
     for flag, ok in (("--iterations", args.iterations >= 1), ("--epoch-size", args.epoch_size >= 1),
                      ("--target-size", args.target_size > 0), ("--heldout-batches", args.heldout_batches >= 1 or not args.holdout),
                      ("--lr", args.lr > 0)):
         if not ok:
             raise TrackerInputError(f"{flag} must be positive, got {getattr(args, flag[2:].replace('-', '_'))}")
+
+
+def _startup_checks(args, ap, given=RECIPE):
+    """Everything a user can get wrong, checked before data, network or checkpoint is touched:
+    returns (resumed checkpoint model or None, its state or None, its optimizer states or None,
+    pretrained weights path or None, those weights or None). The weights are read here: a
+    wrong file is refused before the data are loaded and the network bound."""
+    _check_values(args)
     if args.mine_from < BATCH_NEG:
         raise TrackerInputError(f"--mine-from must be at least the {BATCH_NEG} negatives of a minibatch, "
                                 f"got {args.mine_from}")
@@ -548,6 +552,7 @@ def _startup_checks(args, ap, given=RECIPE):
                                     "or drop --resume to start afresh")
         resumed, state, optimizer = checkpoint.read(out)
         take_recipe(resumed.config, args, ap, given)
+        _check_values(args)  # again: --holdout may have come from the checkpoint
         changed = resume_mismatch(resumed.config, args, ap)
         if changed:
             raise TrackerInputError(f"{changed} differs from the checkpoint in {ckpt}; resume with the "

@@ -8,8 +8,8 @@
     experiment.run(tracker)
     experiment.report([tracker.name])
 
-The toolkit hands ``init`` / ``update`` PIL images in RGB (``ExperimentVOT(read_image=False)``:
-file paths) and expects ``[x, y, w, h]`` back; this class converts to the BGR arrays
+The toolkit hands ``init`` / ``update`` PIL images (``ExperimentVOT(read_image=False)``: file
+paths; this class's ``track`` keeps each frame's mode, where the toolkit's converts to RGB) and expects ``[x, y, w, h]`` back; this class converts to the BGR arrays
 :class:`runtime.Tracker` takes and returns its box as a float array. ``examples/got10k_eval.py``
 is a command-line front end.
 """
@@ -38,8 +38,8 @@ def to_bgr(image) -> np.ndarray:
 
     Paths because ``ExperimentVOT(read_image=False)`` hands ``init`` / ``update`` the frame's
     file name instead of an image; they are read as ``runtime.track`` reads frames.
-    16-bit PIL images (modes ``I;16*``, and ``I`` as PIL opens a 16-bit PNG) keep their
-    depth: ``convert("RGB")`` clips them to white.
+    16-bit PIL images (modes ``I;16*``, and ``I`` holding values above 255, as PIL opens a
+    16-bit PGM) keep their depth: ``convert("RGB")`` clips them to white.
     ``cv2.cvtColor`` rather than a reversed-axis copy: the toolkit times this conversion as
     part of every frame, and the copy costs 2.8 ms on a 576x432 frame, cvtColor 0.6 ms.
     """
@@ -68,6 +68,8 @@ def _grey16(a: np.ndarray, mode: str) -> np.ndarray:
 
     if a.dtype.kind == "u":
         return a
+    if mode == "I" and a.size and 0 <= a.min() and a.max() <= 255:  # 8-bit values (an "L" frame converted)
+        return a.astype(np.uint8)
     if a.size and (a.min() < 0 or a.max() > 65535):  # a 32-bit "I" image that is no 16-bit frame
         raise TrackerInputError(f"PIL image of mode {mode} holds values {a.min()}..{a.max()}, outside 16 bits; "
                                 "pass a uint8 or uint16 array")
