@@ -48,13 +48,42 @@ def box_line(box) -> str:
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v", ".mkv")  # containers OpenCV writes with the mp4v codec
 
 
+VIDEO_FOURCC = "mp4v"
+
+
+def open_video_writer(path, fps: float, size):
+    """OpenCV's writer for ``path`` (``size`` = (w, h)), or None where it cannot open one."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), fps, size)
+    if writer.isOpened():
+        return writer
+    writer.release()
+    return None
+
+
 def check_output(path, flag: str) -> None:
-    """Refuse an output path that cannot be written, before anything slow runs."""
+    """Refuse an output path that cannot be written, before anything slow runs. A video is
+    tried with a small writer on a scratch name beside it (deleted again): OpenCV's writer
+    can only be opened with the frame size, known after the first frame is tracked."""
     p = Path(path).expanduser()
     if flag == "--save-video" and not p.is_dir() and p.suffix.lower() not in VIDEO_SUFFIXES:
         raise TrackerInputError(f"--save-video {p}: OpenCV cannot write a video named {p.suffix or 'without an extension'}; "
                                 f"use {' or '.join(VIDEO_SUFFIXES[:2])}")
     check_output_path(p, flag)
+    if flag == "--save-video":
+        probe = p.with_name(f".{p.stem}.probe{os.getpid()}{p.suffix}")
+        writer = open_video_writer(probe, 30.0, (16, 16))
+        try:
+            if writer is None:
+                raise TrackerInputError(f"--save-video {p}: OpenCV cannot open a video writer there "
+                                        f"({VIDEO_FOURCC} in {p.suffix}); use a .mp4 or .avi path in a writable folder")
+            writer.release()
+        finally:
+            try:
+                probe.unlink()
+            except OSError:
+                pass
 
 
 def check_stdout_outputs(outputs) -> None:
@@ -173,10 +202,8 @@ class VideoOut:
             return
         if self._writer is None:
             h, w = image.shape[:2]
-            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-            if not self._writer.isOpened():
-                self._writer.release()
-                self._writer = None
+            self._writer = open_video_writer(self.path, self.fps, (w, h))
+            if self._writer is None:
                 raise TrackerInputError(f"cannot write video {self.path}; use a .mp4 or .avi path in a writable folder")
             self._size = (w, h)
             for n in self._pending:

@@ -194,6 +194,29 @@ def test_drawn_ground_truth_stays_visible_over_a_close_box():
     assert (img[bottom - 1, 20:40] == (0, 255, 0)).all() and (img[bottom + 1, 20:40] == (0, 255, 0)).all()
 
 
+def test_a_video_writer_that_cannot_open_is_refused_before_tracking(otb, tiny_model, tmp_path, monkeypatch, capsys):
+    """OpenCV opens its writer with the frame size, so a writer that fails (a codec missing
+    from the build) surfaced only after the first frame was tracked and --out begun: it is
+    tried on a scratch name first, and the outputs are left as they were."""
+    from runtime import outputs
+
+    monkeypatch.setattr(outputs, "open_video_writer", lambda path, fps, size: None)
+    out = tmp_path / "boxes.txt"
+    out.write_text("previous run\n")
+    code = track.main(["--sequence", str(otb), "--model", str(tiny_model), "--out", str(out),
+                       "--save-video", str(tmp_path / "v.mp4"), "--quiet"])
+    _error(code, capsys.readouterr().err, "--save-video", "cannot open a video writer")
+    assert out.read_text() == "previous run\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.txt"]
+
+
+def test_the_video_check_leaves_no_file(tmp_path):
+    from runtime.outputs import check_output
+
+    check_output(tmp_path / "v.mp4", "--save-video")
+    assert list(tmp_path.iterdir()) == []
+
+
 FAST_FPS = 120
 
 
