@@ -23,9 +23,12 @@ class SequenceError(TrackerInputError):
     --sequences) can give its own advice for the same problem.
     """
 
-    def __init__(self, problem: str, advice: str | None = None):
+    def __init__(self, problem: str, advice: str | None = None, names_targets: bool = False):
         self.problem = problem
         self.advice = advice
+        # the advice names the targets of an OTB folder to give instead (Jogging.1): it holds
+        # for every command, where the tracker's other advice (--init, a glob) may not
+        self.names_targets = names_targets
         super().__init__(f"{problem}; {advice}" if advice else problem)
 
 

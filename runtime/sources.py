@@ -460,7 +460,7 @@ def _require_folder(folder) -> Path:
         if targets and m.group(2) not in targets:  # Jogging.3 where Jogging has targets 1 and 2
             names = ", ".join(f"{base.name}.{k}" for k in targets)
             raise SequenceError(f"sequence folder {folder} does not exist, and {base} has no target {m.group(2)}",
-                                f"its targets are {names}")
+                                f"its targets are {names}", names_targets=True)
         raise SequenceError(
             f"sequence folder {folder} does not exist",
             "pass a folder that holds the frames (OTB: img/ and groundtruth_rect.txt, VOT: color/ and groundtruth.txt)"
@@ -508,7 +508,7 @@ class OTBSequence(FileSequenceSource):
             if self._user_box is None:
                 raise SequenceError(f"{folder} holds the ground truth of {len(targets)} targets ({shown}) and no "
                                     f"groundtruth_rect.txt", f"give one target's sequence as {picks} (the "
-                                    "GOT-10k toolkit's names)")
+                                    "GOT-10k toolkit's names)", names_targets=True)
             self.warnings.append(f"{folder} holds the ground truth of {len(targets)} targets ({shown}); tracking "
                                  f"from the given initial box without ground truth (give {picks} to score one)")
         if self.groundtruth_path is None:

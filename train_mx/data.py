@@ -2,8 +2,6 @@
 one patch per frame with positive and negative RoIs drawn as MDNet does."""
 from __future__ import annotations
 
-import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +12,7 @@ import numpy as np
 from runtime import sampling
 from runtime.buckets import BucketPolicy, crop_patch, normalise
 from runtime.errors import SequenceError, TrackerInputError
-from runtime.sources import (OTBSequence, groundtruth_targets, looks_like_sequence, open_sequence_folder, read_image,
-                             sequence_subfolders)
+from runtime.sources import OTBSequence, looks_like_sequence, open_sequence_folder, read_image, sequence_subfolders
 
 
 def clean_groundtruth(gt: np.ndarray, image_size, window: int = 5, max_ratio: float = 2.0) -> np.ndarray:
@@ -72,19 +69,6 @@ def warn(msg: str) -> None:
 SEQUENCE_LAYOUT = "OTB: img/ + groundtruth_rect.txt, VOT: color/ + groundtruth.txt"
 
 
-def advice_names_targets(p: Path) -> bool:
-    """Whether the runtime's advice for ``p`` names the targets to give instead, which holds
-    for --sequences too: ``p`` is an OTB folder with one ground truth per target (Jogging), or
-    a target name its folder lacks (Jogging.3)."""
-    if p.is_dir():
-        return len(groundtruth_targets(p)) > 1
-    m = re.fullmatch(r"(.+)\.(\d+)", p.name)
-    if m is None or os.path.lexists(p) or not (p.parent / m.group(1)).is_dir():
-        return False
-    targets = groundtruth_targets(p.parent / m.group(1))
-    return bool(targets) and m.group(2) not in targets
-
-
 def open_training_sequence(folder):
     """``open_sequence_folder`` with the errors worded for a --sequences entry: the problem
     with training's advice where the tracker's (an image glob, --init) does not apply; the
@@ -100,7 +84,7 @@ def open_training_sequence(folder):
         return open_sequence_folder(folder)
     except SequenceError as e:
         # a dataset root: the message names its sequences; Jogging: the advice names its targets
-        if sequence_subfolders(p) or (e.advice and advice_names_targets(p)):
+        if sequence_subfolders(p) or e.names_targets:
             raise
         raise SequenceError(e.problem, f"fix it, or leave {Path(folder).name} out of --sequences") from None
 

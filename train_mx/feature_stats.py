@@ -93,13 +93,11 @@ def check_sequences(sequences) -> None:
     from runtime.errors import SequenceError
     from runtime.sources import open_sequence_folder
 
-    from .data import advice_names_targets
-
     for s in sequences:
         try:
             open_sequence_folder(s).close()
         except SequenceError as e:
-            kept = f"{e.advice}, or " if e.advice and advice_names_targets(Path(s).expanduser()) else ""
+            kept = f"{e.advice}, or " if e.names_targets else ""
             raise SequenceError(e.problem, f"{kept}pass --sequences with the model's training folders") from None
 
 
