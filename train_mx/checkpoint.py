@@ -131,10 +131,7 @@ def write(out, config: dict, params: dict, state: dict, optimizer=None, swapped=
         files[STATE] = sha256_file(new / STATE)
         config = copy.deepcopy(config)
         config.setdefault("training", {}).update(iteration=int(state["iteration"]), checkpoint_files=files)
-        try:
-            save_model(new, config, params)
-        except mx.base.MXNetError as e:
-            raise write_error(new, e) from None
+        save_model(new, config, params)  # a failed write is an OSError naming the file
         for f in new.iterdir():  # on disk before the renames make them the checkpoint
             _fsync(f)
         _fsync(new)
