@@ -22,7 +22,7 @@ def check_replaceable(folder) -> None:
         return
     if not folder.is_dir():
         raise ArtifactError(f"{folder} is a file, not a folder; give --out a new or empty folder")
-    if not any(folder.iterdir()) or artifacts.inside(folder, artifacts.cache_root()):
+    if not any(folder.iterdir()) or artifacts.in_cache(folder):
         return  # the cache holds only what first-use builds put there: a broken set is rebuilt
     m = artifacts.peek_manifest(folder)
     if not (m and m.get("kind") in artifacts.BACKEND_OF):

@@ -22,8 +22,23 @@ BACKEND_OF = {"onnx": "onnxruntime", "tvm": "tvm"}  # artifact kind -> the backe
 
 
 def cache_root() -> Path:
-    """``$MDTRACK_CACHE`` or ``~/.cache/mdtrack``: where first-use builds go."""
-    return Path(os.environ.get("MDTRACK_CACHE", Path.home() / ".cache" / "mdtrack"))
+    """``$MDTRACK_CACHE`` or ``~/.cache/mdtrack``: where first-use builds go (an empty
+    MDTRACK_CACHE is unset: it would make the working folder the cache)."""
+    return Path(os.environ.get("MDTRACK_CACHE") or Path.home() / ".cache" / "mdtrack").expanduser()
+
+
+def cache_write_error(folder, e: OSError) -> ArtifactError:
+    """A first-use build that cannot write the cache (read-only, no home folder), as one line
+    with the two ways out."""
+    return ArtifactError(f"cannot build the artifact set in the runtime's cache {folder} ({e.strerror or e}); set "
+                         "MDTRACK_CACHE to a writable folder, or build a set with python -m export and pass it "
+                         "with --artifacts")
+
+
+def in_cache(folder) -> bool:
+    """Whether ``folder`` is one of the cache's sets, ``<cache>/artifacts/<model>/<target>``:
+    only those hold nothing but what first-use builds put there."""
+    return Path(folder).resolve().parent.parent == (cache_root() / "artifacts").resolve()
 
 
 def default_dir(model, target: str) -> Path:
@@ -195,12 +210,16 @@ def verify(folder, model, kind: str, target: str) -> dict:
     if not folder.exists():
         raise missing_set(folder, model, target)
     fix = f"rebuild with: {rebuild_command(model, target, folder)}"
+    if peek_manifest(folder) is None and folder.is_dir() and any(folder.iterdir()) and not in_cache(folder):
+        # files but no set: export refuses to build over them (they could be anyone's)
+        fix = (f"build a set with: {rebuild_command(model, target, Path('NEW_FOLDER') / target)}, then pass "
+               f"--artifacts NEW_FOLDER/{target}")
     m = read_manifest(folder, kind, fix)
     if m.get("model_hash") != model.model_hash:
         # The folder belongs to the other model (rebuilding it in place would destroy that
         # model's set): this model's own set goes to its own folder in the runtime's cache.
         own = rebuild_command(model, target, default_dir(model, target))
-        where = "" if inside(folder, cache_root()) else " (the runtime's cache, used when --artifacts is left out)"
+        where = "" if in_cache(folder) else " (the runtime's cache, used when --artifacts is left out)"
         raise ArtifactError(f"{folder} was built for another model ({str(m.get('model_hash'))[:12]}, "
                             f"this is {model.model_hash[:12]}); pass the model it was built for with --model, "
                             f"or build this model's set{where} with: {own}")

@@ -274,6 +274,83 @@ def test_llvm_set_compiled_for_another_cpu_is_refused(one_bucket_model, one_buck
     make_backend("tvm", one_bucket_model, artifacts=one_bucket_llvm)  # this CPU's set loads
 
 
+def test_llvm_mcpu_set_is_checked_against_this_cpus_instruction_sets(tmp_path):
+    """A set built with --targets llvm:MCPU for a named CPU was never checked: one for a CPU
+    with instructions this one lacks (AMX) died of SIGILL at the first frame, no error line.
+    It is refused naming them; one for an older CPU this one covers still loads."""
+    import json
+
+    from tvm.target import codegen
+
+    from runtime.backends.tvm_backend import _check_host, _vector_isa
+
+    here = codegen.llvm_get_system_cpu()
+    if not _vector_isa(here) or "amx-int8" in _vector_isa(here):
+        pytest.skip(f"needs an x86 CPU without AMX (this one: {here})")
+
+    def set_for(cpu):
+        d = tmp_path / cpu
+        d.mkdir()
+        (d / "manifest.json").write_text(json.dumps({"kind": "tvm", "target": f"llvm-{cpu}",
+                                                     "target_dict": {"kind": "llvm", "mcpu": cpu}}))
+        return d
+
+    with pytest.raises(ArtifactError, match=r"compiled for the CPU sapphirerapids .*amx-bf16.*lacks") as e:
+        _check_host(set_for("sapphirerapids"), "llvm-sapphirerapids")
+    assert "--targets llvm" in str(e.value)
+    _check_host(set_for("x86-64"), "llvm-x86-64")  # baseline x86-64: every x86-64 CPU runs it
+
+
+def test_export_keeps_user_files_under_a_broad_or_empty_cache_root(tmp_path, monkeypatch):
+    """Only the cache's own sets (<cache>/artifacts/<model>/<target>) may be rebuilt over
+    without a look: with MDTRACK_CACHE empty (the working folder) or set to a data volume,
+    export deleted a user's files in any --out below it."""
+    from export.build import check_replaceable
+    from runtime import artifacts
+
+    user = tmp_path / "exports" / "onnx"
+    user.mkdir(parents=True)
+    (user / "notes.txt").write_text("important")
+    for cache in ("", str(tmp_path)):
+        monkeypatch.setenv("MDTRACK_CACHE", cache)
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(ArtifactError, match="holds files but no artifact set"):
+            check_replaceable(user)
+    assert (user / "notes.txt").read_text() == "important"
+    monkeypatch.setenv("MDTRACK_CACHE", "")
+    assert artifacts.cache_root() == Path.home() / ".cache" / "mdtrack"
+    monkeypatch.setenv("MDTRACK_CACHE", str(tmp_path))
+    cached = tmp_path / "artifacts" / "0123456789abcdef" / "onnx"
+    cached.mkdir(parents=True)
+    (cached / "half_written.onnx").write_bytes(b"x")
+    check_replaceable(cached)  # the cache's own set: a broken one is rebuilt
+
+
+def test_an_unwritable_cache_and_a_set_without_manifest_say_what_to_do(one_bucket_model, tmp_path, monkeypatch):
+    """A first-use build into a cache it cannot write (read-only, no home) ended in an
+    OSError traceback; a folder of files without a manifest advised a rebuild that export
+    then refused."""
+    import export.build
+
+    from runtime.backends import make_backend
+
+    monkeypatch.setenv("MDTRACK_CACHE", str(tmp_path / "cache"))
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(export.build, "build_onnx", read_only)
+    with pytest.raises(ArtifactError, match="cannot build the artifact set in the runtime's cache .*Read-only file "
+                                            "system.*MDTRACK_CACHE.*--artifacts"):
+        make_backend("onnxruntime", one_bucket_model)
+    junk = tmp_path / "mine" / "onnx"
+    junk.mkdir(parents=True)
+    (junk / "notes.txt").write_text("x")
+    with pytest.raises(ArtifactError, match=r"no manifest.json in .*build a set with: .*--out NEW_FOLDER, then pass "
+                                            r"--artifacts NEW_FOLDER/onnx"):
+        make_backend("onnxruntime", one_bucket_model, artifacts=junk)
+
+
 def test_tvm_device_mismatch_and_missing_gpu_say_what_to_do(one_bucket_model, one_bucket_llvm, tmp_path):
     import tvm
 

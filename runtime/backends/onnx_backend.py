@@ -24,7 +24,10 @@ def ensure_onnx(model, folder=None) -> Path:
               file=sys.stderr, flush=True)
         from export.build import build_onnx
 
-        build_onnx(model, folder, log=lambda m: print("  " + m, file=sys.stderr, flush=True))
+        try:
+            build_onnx(model, folder, log=lambda m: print("  " + m, file=sys.stderr, flush=True))
+        except OSError as e:
+            raise artifacts.cache_write_error(folder, e) from None
         artifacts.verify(folder, model, "onnx", "onnx")
     return folder
 

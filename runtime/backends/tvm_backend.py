@@ -1,6 +1,7 @@
 """TVM feature backend: one compiled library per bucket, loaded and warmed at start-up."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -40,7 +41,11 @@ def ensure_tvm(model, target_name: str, folder=None) -> Path:
         from .onnx_backend import ensure_onnx
 
         log = lambda m: print("  " + m, file=sys.stderr, flush=True)  # noqa: E731
-        build_tvm(model, parse("llvm"), ensure_onnx(model), folder, log=log)
+        onnx = ensure_onnx(model)
+        try:
+            build_tvm(model, parse("llvm"), onnx, folder, log=log)
+        except OSError as e:
+            raise artifacts.cache_write_error(folder, e) from None
         artifacts.verify(folder, model, "tvm", target_name)
     return folder
 
@@ -56,15 +61,42 @@ def _check_host(folder, target: str) -> None:
                             f"{artifacts.host_arch()} machine; copy it to the {cross} board, or build for this CPU "
                             f"with: python -m export --targets llvm")
     built = m["target_dict"].get("mcpu") if isinstance(m.get("target_dict"), dict) else None
-    if target == "llvm" and built:
-        from tvm.target import codegen
+    if not (built and target.startswith("llvm")):
+        return
+    from tvm.target import codegen
 
-        here = codegen.llvm_get_system_cpu()
-        if built != here:
-            raise ArtifactError(f"{folder} was compiled for the CPU {built} (target llvm: the CPU of the machine that "
-                                f"built it), this CPU is {here}; code for another CPU can crash on instructions this "
-                                f"one lacks: build for this CPU here with: python -m export --targets llvm, or on the "
-                                f"machine that built it with --targets llvm:{here}")
+    here = codegen.llvm_get_system_cpu()
+    if built == here:
+        return
+    if target == "llvm":
+        raise ArtifactError(f"{folder} was compiled for the CPU {built} (target llvm: the CPU of the machine that "
+                            f"built it), this CPU is {here}; code for another CPU can crash on instructions this "
+                            f"one lacks: build for this CPU here with: python -m export --targets llvm, or on the "
+                            f"machine that built it with --targets llvm:{here}")
+    # llvm:MCPU, built for a named CPU on purpose: it runs where this CPU has its instruction sets
+    missing = sorted(_vector_isa(built) - _vector_isa(here))
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ArtifactError(f"{folder} was compiled for the CPU {built} ({target}), whose instructions {shown} this "
+                            f"CPU ({here}) lacks: it would crash at the first frame; build for this CPU with: "
+                            f"python -m export --targets llvm (or llvm:{here})")
+
+
+# The instruction-set extensions TVM's vectorised code uses: a set compiled with one this CPU
+# lacks dies of SIGILL. (LLVM's CPU features also hold tuning hints, which do not matter.)
+_VECTOR_ISA = re.compile(r"(avx|amx|sse|ssse|fma|f16c|bmi|evex512|vpclmul|vaes|gfni|xop|neon|sve|sme|dotprod|i8mm|"
+                         r"bf16|fullfp16|fp16)")
+
+
+def _vector_isa(cpu: str) -> set:
+    import tvm
+    from tvm.target import codegen
+
+    try:
+        features = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
+    except Exception:  # a CPU name this LLVM does not know: nothing to compare
+        return set()
+    return {f for f in features if _VECTOR_ISA.match(f)}
 
 
 def _manifest_target(folder):
