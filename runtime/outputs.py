@@ -73,7 +73,7 @@ def check_output(path, flag: str) -> None:
     check_output_path(p, flag)
     if flag == "--save-video":
         probe = p.with_name(f".{p.stem}.probe{os.getpid()}{p.suffix}")
-        writer = open_video_writer(probe, 30.0, (16, 16))
+        writer = open_video_writer(probe, DEFAULT_FPS, (16, 16))
         try:
             if writer is None:
                 raise TrackerInputError(f"--save-video {p}: OpenCV cannot open a video writer there "

@@ -454,12 +454,10 @@ def _require_folder(folder) -> Path:
     except OSError:
         pass  # reported below
     if not folder.exists():
-        m = re.fullmatch(r"(.+)\.(\d+)", folder.name)
-        base = folder.parent / m.group(1) if m else None
-        targets = groundtruth_targets(base) if base is not None and base.is_dir() else {}
-        if targets and m.group(2) not in targets:  # Jogging.3 where Jogging has targets 1 and 2
+        base, n, targets = _target_name(folder)
+        if targets and n not in targets:  # Jogging.3 where Jogging has targets 1 and 2
             names = ", ".join(f"{base.name}.{k}" for k in targets)
-            raise SequenceError(f"sequence folder {folder} does not exist, and {base} has no target {m.group(2)}",
+            raise SequenceError(f"sequence folder {folder} does not exist, and {base} has no target {n}",
                                 f"its targets are {names}", names_targets=True)
         raise SequenceError(
             f"sequence folder {folder} does not exist",
@@ -623,14 +621,19 @@ def _target_sequence(folder):
     (``Jogging.1``; also ``Human4.2``, the GOT-10k toolkit's name for OTB's Human4, whose one
     target is its ``groundtruth_rect.2.txt``); else None."""
     p = Path(folder).expanduser()
-    m = re.fullmatch(r"(.+)\.(\d+)", p.name)
-    if m is None or os.path.lexists(p):
+    if os.path.lexists(p):
         return None
-    base = p.parent / m.group(1)
-    targets = groundtruth_targets(base) if base.is_dir() else {}
-    if m.group(2) not in targets:
-        return None
-    return base, targets[m.group(2)].name
+    base, n, targets = _target_name(p)
+    return (base, targets[n].name) if n in targets else None
+
+
+def _target_name(path: Path):
+    """``(BASE, N, BASE's targets)`` for a path named ``BASE.N``; ``(None, None, {})`` else."""
+    m = re.fullmatch(r"(.+)\.(\d+)", path.name)
+    if m is None:
+        return None, None, {}
+    base = path.parent / m.group(1)
+    return base, m.group(2), groundtruth_targets(base) if base.is_dir() else {}
 
 
 SEQUENCE_MARKS = ("img", "color", "groundtruth_rect.txt", "groundtruth.txt")  # what open_sequence_folder looks for
