@@ -411,11 +411,14 @@ class FileSequenceSource(SequenceSource):
 
     def _align_groundtruth(self, gt: np.ndarray, gt_path: Path) -> np.ndarray:
         """Pad with NaN rows / drop extra rows so ``gt`` has one row per frame, with a warning.
-        Numbered frames with a gap (0001, 0003) take the rows of their numbers: by position
-        every frame after the gap would be scored against its predecessor's box."""
+        Numbered frames with a gap (0001, 0003) and not one row per frame take the rows of
+        their numbers: by position every frame after the gap would be scored against its
+        predecessor's box."""
         n, rows = len(self.frame_paths), len(gt)
         stems = [Path(p).stem for p in self.frame_paths]
-        if n > 1 and all(s.isdigit() for s in stems):
+        # one row per frame file is read in order, gaps or not (a clip thinned to every
+        # other frame keeps its file names and its rows)
+        if rows != n and n > 1 and all(s.isdigit() for s in stems):
             nums = np.array([int(s) for s in stems])
             rel = nums - nums[0]
             if np.all(np.diff(nums) > 0) and rel[-1] != n - 1:
@@ -471,6 +474,13 @@ def _require_folder(folder) -> Path:
 # --------------------------------------------------------------------------- folders
 
 
+# OTB-100 folders with more frames than their annotation covers: the OTB benchmark (and the
+# GOT-10k toolkit after it) evaluates only these frames, first and last counted from 1.
+# David's annotation starts at frame 300; the others' ends early.
+OTB_ANNOTATED_FRAMES = {"david": (300, 770), "football1": (1, 74), "freeman3": (1, 460),
+                        "freeman4": (1, 283), "diving": (1, 215)}
+
+
 class OTBSequence(FileSequenceSource):
     """An OTB-style folder: ``img/*.jpg|jpeg|png|bmp`` (natural-sorted) and
     ``groundtruth_rect.txt`` (falling back to ``groundtruth.txt``; neither = no ground truth)."""
@@ -514,6 +524,20 @@ class OTBSequence(FileSequenceSource):
                 self.warnings.append(f"{folder} has no groundtruth_rect.txt; the sequence has no ground truth")
         else:
             self._load_groundtruth(self.groundtruth_path, allow_polygon=False)
+
+    def _align_groundtruth(self, gt: np.ndarray, gt_path: Path) -> np.ndarray:
+        """OTB-100's partly annotated folders are cut to the frames their rows belong to
+        (padding David's 471 rows after frame 1 would start it from frame 300's box)."""
+        span = OTB_ANNOTATED_FRAMES.get(self.folder.name.lower())
+        if span is not None:
+            first, last = span
+            n = len(self.frame_paths)
+            if len(gt) == last - first + 1 and n >= last and (n > last or first > 1):
+                self.frame_paths = self.frame_paths[first - 1:last]
+                self.warnings.append(f"{gt_path.name} annotates frames {first}-{last} of {n} (OTB-100's "
+                                     f"{self.folder.name}); the sequence is those frames, as the OTB benchmark "
+                                     "evaluates it")
+        return super()._align_groundtruth(gt, gt_path)
 
 
 class VOTSequence(FileSequenceSource):

@@ -372,6 +372,23 @@ def test_warnings_are_logged_and_two_target_folders_are_two_sequences(tiny_seq, 
     assert (out / "boxes" / "ours" / "Jogging.2.txt").is_file()
 
 
+def test_files_among_several_sequences_are_skipped(tiny_seq, tmp_path, caplog):
+    """``--sequences ROOT/*`` also matches the files beside the folders (GOT-10k's list.txt,
+    the OTB zips the GOT-10k toolkit downloads): skipped with a warning. A file alone, or
+    only files, is still the error that names it, never the development set instead."""
+    import logging
+
+    from benchmarks.common import resolve_sequences
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("seq\n")
+    with caplog.at_level(logging.WARNING):
+        assert resolve_sequences([str(tiny_seq), str(listing)]) == [str(tiny_seq)]
+    assert [r.getMessage() for r in caplog.records] == [f"skipping {listing}: a file, not a sequence folder"]
+    assert resolve_sequences([str(listing)]) == [str(listing)]
+    assert resolve_sequences([str(listing), str(listing)]) == [str(listing)] * 2
+
+
 def test_per_frame_refuses_a_sequence_with_one_frame_to_time(tiny_seq, tiny_model, tmp_path, capsys):
     """The first usable box on the last frame (within --max-frames) leaves nothing to time:
     one error line naming the sequence, before any work (it used to be a traceback)."""

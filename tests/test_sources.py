@@ -632,6 +632,46 @@ def test_missing_numbered_frame_keeps_ground_truth_aligned(tmp_path):
     assert any("3 are missing" in w for w in seq.warnings)
 
 
+def test_thinned_clip_with_one_row_per_frame_is_read_in_order(tmp_path):
+    """Every other frame kept under its own number, with one row per kept frame: row k is
+    frame k (matched by number, frame 0003 took row 2 and half the frames went unscored)."""
+    import cv2
+
+    img = tmp_path / "seq" / "img"
+    img.mkdir(parents=True)
+    for i in (1, 3, 5, 7):
+        cv2.imwrite(str(img / f"{i:04d}.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "seq" / "groundtruth_rect.txt").write_text("".join(f"{i},1,2,2\n" for i in (1, 3, 5, 7)))
+    seq = open_sequence_folder(tmp_path / "seq")
+    assert seq.groundtruth[:, 0].tolist() == [1, 3, 5, 7]
+    assert not seq.warnings
+
+
+@pytest.mark.parametrize("name, n, first, last", [("David", 12, 5, 12), ("Diving", 9, 1, 6)])
+def test_otb_partly_annotated_folders_are_cut_to_their_rows(tmp_path, monkeypatch, name, n, first, last):
+    """OTB-100's David annotates frames 300-770 of 770 (Diving 1-215 of 231, ...): the sequence
+    is those frames, as the OTB benchmark and the GOT-10k toolkit take it. Padding the rows at
+    the end started David from frame 300's box on frame 1."""
+    import cv2
+
+    from runtime import sources
+
+    monkeypatch.setitem(sources.OTB_ANNOTATED_FRAMES, name.lower(), (first, last))
+    img = tmp_path / name / "img"
+    img.mkdir(parents=True)
+    for i in range(1, n + 1):
+        cv2.imwrite(str(img / f"{i:04d}.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / name / "groundtruth_rect.txt").write_text("".join(f"{i},1,2,2\n" for i in range(first, last + 1)))
+    seq = open_sequence_folder(tmp_path / name)
+    assert [Path(p).stem for p in seq.frame_paths] == [f"{i:04d}" for i in range(first, last + 1)]
+    assert seq.groundtruth[:, 0].tolist() == list(range(first, last + 1))
+    assert seq.init_box[0] == first
+    assert [w for w in seq.warnings if f"annotates frames {first}-{last} of {n}" in w]
+    # a folder of that name whose rows do not fit the span is read as any other
+    (tmp_path / name / "groundtruth_rect.txt").write_text("".join(f"{i},1,2,2\n" for i in range(1, n + 1)))
+    assert len(open_sequence_folder(tmp_path / name)) == n
+
+
 def test_negative_groundtruth_size_is_named(tmp_path):
     import cv2
 
