@@ -23,6 +23,8 @@ WEIGHTS = "weights.params"
 # Statistics of the model's features, stored beside the weights (not network parameters).
 FEATURE_COV = "stats_feature_cov"
 MANIFEST = "manifest.json"
+# the folder of a training run (train_mx.train --out) that holds its latest weights as a model
+RUN_CHECKPOINT = "checkpoint"
 # RoIAlign's bilinear samples per bin side: what training pools with (train_mx.network's
 # default) and what a model that does not record "roi_sample_ratio" (the shipped one) gets.
 ROI_SAMPLE_RATIO = 2
@@ -134,6 +136,9 @@ def load_model(path=None) -> Model:
         raise ModelError(f"model folder {what}: {path} (pass --model DIR, or Tracker(model=DIR), e.g. models/default)")
     mpath = path / MANIFEST
     if not mpath.is_file():
+        if (path / RUN_CHECKPOINT / MANIFEST).is_file():
+            raise ModelError(f"{path} is a training run's folder, not a model: its latest weights are the model "
+                             f"{path / RUN_CHECKPOINT} (or the run's --save-model folder)")
         raise ModelError(f"{mpath} is missing: the model folder is incomplete; restore it or retrain")
     try:
         manifest = json.loads(mpath.read_text())

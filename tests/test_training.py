@@ -1663,3 +1663,113 @@ def test_train_records_the_roi_sample_ratio(sequences, tmp_path):
                        "--save-model", str(tmp_path / "model")]) == 0
     model = load_model(tmp_path / "model")
     assert model.config["roi_sample_ratio"] == ROI_SAMPLE_RATIO == model.roi_sample_ratio
+
+
+# -- found in a training user's walk ------------------------------------------------------------
+
+def test_values_no_tool_could_use_are_refused_before_the_data(sequences, tmp_path, capsys, monkeypatch):
+    """Each ends in one error line naming the option, before the data are loaded: a negative
+    --roi-shrink trained to the end and wrote a model nothing could load; a negative
+    --instance-loss was an MXNet InferShape traceback; --kvstore dist_sync outside
+    train_mx.launch an MXNet traceback; a misspelt --freeze froze nothing, silently;
+    --save-model into the run's checkpoint replaced it with a model (a resume then restarted
+    fc6 and the momentum), into a sequence folder mixed the model's files with the frames."""
+    from train_mx import train
+
+    def no_data(*a, **k):
+        raise AssertionError("the data were loaded before the options were checked")
+
+    monkeypatch.setattr(train, "load_domains", no_data)
+    monkeypatch.delenv("DMLC_ROLE", raising=False)
+    out = tmp_path / "run"
+    base = ["--sequences", *sequences, *TINY, "--iterations", "2", "--out", str(out)]
+    for extra, words in ((["--roi-shrink", "-5"], ("--roi-shrink", ">= 0", "-5.0")),
+                         (["--roi-shrink", "40"], ("--roi-shrink", "half --target-size (32")),
+                         (["--roi-shrink", "nan"], ("--roi-shrink",)),
+                         (["--fc-lr-mult", "-1"], ("--fc-lr-mult must be positive",)),
+                         (["--instance-loss", "-1"], ("--instance-loss must be >= 0",)),
+                         (["--kvstore", "dist_sync"], ("--kvstore dist_sync", "train_mx.launch")),
+                         (["--freeze", "conv1,conv9"], ("--freeze conv9", "fire2", "conv1")),
+                         (["--save-model", str(out / "checkpoint")], ("inside --out",)),
+                         (["--save-model", str(out)], ("inside --out",)),
+                         (["--save-model", sequences[0]], ("is a sequence folder",))):
+        _one_error_line(capsys, train.main([*base, *extra]), *words)
+        assert not out.exists()
+    with pytest.raises(SystemExit):
+        train.main([*base, "--kvstore", "bogus"])  # argparse's choices
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_a_diverged_run_keeps_its_last_finite_checkpoint(sequences, tmp_path, capsys, monkeypatch):
+    """A loss that turns NaN stops the run with one error line: the checkpoint keeps the last
+    finite weights and no --save-model is written (the NaN weights replaced both, and the run
+    exited 0 with nothing left to resume or track from)."""
+    from runtime.model import load_model
+    from train_mx import train
+
+    real_step = train.Trainer.step
+    calls = []
+
+    def step(self, batch):
+        stats = real_step(self, batch)
+        calls.append(1)
+        if len(calls) > 2:  # the second epoch diverges
+            self.mod.set_params({k: v * np.nan for k, v in self.mod.get_params()[0].items()},
+                                self.mod.get_params()[1])
+            stats["loss"] = float("nan")
+        return stats
+
+    monkeypatch.setattr(train.Trainer, "step", step)
+    out, model = tmp_path / "run", tmp_path / "model"
+    rc = train.main(["--sequences", *sequences, *TINY, "--iterations", "6", "--out", str(out),
+                     "--save-model", str(model)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "error: training diverged by iteration 4 (loss nan)" in err, err
+    assert "keeps iteration 2" in err and "lower --lr" in err and "Traceback" not in err
+    assert _ckpt_iteration(out) == 2
+    params = load_model(out / "checkpoint").params
+    assert all(np.isfinite(v).all() for v in params.values())
+    assert not model.exists()
+
+
+def test_resume_keeps_the_seed_and_a_training_folder_is_named_as_such(sequences, tmp_path, capsys):
+    """--seed and --heldout-batches define the run: left out on --resume they are the
+    checkpoint's (a resumed --seed 1 run went on with seed 0's draws), given otherwise they are
+    refused. --model at a run's --out names its checkpoint instead of advising a retrain."""
+    from runtime.errors import ModelError
+    from runtime.model import load_model
+    from train_mx import train
+
+    base = ["--sequences", *sequences, *TINY, "--out", str(tmp_path / "run")]
+    assert train.main([*base, "--iterations", "2", "--seed", "1"]) == 0
+    capsys.readouterr()
+    _one_error_line(capsys, train.main([*base, "--iterations", "4", "--seed", "2", "--resume"]),
+                    "--seed 2 (checkpoint: 1)")
+    assert train.main([*base, "--iterations", "4", "--resume", "--save-model", str(tmp_path / "m")]) == 0
+    assert load_model(tmp_path / "m").config["training"]["seed"] == 1
+    with pytest.raises(ModelError, match=r"is a training run's folder, not a model: .*run/checkpoint"):
+        load_model(tmp_path / "run")
+
+
+def test_sequences_through_links_keep_their_names_for_feature_stats(sequences, tmp_path, monkeypatch):
+    """A sequence given by a link of another name is recorded by the link (its name is the
+    sequence's, fc6 branch and --holdout): feature_stats then finds it. Recorded resolved, it
+    looked for the link's name in ../shared."""
+    from runtime.model import load_model
+    from train_mx import feature_stats, train
+
+    links = tmp_path / "links"
+    links.mkdir()
+    for i, s in enumerate(sequences):
+        (links / f"mine{i}").symlink_to(s)
+    model = tmp_path / "model"
+    assert train.main(["--sequences", str(links / "mine0"), str(links / "mine1"), *TINY, "--iterations", "2",
+                       "--out", str(tmp_path / "run"), "--save-model", str(model), "--holdout", " mine1"]) == 0
+    training = load_model(model).config["training"]
+    assert training["sequences"] == [str(links / "mine0"), str(links / "mine1")]
+    assert training["heldout"] == ["mine1"]
+    read = []
+    monkeypatch.setattr(feature_stats, "feature_moment",
+                        lambda m, domains, every=10: (read.extend(d.name for d in domains), (np.eye(m.channels), 1))[1])
+    feature_stats.add_feature_stats(model)
+    assert read == ["mine0"]

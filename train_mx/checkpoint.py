@@ -27,9 +27,9 @@ import sys
 from pathlib import Path
 
 from runtime.errors import TrackerInputError, last_line, write_error
-from runtime.model import load_model, save_model, sha256_file
+from runtime.model import RUN_CHECKPOINT, load_model, save_model, sha256_file
 
-CHECKPOINT = "checkpoint"
+CHECKPOINT = RUN_CHECKPOINT
 NEW = ".checkpoint.new"
 OLD = ".checkpoint.old"
 STATE = "state.json"

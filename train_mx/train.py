@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -28,6 +29,7 @@ from runtime.errors import TrackerInputError  # noqa: E402
 from runtime.model import ROI_SAMPLE_RATIO, save_model  # noqa: E402
 from runtime.model import SHARED_SEQUENCES  # noqa: E402
 from runtime.outputs import check_output_folder  # noqa: E402
+from runtime.sources import looks_like_sequence  # noqa: E402
 from runtime.stopping import StopRequest  # noqa: E402
 
 from . import checkpoint, network  # noqa: E402
@@ -324,9 +326,11 @@ def heldout_loss(trainer, sampler, n_batches: int, seed: int = HELDOUT_SEED) -> 
     return float(np.mean(losses))
 
 
+KVSTORES = ("local", "device", "dist_sync")
+
 # Options that define what a run trains; a resumed run must keep them.
 RECIPE = ("extractor", "target_size", "roi_shrink", "instance_loss", "lr", "fc_lr_mult", "freeze", "mine_from",
-          "holdout")
+          "holdout", "heldout_batches", "seed")
 
 
 _UNSET = object()
@@ -368,7 +372,7 @@ def resume_mismatch(config: dict, args, parser) -> str | None:
 
 def holdout_names(text) -> set:
     """--holdout's sequence names."""
-    return {h for h in str(text or "").split(",") if h}
+    return {h.strip() for h in str(text or "").split(",") if h.strip()}
 
 
 def mx_seed(seed: int, rank: int, iteration: int) -> int:
@@ -439,6 +443,35 @@ def check_save_model_free(save_model, out) -> None:
                             "or remove that one to replace it")
 
 
+def all_finite(params: dict) -> bool:
+    return all(np.isfinite(v).all() for v in params.values())
+
+
+def check_freeze(freeze, extractor) -> None:
+    """Each --freeze prefix must name a layer: a misspelt one froze nothing, silently (not
+    even the extractor's default layers, which any --freeze replaces)."""
+    if freeze is None:
+        return
+    names = [n for n in network.training_symbol(extractor, 1).list_arguments() if n.endswith("_weight")]
+    layers = sorted({n[: -len("_weight")] for n in names})
+    unknown = [f for f in freeze.split(",") if f and not any(n.startswith(f + "_") or n == f for n in names)]
+    if unknown:
+        raise TrackerInputError(f"--freeze {unknown[0]} names no layer of {extractor}; its layers are "
+                                f"{', '.join(layers)} (a prefix like fire2 takes every layer it begins)")
+
+
+def check_save_model_place(save_model, out) -> None:
+    """--save-model beside the run, never in it: written into --out's checkpoint it replaced
+    the checkpoint with a model (no fc6 branches, no optimizer state, no sampler state) and a
+    resume restarted from that; in --out itself or a sequence folder its files mix with others."""
+    folder = Path(save_model).expanduser().resolve()
+    out = Path(out).expanduser().resolve()
+    if folder == out or out / checkpoint.CHECKPOINT in (folder, *folder.parents):
+        raise TrackerInputError(f"--save-model {save_model} is inside --out {out}'s run; give a folder of its own")
+    if looks_like_sequence(folder):
+        raise TrackerInputError(f"--save-model {save_model} is a sequence folder; give a folder of its own")
+
+
 def model_config(extractor, policy, args=None, roi_shrink: float = 0.0) -> dict:
     return {
         "extractor": extractor,
@@ -473,7 +506,7 @@ def main(argv=None) -> int:
     ap.add_argument("--instance-loss", type=float, default=0.0,
                     help="weight of RT-MDNet's instance embedding loss (0 = off, the shipped model; RT-MDNet uses 0.1)")
     ap.add_argument("--ctx", default="cpu:0", help="cpu:0,cpu:1 or gpu:0,gpu:1 (data parallel)")
-    ap.add_argument("--kvstore", default="local", help="local, device or dist_sync (with train_mx.launch)")
+    ap.add_argument("--kvstore", default="local", choices=KVSTORES, help="dist_sync: run by train_mx.launch")
     ap.add_argument("--out", default="runs/train", help="checkpoint folder")
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     ap.add_argument("--seed", type=int, default=0)
@@ -518,11 +551,20 @@ def _kept(run) -> str:
 
 
 def _check_values(args) -> None:
-    for flag, ok in (("--iterations", args.iterations >= 1), ("--epoch-size", args.epoch_size >= 1),
-                     ("--target-size", args.target_size > 0), ("--heldout-batches", args.heldout_batches >= 1 or not args.holdout),
-                     ("--lr", args.lr > 0)):
-        if not ok:
-            raise TrackerInputError(f"{flag} must be positive, got {getattr(args, flag[2:].replace('-', '_'))}")
+    """Refuse a value training cannot use, or one the runtime would refuse in the model it
+    writes (a negative --roi-shrink trained to the end, then no tool could load the model)."""
+    positive = "must be positive"
+    for flag, ok, want in (
+            ("--iterations", args.iterations >= 1, positive), ("--epoch-size", args.epoch_size >= 1, positive),
+            ("--target-size", args.target_size > 0, positive),
+            ("--heldout-batches", args.heldout_batches >= 1 or not args.holdout, positive),
+            ("--lr", args.lr > 0, positive), ("--fc-lr-mult", args.fc_lr_mult > 0, positive),
+            ("--instance-loss", args.instance_loss >= 0, "must be >= 0 (0 = off)"),
+            ("--roi-shrink", 0 <= args.roi_shrink < args.target_size / 2,
+             f"must be >= 0 and below half --target-size ({args.target_size / 2:g}: the target's RoI would vanish)")):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if not ok or not math.isfinite(value):
+            raise TrackerInputError(f"{flag} {want}, got {value}")
 
 
 def _startup_checks(args, ap, given=RECIPE):
@@ -535,9 +577,14 @@ def _startup_checks(args, ap, given=RECIPE):
         raise TrackerInputError(f"--mine-from must be at least the {BATCH_NEG} negatives of a minibatch, "
                                 f"got {args.mine_from}")
     parse_ctx(args.ctx)
+    if args.kvstore.startswith("dist") and "DMLC_ROLE" not in os.environ:
+        raise TrackerInputError(f"--kvstore {args.kvstore} runs under python -m train_mx.launch, which starts the "
+                                "scheduler, servers and workers; use it, or --kvstore local")
+    check_freeze(args.freeze, args.extractor)
     check_output_folder(args.out, "--out")
     if args.save_model:
         check_output_folder(args.save_model, "--save-model")
+        check_save_model_place(args.save_model, args.out)
         check_save_model_free(args.save_model, args.out)
     out = Path(args.out)
     ckpt = out / checkpoint.CHECKPOINT
@@ -629,7 +676,8 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
                                 seed=HELDOUT_SEED) if held else None
     config = model_config(args.extractor, policy, {k: v for k, v in vars(args).items()}, args.roi_shrink)
     # absolute: feature_stats (and anyone) reads them from wherever it runs
-    config["training"]["sequences"] = [str(Path(s).expanduser().resolve()) for s in seqs]
+    # not resolved: a link keeps its name, which is the sequence's name (its fc6 branch, --holdout)
+    config["training"]["sequences"] = [os.path.abspath(Path(s).expanduser()) for s in seqs]
     config["training"]["domains"] = [d.name for d in domains]  # in every checkpoint: --resume checks them
     config["training"]["out_abs"] = str(out.expanduser().resolve())  # --save-model replaces only this run's model
     if held_sampler is not None and state is not None:  # frames the held-out draws left out before
@@ -678,6 +726,16 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
                  "binds": trainer.binds}
         if trainer.instance:
             entry["instance_loss"] = float(np.mean([s["instance_loss"] for s in stats]))
+        if not math.isfinite(entry["loss"]) or (rank == 0 and not all_finite(trainer.params())):
+            # not saved: the checkpoint keeps the last finite weights (a NaN one replaced them
+            # and nothing could resume or track from it)
+            bar.close()
+            trainer.finish()
+            kept = (f"the checkpoint in {ckpt} keeps iteration {run['saved']}, the last one with finite weights"
+                    if run["saved"] is not None else "nothing was saved")
+            print(f"error: training diverged by iteration {it} (loss {entry['loss']:.4g}): {kept}; train into a "
+                  "new --out with a lower --lr", file=sys.stderr)
+            return 1
         if held_sampler is not None and stopped is None and (it % (args.epoch_size * 5) == 0 or it >= args.iterations):
             entry["heldout_loss"] = heldout_loss(trainer, held_sampler, args.heldout_batches)
         log.append(entry)
@@ -701,7 +759,7 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
         params = {k: v for k, v in params.items() if not k.startswith("fc6")}
         config["training"]["iteration"] = it  # reached (--iterations is what was asked)
         config["training"]["seconds"] = total  # every session of the run, resumed ones included
-        config["training"]["heldout"] = sorted(holdout)
+        config["training"]["heldout"] = [d.name for d in held]  # those --holdout left usable
         if args.save_model and run["saved"] is not None:  # not for a run stopped before its first step
             save_model(args.save_model, config, params)  # a full disk: an OSError naming the file
             if stopped is None:
