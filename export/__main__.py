@@ -6,6 +6,7 @@ one TVM library per (bucket, target), each set with a manifest.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -53,8 +54,19 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # Past this point a ValueError is a bug in the export path: it keeps its traceback.
+    from runtime.stopping import Interrupted, StopRequest
+
+    stop = StopRequest()  # not deferred: a signal stops at once, and the staged set is removed
+    try:
+        old = stop.install()
+    except ValueError:  # not the main thread: signals stay as they are
+        old = {}
     try:
         done = build(model, names, out)
+    except KeyboardInterrupt as e:
+        name = str(e) if isinstance(e, Interrupted) else "SIGINT"
+        print(f"interrupted ({name}); the previous artifact set, if any, is unchanged", file=sys.stderr)
+        return 128 + getattr(signal, name)
     except TrackerInputError as e:  # a folder export must not replace (checked before any work)
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -65,6 +77,8 @@ def main(argv=None) -> int:
         print(f"error: {e.filename or args.out}: {e.strerror or e}; the previous artifact set, if any, is unchanged",
               file=sys.stderr)
         return 1
+    finally:
+        StopRequest.restore(old)
     for name, folder in done.items():
         print(f"{name}: {folder}")
     return 0

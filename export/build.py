@@ -138,6 +138,10 @@ def build(model, target_names, out=None, log=print) -> dict:
     """ONNX set plus one TVM set per target under ``out``; returns {name: folder}."""
     out = Path(out).expanduser() if out is not None else artifacts.default_dir(model, "onnx").parent
     tgts = [targets_mod.parse(t) if isinstance(t, str) else t for t in target_names]
+    m = artifacts.peek_manifest(out) if out.is_dir() else None
+    if m and m.get("kind") in artifacts.BACKEND_OF:  # --out at one set: the new ones would nest in it
+        raise ArtifactError(f"--out {out} is one artifact set ({m.get('kind')}), not the folder export writes "
+                            f"its sets into; give its parent, {out.parent}, or a new folder")
     for folder in [out / "onnx"] + [out / t.name for t in tgts]:  # before minutes of work
         check_replaceable(folder)
     onnx_dir = build_onnx(model, out / "onnx", log)

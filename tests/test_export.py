@@ -453,6 +453,40 @@ def test_export_refuses_to_build_over_other_files(one_bucket_model, tmp_path, ca
     assert main(["--model", str(one_bucket_model.path), "--targets", "onnx", "--out", str(out)]) == 0
 
 
+def test_export_out_at_one_set_and_a_signal_are_one_line_each(one_bucket_model, tmp_path, capsys, monkeypatch):
+    """--out naming one artifact set is refused (the new sets were nested inside it); a signal
+    mid-export is one line and 128 + its number, the previous set kept (a KeyboardInterrupt
+    traceback)."""
+    import os
+    import signal
+
+    from export import build as B
+    from export.__main__ import main
+
+    base = ["--model", str(one_bucket_model.path), "--targets", "onnx"]
+    assert main([*base, "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    one_set = tmp_path / "out" / "onnx"
+    before = sorted(p.name for p in one_set.iterdir())
+    assert main([*base, "--out", str(one_set)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and "is one artifact set (onnx)" in err and str(tmp_path / "out") in err
+    assert sorted(p.name for p in one_set.iterdir()) == before
+
+    def signalled(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop the export")
+
+    monkeypatch.setattr(B, "export_bucket", signalled)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert main([*base, "--out", str(tmp_path / "out")]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted (SIGTERM); the previous artifact set, if any, is unchanged", err
+    assert signal.getsignal(signal.SIGTERM) is handler  # the handler is restored
+    artifacts.verify(one_set, one_bucket_model, "onnx", "onnx")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["onnx"]
+
+
 def test_export_onnx_alone_and_rebuild_commands_that_work(one_bucket_model, tmp_path):
     from export.__main__ import main
     from export.targets import parse

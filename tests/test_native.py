@@ -524,6 +524,23 @@ def test_aarch64_cross_build_produces_aarch64_elf(tmp_path):
     assert b"/lib/ld-linux-aarch64.so.1" in exe
 
 
+def test_cross_build_refuses_a_runtime_for_another_machine(tmp_path):
+    """The wheel's x86-64 libtvm_runtime given to an aarch64 build stops the configure step,
+    naming both machines (it was installed beside the runner and refused only on the board)."""
+    if shutil.which("cmake") is None or shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("needs cmake and aarch64-linux-gnu-g++")
+    tvm = pytest.importorskip("tvm")
+
+    wheel_runtime = Path(tvm.__file__).parent / "lib" / "libtvm_runtime.so"
+    assert _elf_machine(wheel_runtime) == (2, EM_X86_64)
+    cfg = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path / "b"), f"-DTVM_PYTHON={sys.executable}",
+                          f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'cmake' / 'aarch64-linux-gnu.cmake'}",
+                          f"-DTVM_RUNTIME_LIBRARY={wheel_runtime}"], capture_output=True, text=True, timeout=300)
+    assert cfg.returncode != 0
+    err = " ".join(cfg.stderr.split())
+    assert "is a library for x86_64, and this build is for aarch64" in err, cfg.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_gpu_pack_builds_and_its_cpu_part_runs(runner, tmp_path):
     """One-bucket GPU pack (reusing the runner's CMake build): contents, size, and run.sh here,
