@@ -753,6 +753,8 @@ class VideoSource(_CaptureSource):
             raise SequenceError(f"video file {path} does not exist")
         if not path.is_file():
             raise SequenceError(f"{path} is not a video file (a folder? use --sequence DIR or --images GLOB)")
+        if path.stat().st_size == 0:
+            raise SequenceError(f"video file {path} is empty (0 bytes); was it copied or written completely?")
         super().__init__(name or path.stem, init_box=init_box, on_bad_frame=on_bad_frame)
         self.path = str(path)
         cap = self._open()
@@ -839,7 +841,7 @@ class CameraSource(_CaptureSource):
     live = True
 
     def __init__(self, index_or_url, init_box=None, on_bad_frame: str = "raise",
-                 name: str | None = None, open_timeout_s: float = 10.0):
+                 name: str | None = None, open_timeout_s: float = 10.0, read_timeout_s: float = 5.0):
         target = index_or_url
         if isinstance(target, str) and target.strip().isdigit():
             target = int(target.strip())
@@ -850,8 +852,11 @@ class CameraSource(_CaptureSource):
         if isinstance(target, int):
             cap = cv2.VideoCapture(target)
         else:
+            # A stalled stream ends after read_timeout_s (FFmpeg's default is 30 s): a signal
+            # cannot stop the run while OpenCV waits inside a read, and docker stop kills at 10 s.
             cap = cv2.VideoCapture(
-                target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000)]
+                target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
+                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
             )
         if not cap.isOpened():
             cap.release()

@@ -188,7 +188,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
     from .evaluation import cost_stats, evaluate_sequence
     from .geometry import iou
     from .sources import DEFAULT_FPS, frame_rate, usable_box
-    from .tracker import Tracker
+    from .tracker import Tracker, start_box
 
     show = args.show
     if show and not _has_display():
@@ -236,9 +236,9 @@ def run(args, stop: StopRequest | None = None) -> dict:
         from_gt = args.init is None and not args.select
         if source.init_box is None and not args.select:
             raise TrackerInputError("no initial box: the sequence has no usable ground-truth box; pass --init x,y,w,h")
+        if args.init is not None and getattr(source, "frame_size", None) is not None:
+            start_box(source.init_box, source.frame_size)  # a box off a video's frames: before the model loads
         tracker = Tracker(args.model, backend=args.backend, device=args.device, seed=args.seed, artifacts=args.artifacts)
-        out = _line_writer(args.out)
-        jsonl = _line_writer(args.jsonl)
         writer = VideoOut(args.save_video, getattr(source, "fps", None)) if args.save_video else None
         try:
             total = len(source)
@@ -317,6 +317,12 @@ def run(args, stop: StopRequest | None = None) -> dict:
             if box is not None and tracked:
                 oks.append(ok)
                 scores.append(score)
+            # opened at the first row, not before: a run refused at its first frame (its box,
+            # an unreadable frame) leaves the files of an earlier run as they were
+            if out is None and args.out:
+                out = _line_writer(args.out)
+            if jsonl is None and args.jsonl:
+                jsonl = _line_writer(args.jsonl)
             rows = []
             if out:
                 rows.append((out, box_line(shown)))
@@ -480,9 +486,15 @@ def _negative_init(argv):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # OpenCV's own log lines (a codec it lacks, a camera index out of range) would precede
-    # this tool's one-line messages; set before OpenCV loads. OPENCV_LOG_LEVEL=INFO shows them.
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    # OpenCV's own log lines (a codec it lacks, a camera index out of range, a stalled stream)
+    # would precede this tool's one-line messages. OpenCV reads OPENCV_LOG_LEVEL when it
+    # loads, which this module's imports already did: set its level too. OPENCV_LOG_LEVEL=INFO
+    # shows them.
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        import cv2
+
+        os.environ["OPENCV_LOG_LEVEL"] = "SILENT"  # and for child processes
+        cv2.setLogLevel(0)  # SILENT
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own (a stream URL that does not resolve): quiet
     args = build_parser().parse_args(_negative_init(argv))
     cli_logging()

@@ -636,3 +636,103 @@ def test_no_progress_bar_beside_rows_on_stdout(otb, tiny_model, monkeypatch, cap
     out, err = capsys.readouterr()
     assert code == 0 and len(out.splitlines()) == 5
     assert "it/s" not in err and "frame/s" not in err and "%|" not in err, err
+
+
+# -- found in a video user's walk -----------------------------------------------------------------
+
+def _video(path, n=8, size=(160, 120)):
+    import cv2
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    for i in range(n):
+        img = np.full((size[1], size[0], 3), 60, np.uint8)
+        img[40:80, 40 + i:80 + i] = (0, 200, 255)
+        w.write(img)
+    w.release()
+    return path
+
+
+def test_a_run_refused_at_its_first_frame_keeps_earlier_outputs(tiny_model, tmp_path, capsys, monkeypatch):
+    """A box off a video's frames is refused before the model loads; an unreadable first
+    image after it. Either way the files of an earlier run are left as they were (they were
+    truncated when the outputs opened, before the first frame was checked)."""
+    video = _video(tmp_path / "v.avi")
+    out, jsonl = tmp_path / "res.txt", tmp_path / "res.jsonl"
+    out.write_text("earlier run\n")
+    jsonl.write_text('{"frame": 0}\n')
+    from runtime import tracker as tracker_mod
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the box was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(tracker_mod.Tracker, "__init__", no_model)
+        expect_one_error_line(capsys, track.main(["--video", str(video), "--init", "400,100,40,50", "--out", str(out),
+                                                   "--jsonl", str(jsonl), "--model", str(tiny_model)]),
+                              "lies outside the 160x120 image")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "0001.png").write_bytes(b"not a picture")
+    import cv2
+
+    cv2.imwrite(str(frames / "0002.png"), np.zeros((120, 160, 3), np.uint8))
+    expect_one_error_line(capsys, track.main(["--images", str(frames / "*.png"), "--init", "40,40,30,30", "--out",
+                                              str(out), "--jsonl", str(jsonl), "--model", str(tiny_model)]),
+                          "the first frame cannot be read")
+    assert out.read_text() == "earlier run\n" and jsonl.read_text() == '{"frame": 0}\n'
+
+
+def test_an_output_hard_linked_to_the_input_is_refused(tiny_model, tmp_path, capsys):
+    """A hard link has a path of its own: the output was written over the input video."""
+    video = _video(tmp_path / "v.avi")
+    before = video.read_bytes()
+    os.link(video, tmp_path / "copy.avi")
+    expect_one_error_line(capsys, track.main(["--video", str(video), "--init", "40,40,30,30", "--save-video",
+                                              str(tmp_path / "copy.avi"), "--model", str(tiny_model)]),
+                          "--save-video", "is a hard link to the input file", str(video))
+    os.link(tmp_path / "copy.avi", tmp_path / "third.txt")
+    expect_one_error_line(capsys, track.main(["--video", str(video), "--init", "40,40,30,30", "--out",
+                                              str(tmp_path / "third.txt"), "--jsonl", str(tmp_path / "copy.avi"),
+                                              "--model", str(tiny_model)]), "name one file (hard links)")
+    assert video.read_bytes() == before
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    expect_one_error_line(capsys, track.main(["--video", str(tmp_path / "empty.mp4"), "--init", "1,1,5,5"]),
+                          "is empty (0 bytes)")
+
+
+def test_streams_stop_waiting_for_a_stalled_read(monkeypatch):
+    """A stream URL opens with a read timeout (5 s): FFmpeg's own is 30 s, during which no
+    signal can stop the run (docker stop kills at 10 s)."""
+    import cv2
+
+    from runtime import sources
+
+    seen = []
+
+    class Capture:
+        def __init__(self, *args):
+            seen.append(args)
+
+        def isOpened(self):
+            return True
+
+        def get(self, prop):
+            return 0.0
+
+    monkeypatch.setattr(sources.cv2, "VideoCapture", Capture)
+    sources.CameraSource("http://127.0.0.1:9/x.mjpg", init_box="1,1,4,4")
+    params = list(seen[0][2])
+    assert params[params.index(cv2.CAP_PROP_READ_TIMEOUT_MSEC) + 1] == 5000
+
+
+def test_opencv_log_lines_do_not_precede_the_error_line():
+    """OpenCV reads OPENCV_LOG_LEVEL when it loads, which the tool's imports did before main()
+    set it: a camera index that does not exist printed OpenCV's WARN / ERROR lines first."""
+    import subprocess
+    import sys
+
+    env = child_env({k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")})
+    r = subprocess.run([sys.executable, "-m", "runtime.track", "--camera", "97", "--init", "1,2,3,4"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "error: cannot open camera index 97; check that the device exists / the URL is reachable"], r.stderr
