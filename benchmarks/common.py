@@ -28,16 +28,11 @@ def resolve_sequences(given) -> list:
     error) when neither exists, for the caller to exit 2."""
     import sys
 
-    from runtime.sources import target_sequences
+    from runtime.sources import target_sequences, without_files
 
-    given = list(given or [])
-    files = [s for s in given if os.path.isfile(os.path.expanduser(s))]
-    if files and len(files) < len(given):
-        # ROOT/* also matches the files beside the sequence folders (GOT-10k's list.txt, the
-        # OTB zips the GOT-10k toolkit downloads); a lone file still gets its error below
-        for f in files:
-            log.warning("skipping %s: a file, not a sequence folder", f)
-        given = [s for s in given if s not in files]
+    given, files = without_files(given or [])
+    for f in files:
+        log.warning("skipping %s: a file, not a sequence folder", f)
     # an OTB folder with several targets (Jogging, Skating2) is one sequence per target
     seqs = [t for s in (given or default_sequences()) for t in target_sequences(s)]
     if not seqs:

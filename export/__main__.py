@@ -61,21 +61,29 @@ def main(argv=None) -> int:
         old = stop.install()
     except ValueError:  # not the main thread: signals stay as they are
         old = {}
+    done = {}  # the sets swapped in so far
+
+    def kept() -> str:
+        """What a stop part-way leaves: the sets already rebuilt, the others as they were."""
+        rest = "the previous artifact set, if any, is unchanged" if not done else \
+            "the other sets, if any, are as they were"
+        new = "".join(f"{n} was rebuilt ({f}); " for n, f in done.items())
+        return f"{new}{rest}"
+
     try:
-        done = build(model, names, out)
+        build(model, names, out, done=done)
     except KeyboardInterrupt as e:
         name = str(e) if isinstance(e, Interrupted) else "SIGINT"
-        print(f"interrupted ({name}); the previous artifact set, if any, is unchanged", file=sys.stderr)
+        print(f"interrupted ({name}); {kept()}", file=sys.stderr)
         return 128 + getattr(signal, name)
     except TrackerInputError as e:  # a folder export must not replace (checked before any work)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ParityError as e:
-        print(f"error: {e}; the previous artifact set, if any, is unchanged", file=sys.stderr)
+        print(f"error: {e}; {kept()}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"error: {e.filename or args.out}: {e.strerror or e}; the previous artifact set, if any, is unchanged",
-              file=sys.stderr)
+        print(f"error: {e.filename or args.out}: {e.strerror or e}; {kept()}", file=sys.stderr)
         return 1
     finally:
         StopRequest.restore(old)

@@ -134,8 +134,10 @@ def build_tvm(model, target, onnx_dir, out, log=print) -> Path:
     return out
 
 
-def build(model, target_names, out=None, log=print) -> dict:
-    """ONNX set plus one TVM set per target under ``out``; returns {name: folder}."""
+def build(model, target_names, out=None, log=print, done=None) -> dict:
+    """ONNX set plus one TVM set per target under ``out``; returns {name: folder}, the dict
+    ``done`` when given, filled as each set is swapped in (for a caller that is stopped part-way
+    to say which sets are new)."""
     out = Path(out).expanduser() if out is not None else artifacts.default_dir(model, "onnx").parent
     tgts = [targets_mod.parse(t) if isinstance(t, str) else t for t in target_names]
     m = artifacts.peek_manifest(out) if out.is_dir() else None
@@ -144,8 +146,9 @@ def build(model, target_names, out=None, log=print) -> dict:
                             f"its sets into; give its parent, {out.parent}, or a new folder")
     for folder in [out / "onnx"] + [out / t.name for t in tgts]:  # before minutes of work
         check_replaceable(folder)
+    done = {} if done is None else done
     onnx_dir = build_onnx(model, out / "onnx", log)
-    done = {"onnx": onnx_dir}
+    done["onnx"] = onnx_dir
     for target in tgts:
         done[target.name] = build_tvm(model, target, onnx_dir, out / target.name, log)
     return done

@@ -663,6 +663,17 @@ def _target_name(path: Path):
 SEQUENCE_MARKS = ("img", "color", "groundtruth_rect.txt", "groundtruth.txt")  # what open_sequence_folder looks for
 
 
+def without_files(paths) -> tuple:
+    """``(paths, skipped files)``: the plain files among ``paths`` left out when something
+    else is given too (``ROOT/*`` also matches GOT-10k's list.txt and the zips the GOT-10k
+    toolkit leaves beside OTB's folders); a file alone, or only files, stays for its error."""
+    paths = list(paths)
+    files = [p for p in paths if os.path.isfile(os.path.expanduser(str(p)))]
+    if not files or len(files) == len(paths):
+        return paths, []
+    return [p for p in paths if p not in files], files
+
+
 def looks_like_sequence(folder) -> bool:
     """Whether ``folder`` has what an OTB or VOT sequence folder has (frames may still be bad)."""
     return any((Path(folder) / m).exists() for m in SEQUENCE_MARKS)

@@ -485,6 +485,13 @@ def test_export_out_at_one_set_and_a_signal_are_one_line_each(one_bucket_model, 
     assert signal.getsignal(signal.SIGTERM) is handler  # the handler is restored
     artifacts.verify(one_set, one_bucket_model, "onnx", "onnx")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["onnx"]
+    # stopped in the TVM stage: the ONNX set is new by then, and the line says so
+    monkeypatch.undo()
+    monkeypatch.setattr(B, "build_tvm", signalled)
+    assert main([*base[:-1], "llvm", "--out", str(tmp_path / "out")]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"interrupted (SIGTERM); onnx was rebuilt ({one_set}); the other sets, if any, are as they "
+                   "were"), err
 
 
 def test_export_onnx_alone_and_rebuild_commands_that_work(one_bucket_model, tmp_path):

@@ -1698,12 +1698,28 @@ def test_values_no_tool_could_use_are_refused_before_the_data(sequences, tmp_pat
     with pytest.raises(SystemExit):
         train.main([*base, "--kvstore", "bogus"])  # argparse's choices
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    _one_error_line(capsys, train.main([*base, "--kvstore", "dist_device_sync"]), "train_mx.launch")
 
 
-def test_a_diverged_run_keeps_its_last_finite_checkpoint(sequences, tmp_path, capsys, monkeypatch):
-    """A loss that turns NaN stops the run with one error line: the checkpoint keeps the last
-    finite weights and no --save-model is written (the NaN weights replaced both, and the run
-    exited 0 with nothing left to resume or track from)."""
+def test_a_resumed_recipe_is_checked_with_the_checkpoints_values(sequences, tmp_path, capsys):
+    """--roi-shrink 40 is fine for a run trained at --target-size 128: resumed with the target
+    size left out it was checked against the default 64 (below 32) and refused."""
+    from train_mx import train
+
+    base = ["--sequences", *sequences, *TINY, "--out", str(tmp_path / "run"), "--roi-shrink", "40"]
+    assert train.main([*base, "--target-size", "128", "--iterations", "2"]) == 0
+    capsys.readouterr()
+    assert train.main([*base, "--iterations", "4", "--resume"]) == 0, capsys.readouterr().err
+    _one_error_line(capsys, train.main([*base, "--iterations", "6", "--resume", "--target-size", "64"]),
+                    "--roi-shrink", "half --target-size (32")
+
+
+@pytest.mark.parametrize("nan_loss", [True, False])
+def test_a_diverged_run_keeps_its_last_finite_checkpoint(sequences, tmp_path, capsys, monkeypatch, nan_loss):
+    """A loss or weights that turn NaN stop the run with one error line: the checkpoint keeps
+    the last finite weights and no --save-model is written (the NaN weights replaced both, and
+    the run exited 0 with nothing left to resume or track from). An epoch's last update can
+    make the weights NaN while its loss, computed before it, is finite."""
     from runtime.model import load_model
     from train_mx import train
 
@@ -1713,10 +1729,11 @@ def test_a_diverged_run_keeps_its_last_finite_checkpoint(sequences, tmp_path, ca
     def step(self, batch):
         stats = real_step(self, batch)
         calls.append(1)
-        if len(calls) > 2:  # the second epoch diverges
+        if len(calls) == 4:  # the second epoch's last step diverges
             self.mod.set_params({k: v * np.nan for k, v in self.mod.get_params()[0].items()},
                                 self.mod.get_params()[1])
-            stats["loss"] = float("nan")
+            if nan_loss:
+                stats["loss"] = float("nan")
         return stats
 
     monkeypatch.setattr(train.Trainer, "step", step)
@@ -1724,7 +1741,8 @@ def test_a_diverged_run_keeps_its_last_finite_checkpoint(sequences, tmp_path, ca
     rc = train.main(["--sequences", *sequences, *TINY, "--iterations", "6", "--out", str(out),
                      "--save-model", str(model)])
     err = capsys.readouterr().err
-    assert rc == 1 and "error: training diverged by iteration 4 (loss nan)" in err, err
+    assert rc == 1 and "error: training diverged by iteration 4 (loss " in err, err
+    assert ("(loss nan)" in err) == nan_loss
     assert "keeps iteration 2" in err and "lower --lr" in err and "Traceback" not in err
     assert _ckpt_iteration(out) == 2
     params = load_model(out / "checkpoint").params
@@ -1751,7 +1769,7 @@ def test_resume_keeps_the_seed_and_a_training_folder_is_named_as_such(sequences,
         load_model(tmp_path / "run")
 
 
-def test_sequences_through_links_keep_their_names_for_feature_stats(sequences, tmp_path, monkeypatch):
+def test_sequences_through_links_keep_their_names_for_feature_stats(sequences, tmp_path, monkeypatch, capsys):
     """A sequence given by a link of another name is recorded by the link (its name is the
     sequence's, fc6 branch and --holdout): feature_stats then finds it. Recorded resolved, it
     looked for the link's name in ../shared."""
@@ -1763,8 +1781,11 @@ def test_sequences_through_links_keep_their_names_for_feature_stats(sequences, t
     for i, s in enumerate(sequences):
         (links / f"mine{i}").symlink_to(s)
     model = tmp_path / "model"
-    assert train.main(["--sequences", str(links / "mine0"), str(links / "mine1"), *TINY, "--iterations", "2",
-                       "--out", str(tmp_path / "run"), "--save-model", str(model), "--holdout", " mine1"]) == 0
+    (links / "list.txt").write_text("mine0\nmine1\n")  # what links/* also matches, skipped with a warning
+    assert train.main(["--sequences", str(links / "mine0"), str(links / "mine1"), str(links / "list.txt"), *TINY,
+                       "--iterations", "2", "--out", str(tmp_path / "run"), "--save-model", str(model),
+                       "--holdout", " mine1"]) == 0
+    assert f"skipping {links / 'list.txt'}: a file, not a sequence folder" in capsys.readouterr().err
     training = load_model(model).config["training"]
     assert training["sequences"] == [str(links / "mine0"), str(links / "mine1")]
     assert training["heldout"] == ["mine1"]

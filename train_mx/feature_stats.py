@@ -103,11 +103,17 @@ def check_sequences(sequences) -> None:
 
 def add_feature_stats(model_dir, sequences=None, every: int = 10) -> Path:
     """Measure the statistics and rewrite the model folder with them (new manifest)."""
-    from .data import load_domains
+    from runtime.sources import without_files
+
+    from .data import load_domains, warn
 
     model = load_model(model_dir)
     training = model.config.get("training", {})
     names = training.get("domains")
+    if sequences is not None:
+        sequences, files = without_files(sequences)
+        for f in files:
+            warn(f"skipping {f}: a file, not a sequence folder")
     if sequences is None:
         if not names:
             raise TrackerInputError(f"{model_dir}: config.json names no training sequences; pass --sequences")

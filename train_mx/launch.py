@@ -80,6 +80,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# MXNet's kvstores across processes, which this launcher starts (train_mx.train takes them too)
+DIST_KVSTORES = ("dist_sync", "dist_async", "dist_device_sync")
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = "127.0.0.1"
 DEFAULT_SSH = "ssh -o BatchMode=yes -tt"
@@ -335,7 +338,7 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, default=0, help="scheduler port (default: a free one)")
     ap.add_argument("--timeout", type=float, default=0, help="seconds after which the whole job is killed (0: no limit)")
     ap.add_argument("--grace", type=float, default=20.0, help="seconds given to servers after the workers, and to the processes after Ctrl-C, --timeout or a failure before they are killed")
-    ap.add_argument("--kvstore", default="dist_sync", choices=["dist_sync", "dist_async", "dist_device_sync"])
+    ap.add_argument("--kvstore", default="dist_sync", choices=DIST_KVSTORES)
     ap.add_argument("--module", default="train_mx.train", help="worker module run with python -m (default train_mx.train)")
     ap.add_argument("--python", default=None, help="Python interpreter (default: this one; the same path on every host)")
     ap.add_argument("--remote-dir", default=os.getcwd(), help="checkout directory on the hosts (default: the current directory)")

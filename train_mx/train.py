@@ -29,11 +29,12 @@ from runtime.errors import TrackerInputError  # noqa: E402
 from runtime.model import ROI_SAMPLE_RATIO, save_model  # noqa: E402
 from runtime.model import SHARED_SEQUENCES  # noqa: E402
 from runtime.outputs import check_output_folder  # noqa: E402
-from runtime.sources import looks_like_sequence  # noqa: E402
+from runtime.sources import looks_like_sequence, without_files  # noqa: E402
 from runtime.stopping import StopRequest  # noqa: E402
 
 from . import checkpoint, network  # noqa: E402
 from .data import BatchSampler, load_domains, warn  # noqa: E402
+from .launch import DIST_KVSTORES  # noqa: E402
 from .weights import default_squeezenet_path, load_pretrained  # noqa: E402
 
 MEAN = {"squeezenet": [104.0, 117.0, 123.0], "vggm": [128.0, 128.0, 128.0]}
@@ -104,7 +105,7 @@ class Trainer:
         self.arg_names = sym.list_arguments()
         self.label_names = ("label", "inst_label") if self.instance else ("label",)
         params = [n for n in self.arg_names if n not in ("data", "rois", "domain_mask") + self.label_names]
-        self.fixed = [n for n in params if any(n.startswith(f + "_") or n == f for f in freeze)]
+        self.fixed = frozen(params, freeze)
 
         def sym_gen(key):
             return sym, ("data", "rois", "domain_mask"), self.label_names
@@ -120,7 +121,7 @@ class Trainer:
         self.mod.init_params(initializer=mx.init.Mixed(["fc6_weight", ".*"], [mx.init.Normal(0.01), mx.init.Xavier(magnitude=2.0)]))
         self.lr_mult = {n: (fc_lr_mult * (2.0 if n.endswith("bias") else 1.0) if n.startswith("fc") else
                             (2.0 if n.endswith("bias") else 1.0)) for n in params}
-        self.kvstore = mx.kv.create(kvstore) if kvstore.startswith("dist") else kvstore
+        self.kvstore = mx.kv.create(kvstore) if kvstore in DIST_KVSTORES else kvstore
         # SoftmaxOutput(normalization="batch") averages over each device's RoIs; the kvstore
         # sums over the P devices of every worker (dist_sync: over all workers): average them.
         workers = 1 if isinstance(self.kvstore, str) else self.kvstore.num_workers
@@ -326,7 +327,7 @@ def heldout_loss(trainer, sampler, n_batches: int, seed: int = HELDOUT_SEED) -> 
     return float(np.mean(losses))
 
 
-KVSTORES = ("local", "device", "dist_sync")
+KVSTORES = ("local", "device", *DIST_KVSTORES)
 
 # Options that define what a run trains; a resumed run must keep them.
 RECIPE = ("extractor", "target_size", "roi_shrink", "instance_loss", "lr", "fc_lr_mult", "freeze", "mine_from",
@@ -443,6 +444,11 @@ def check_save_model_free(save_model, out) -> None:
                             "or remove that one to replace it")
 
 
+def frozen(names, prefixes) -> list:
+    """The parameters of ``names`` that --freeze ``prefixes`` keep fixed (fire2 takes fire2_*)."""
+    return [n for n in names if any(n.startswith(f + "_") or n == f for f in prefixes)]
+
+
 def all_finite(params: dict) -> bool:
     return all(np.isfinite(v).all() for v in params.values())
 
@@ -454,7 +460,7 @@ def check_freeze(freeze, extractor) -> None:
         return
     names = [n for n in network.training_symbol(extractor, 1).list_arguments() if n.endswith("_weight")]
     layers = sorted({n[: -len("_weight")] for n in names})
-    unknown = [f for f in freeze.split(",") if f and not any(n.startswith(f + "_") or n == f for n in names)]
+    unknown = [f for f in freeze.split(",") if f and not frozen(names, [f])]
     if unknown:
         raise TrackerInputError(f"--freeze {unknown[0]} names no layer of {extractor}; its layers are "
                                 f"{', '.join(layers)} (a prefix like fire2 takes every layer it begins)")
@@ -506,7 +512,7 @@ def main(argv=None) -> int:
     ap.add_argument("--instance-loss", type=float, default=0.0,
                     help="weight of RT-MDNet's instance embedding loss (0 = off, the shipped model; RT-MDNet uses 0.1)")
     ap.add_argument("--ctx", default="cpu:0", help="cpu:0,cpu:1 or gpu:0,gpu:1 (data parallel)")
-    ap.add_argument("--kvstore", default="local", choices=KVSTORES, help="dist_sync: run by train_mx.launch")
+    ap.add_argument("--kvstore", default="local", choices=KVSTORES, help="dist_*: run by train_mx.launch")
     ap.add_argument("--out", default="runs/train", help="checkpoint folder")
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     ap.add_argument("--seed", type=int, default=0)
@@ -567,20 +573,25 @@ def _check_values(args) -> None:
             raise TrackerInputError(f"{flag} {want}, got {value}")
 
 
+def _check_recipe(args) -> None:
+    _check_values(args)
+    if args.mine_from < BATCH_NEG:
+        raise TrackerInputError(f"--mine-from must be at least the {BATCH_NEG} negatives of a minibatch, "
+                                f"got {args.mine_from}")
+    check_freeze(args.freeze, args.extractor)
+
+
 def _startup_checks(args, ap, given=RECIPE):
     """Everything a user can get wrong, checked before data, network or checkpoint is touched:
     returns (resumed checkpoint model or None, its state or None, its optimizer states or None,
     pretrained weights path or None, those weights or None). The weights are read here: a
     wrong file is refused before the data are loaded and the network bound."""
-    _check_values(args)
-    if args.mine_from < BATCH_NEG:
-        raise TrackerInputError(f"--mine-from must be at least the {BATCH_NEG} negatives of a minibatch, "
-                                f"got {args.mine_from}")
+    if not args.resume:  # a resumed run's recipe is checked once the checkpoint's values are in
+        _check_recipe(args)
     parse_ctx(args.ctx)
-    if args.kvstore.startswith("dist") and "DMLC_ROLE" not in os.environ:
+    if args.kvstore in DIST_KVSTORES and "DMLC_ROLE" not in os.environ:
         raise TrackerInputError(f"--kvstore {args.kvstore} runs under python -m train_mx.launch, which starts the "
                                 "scheduler, servers and workers; use it, or --kvstore local")
-    check_freeze(args.freeze, args.extractor)
     check_output_folder(args.out, "--out")
     if args.save_model:
         check_output_folder(args.save_model, "--save-model")
@@ -599,7 +610,7 @@ def _startup_checks(args, ap, given=RECIPE):
                                     "or drop --resume to start afresh")
         resumed, state, optimizer = checkpoint.read(out)
         take_recipe(resumed.config, args, ap, given)
-        _check_values(args)  # again: --holdout may have come from the checkpoint
+        _check_recipe(args)  # with the checkpoint's values (its --target-size bounds --roi-shrink)
         changed = resume_mismatch(resumed.config, args, ap)
         if changed:
             raise TrackerInputError(f"{changed} differs from the checkpoint in {ckpt}; resume with the "
@@ -625,7 +636,10 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
     ckpt = out / checkpoint.CHECKPOINT
     if state is not None:
         run["saved"] = int(state["iteration"])
-    seqs = args.sequences or sorted(str(p) for p in SHARED_SEQUENCES.iterdir() if p.is_dir())
+    seqs, files = without_files(args.sequences or [])
+    for f in files:
+        warn(f"skipping {f}: a file, not a sequence folder")
+    seqs = seqs or sorted(str(p) for p in SHARED_SEQUENCES.iterdir() if p.is_dir())
     holdout = holdout_names(args.holdout)
     check_sequence_names(seqs, holdout)
     policy = BucketPolicy(target_size=args.target_size)
@@ -686,12 +700,12 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
     it = start
     stopped = None  # the signal's name once one asked to stop
 
-    def save():
+    def save(params=None):
         """The checkpoint of iteration ``it``; ``run["saved"]`` follows it from the swap on."""
         st = {"iteration": it, "log": log, "seconds": seconds + time.time() - t_start, "sampler": sampler.state()}
         if held_sampler is not None:
             st["heldout_dropped"] = held_sampler.dropped()
-        checkpoint.write(out, config, trainer.params(), st, trainer.optimizer_states(),
+        checkpoint.write(out, config, trainer.params() if params is None else params, st, trainer.optimizer_states(),
                          swapped=lambda i: run.__setitem__("saved", i))
 
     made_up = False
@@ -726,7 +740,11 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
                  "binds": trainer.binds}
         if trainer.instance:
             entry["instance_loss"] = float(np.mean([s["instance_loss"] for s in stats]))
-        if not math.isfinite(entry["loss"]) or (rank == 0 and not all_finite(trainer.params())):
+        params = trainer.params()
+        # Every rank decides alike (dist_sync workers pull the same weights): one that went on
+        # alone would wait for the others' gradients forever. The last step's update may have
+        # made the weights NaN while its loss, computed before it, was finite.
+        if not math.isfinite(entry["loss"]) or not all_finite(params):
             # not saved: the checkpoint keeps the last finite weights (a NaN one replaced them
             # and nothing could resume or track from it)
             bar.close()
@@ -747,7 +765,7 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
             msg += f" heldout {entry['heldout_loss']:.4f}"
         bar.write(msg) if not bar.disable else print(msg, flush=True)
         if rank == 0:
-            save()
+            save(params)
     bar.close()
     if made_up and it == start and rank == 0:  # nothing trained: the log keeps the made-up held-out loss
         save()
