@@ -205,7 +205,10 @@ def test_empty_video(tmp_path, seq, tiny_model, content):
     else:
         _write_video(seq, path, n=0)
     line = expect_error(cli(["--video", path, "--init", "10,10,20,20", "--model", tiny_model]), str(path))
-    assert "empty video" in line or "cannot open video" in line
+    if content == "zero-bytes":
+        assert "is empty (0 bytes)" in line
+    else:
+        assert "empty video" in line or "cannot open video" in line
 
 
 @pytest.fixture
