@@ -207,7 +207,49 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.system()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.system(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
+            "versions": _versions()}
+
+
+def machine_line(m: dict) -> str:
+    """The machine block as the reports' first line: what, when, which code."""
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; {m.get('date', '?')}, "
+            f"commit {m.get('commit') or '?'}; " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()) + ".")
+
+
+# the libraries a figure depends on (the OpenCV trackers' figures on OpenCV's version)
+_PACKAGES = ("numpy", "mxnet", "opencv-python-headless", "opencv-contrib-python-headless", "opencv-python",
+             "opencv-contrib-python", "onnxruntime", "apache-tvm")
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _commit() -> str | None:
+    """The checkout's commit, with "+changes" when files differ from it; None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def opencv_builds() -> str:

@@ -27,7 +27,7 @@ from runtime.errors import TrackerInputError
 from runtime.model import load_model
 from runtime.report import markdown_table
 
-from .common import check_inputs, dump_json, machine, names_in, prepare_out, reports_user_errors
+from .common import check_inputs, dump_json, machine, machine_line, names_in, prepare_out, reports_user_errors
 
 
 BLOCK = 10
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
             row += [v, v / ref if ref else None]
         rows.append(row)
     headers = ["bucket"] + [h for n in names for h in (f"{n} ms", f"{n} / mxnet")]
-    text = (f"# Feature extraction per bucket\n\nMachine: {res['machine']['cpu']}, {res['machine']['cores']} cores. "
+    text = (f"# Feature extraction per bucket\n\n{machine_line(res['machine'])} "
             f"TVM tuning database: {res.get('tvm_tuning_db')}.\nCommand: `{res['command']}`\n\n"
             + markdown_table(headers, rows) + "\n")
     out = Path(args.out)

@@ -147,7 +147,8 @@ def _main(argv=None) -> int:
               f"truth scored > 0 {_fmt(r['truth_positive'])}  similarity near truth {_fmt(r['similarity_near'])}",
               flush=True)
     if out:
-        dump_json({"machine": machine(), "frames": args.frames, "seed": args.seed, "sequences": rows},
+        dump_json({"machine": machine(), "command": "python -m benchmarks.oracle " + " ".join(argv or sys.argv[1:]),
+                   "frames": args.frames, "seed": args.seed, "sequences": rows},
                   out / "oracle.json")
         lines = ["| sequence | frames | head's best box near the truth | true box scored > 0 | "
                  "similarity to the previous true box near the truth |", "|---|---:|---:|---:|---:|"]

@@ -22,7 +22,8 @@ from runtime.report import markdown_table, plot_frame_costs
 from runtime.sources import open_sequence_folder, usable_box
 from runtime.tracker import STAGES
 
-from .common import check_inputs, dump_json, log, machine, names_in, prepare_out, reports_user_errors, resolve_sequences
+from .common import (check_inputs, dump_json, log, machine, machine_line, names_in, prepare_out, reports_user_errors,
+                     resolve_sequences)
 
 BASELINE = "mxnet-unbucketed"
 REPORT_FILES = ("per_frame.json", "per_frame.md", "per_frame.png")
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     ref = result["backends"].get("mxnet", {}).get("median_ms")
     table = markdown_table(["backend", "first ms", "median ms", "p95 ms", "max ms", "fps"]
                            + [f"{s} ms" for s in STAGES + ("other",)], rows)
-    text = [f"# Per-frame cost\n", f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores.",
+    text = [f"# Per-frame cost\n", machine_line(result['machine']),
             f"Command: `{result['command']}`\n", "Frames after the first, all sequences pooled; stage columns are medians.\n",
             table]
     if ref:

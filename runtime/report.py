@@ -350,7 +350,8 @@ def _write_report(out_dir, results: Mapping[str, Mapping[str, Mapping]],
                 cost_rows.append([t, s, c.get("n_frames"), c.get("first_ms"), c.get("median_ms"),
                                   c.get("p95_ms"), c.get("max_ms"), c.get("fps")])
     if cost_rows:
-        parts.append("\n## Per-frame cost (ms; statistics over frames after the first)\n")
+        parts.append("\n## Per-frame cost (ms; median, p95, max and fps over the frames after the first; "
+                     "frames counts all)\n")
         parts.append(markdown_table(
             ["Tracker", "Sequence", "frames", "first", "median", "p95", "max", "fps"],
             cost_rows))

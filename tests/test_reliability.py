@@ -1028,6 +1028,11 @@ def test_short_soak_reports_memory_and_cost(tiny_model, tmp_path, capsys):
     frames_sampled = [f for f, _ in r["rss_curve"]]
     assert frames_sampled[0] == 0 and 15 in frames_sampled and frames_sampled[-1] == 299
     assert len(r["cost_curve_ms"]) == 3 and 0 <= r["auc"] <= 1 and r["median_ms"] > 0
+    # what ran, where, when and with which code: the figures depend on all of it
+    assert r["command"].startswith("python -m benchmarks.soak --frames 300")
+    m = r["machine"]
+    assert m["cores"] >= 1 and m["date"].endswith("UTC") and m["versions"]["mxnet"] == "1.9.1"
+    assert m["commit"] is None or len(m["commit"].split("+")[0]) == 12
 
 
 def test_soak_rejects_bad_arguments(capsys):
