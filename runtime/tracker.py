@@ -96,6 +96,18 @@ def start_box(box, size, params: TrackerParams | None = None, min_size: float | 
     return b
 
 
+# The process in which a Tracker set MXNet up (executors, its engine's and OpenMP's threads).
+# That state does not survive fork: a tracker in a child forked after it hangs at its first
+# frame (multiprocessing's default start method on Linux), so such a child is refused.
+_MXNET_PID = None
+FORKED = ("this process was forked from one that had already made a Tracker, and MXNet does not survive "
+          "fork (the tracker would hang); start worker processes with multiprocessing's 'spawn' or "
+          "'forkserver' method (multiprocessing.get_context('spawn')), or make trackers only in the workers")
+
+NOT_COPYABLE = ("a Tracker cannot be copied or pickled (it holds MXNet executors and loaded libraries); make "
+                "another Tracker(...) and init it, or keep its TrackerParams (those copy and pickle)")
+
+
 class Tracker:
     """``Tracker(model, backend, device, seed).init(image, box)`` then ``update(image)``.
 
@@ -108,6 +120,11 @@ class Tracker:
         from .backends import make_backend
         from .backends.mxnet_backend import mx_context
         from .devices import parse_device
+
+        global _MXNET_PID
+        if _MXNET_PID not in (None, os.getpid()):
+            raise TrackerStateError(FORKED)
+        _MXNET_PID = self._pid = os.getpid()
 
         # model=None: the shipped models/default, found from the package, not the cwd
         if not (model is None or isinstance(model, (Model, str, os.PathLike))):
@@ -148,6 +165,17 @@ class Tracker:
         self.head = None
         self.frame = -1
 
+    # A tracker's executors and loaded libraries are this process's: a pickled or deep-copied
+    # one fails inside MXNet's ctypes, and a shallow copy shares the head with the original.
+    def __reduce__(self):
+        raise TypeError(NOT_COPYABLE)
+
+    def __copy__(self):
+        raise TypeError(NOT_COPYABLE)
+
+    def __deepcopy__(self, memo):
+        raise TypeError(NOT_COPYABLE)
+
     # -- helpers ------------------------------------------------------------------------
     def _geometry(self, box, region=None):
         if self.bucketed:
@@ -172,6 +200,8 @@ class Tracker:
         init refused half-way leaves the tracker on its previous sequence (or uninitialised)."""
         from .head import OnlineHead
 
+        if self._pid != os.getpid():  # a tracker inherited through fork
+            raise TrackerStateError(FORKED)
         t0 = time.perf_counter()
         p = self.params
         image = to_bgr8(image)
@@ -227,6 +257,8 @@ class Tracker:
         return self._result(box, float("inf"), True, t0, stages, geom.bucket)
 
     def update(self, image) -> TrackResult:
+        if self._pid != os.getpid():
+            raise TrackerStateError(FORKED)
         if self.head is None:
             raise TrackerStateError("call init(image, box) before update(image)")
         t0 = time.perf_counter()

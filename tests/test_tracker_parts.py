@@ -762,3 +762,53 @@ def test_shared_executor_memory_keeps_every_bucket_exact(model):
         alone.forward(is_train=False)
         # a batch of 2 rows, not 256: oneDNN sums in another order (~4e-6 here)
         np.testing.assert_allclose(first[b], alone.outputs[-1].asnumpy(), rtol=1e-5, atol=2e-5)
+
+
+# -- found in a library user's walk --------------------------------------------------------------
+
+def _in_forked_child(queue, make_new, tracker, frame):
+    try:
+        if make_new:
+            Tracker()
+        else:
+            tracker.update(frame)
+        queue.put("no error")
+    except TrackerStateError as e:
+        queue.put(str(e))
+
+
+def test_a_forked_child_is_refused_not_left_hanging(model):
+    """A process forked after a Tracker was made (multiprocessing's default on Linux) hung at
+    its first frame inside MXNet: a tracker made or inherited there is refused, naming the way
+    out. (A child spawned instead tracks normally.)"""
+    import multiprocessing as mp
+
+    seq = make_sequence(n_frames=2, size=(160, 120), seed=0)
+    frames = [f.image for f in seq]
+    t = Tracker(model, seed=0)
+    t.init(frames[0], seq.init_box)
+    ctx = mp.get_context("fork")
+    for make_new in (True, False):
+        q = ctx.Queue()
+        p = ctx.Process(target=_in_forked_child, args=(q, make_new, t, frames[1]))
+        p.start()
+        p.join(120)
+        if p.is_alive():
+            p.kill()
+            pytest.fail("the forked child hung")
+        msg = q.get(timeout=10)
+        assert "forked from one that had already made a Tracker" in msg and "'spawn'" in msg, msg
+    assert np.isfinite(t.update(frames[1]).box).all()  # the parent's tracker is unaffected
+
+
+def test_a_tracker_is_not_copied_or_pickled(model):
+    """Deep copies and pickles failed inside MXNet's ctypes; a shallow copy shared the head
+    with the original, mixing two tracks' training: each is one clear TypeError."""
+    import copy
+    import pickle
+
+    t = Tracker(model, seed=0)
+    for how in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot be copied or pickled"):
+            how(t)
+    assert pickle.loads(pickle.dumps(t.params)) == t.params

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,24 @@ from .. import artifacts
 from ..devices import device_index
 from ..errors import ArtifactError, TrackerInputError
 from .base import FeatureBackend
+
+
+_LOADED: dict = {}  # (path, the file's identity) -> module, for this process
+_LOAD_LOCK = threading.Lock()
+
+
+def _load_once(tvm, path: Path):
+    """``tvm.runtime.load_module`` once per library file and process: TVM never frees a
+    loaded library, so a tracker made and dropped again and again (one per clip) grew by
+    about 4 MB each time. A rebuilt set's files are new files (export swaps a new folder in),
+    so they are loaded afresh."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _LOAD_LOCK:
+        lib = _LOADED.get(key)
+        if lib is None:
+            lib = _LOADED[key] = tvm.runtime.load_module(str(path))
+        return lib
 
 
 def ensure_tvm(model, target_name: str, folder=None) -> Path:
@@ -168,7 +187,7 @@ class TVMBackend(FeatureBackend):
             # before the loader maps it: a truncated library would kill the process (SIGBUS)
             check_shared_library(path, fix, "build for this CPU with: python -m export --targets llvm")
             try:
-                lib = tvm.runtime.load_module(str(path))
+                lib = _load_once(tvm, path)
             except Exception as e:  # the loader's reason, on one line
                 lines = str(e).strip().splitlines()
                 raise ArtifactError(f"cannot load {path} ({lines[-1] if lines else type(e).__name__}); {fix}") from None
