@@ -24,8 +24,8 @@ from runtime.sources import open_sequence_folder
 
 from runtime.errors import TrackerInputError
 
-from .common import (OpenCVTracker, check_inputs, dump_json, machine, prepare_out, reports_user_errors,
-                     resolve_sequences, run_sequence)
+from .common import (OpenCVTracker, check_inputs, command, dump_json, machine, machine_line, prepare_out,
+                     reports_user_errors, resolve_sequences, run_sequence)
 
 PEERS = ("csrt", "kcf", "mil")
 REPORT_FILES = ("results.json", "results.md", "success.png", "precision.png", "summary.json")
@@ -140,9 +140,9 @@ def main(argv=None) -> int:
                   f"fps {'n/a' if fps is None else f'{fps:.1f}'}", flush=True)
     # "dev sequences" only when they are (the default): a report on a user's OTB folders must not say so
     title = "One-pass evaluation" + ("" if args.sequences else " (dev sequences)")
-    paths = write_report(args.out, results, title=title)
-    summary = {"machine": machine(), "command": "python -m benchmarks.accuracy " + " ".join(argv or sys.argv[1:]),
-               "trackers": {}}
+    m = machine()
+    paths = write_report(args.out, results, title=title, preface=machine_line(m))
+    summary = {"machine": m, "command": command("benchmarks.accuracy", argv), "trackers": {}}
     for name, per in results.items():
         # The OTB mean over sequences, as in results.json (mean_scores): a sequence with no
         # frame to score (ground truth absent in every frame run) has NaN scores; it is left

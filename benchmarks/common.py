@@ -212,6 +212,14 @@ def machine() -> dict:
             "versions": _versions()}
 
 
+def command(module: str, argv=None) -> str:
+    """The command line a result came from, quoted so it can be run again."""
+    import shlex
+    import sys
+
+    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else [str(a) for a in argv])
+
+
 def machine_line(m: dict) -> str:
     """The machine block as the reports' first line: what, when, which code."""
     return (f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; {m.get('date', '?')}, "

@@ -27,7 +27,7 @@ from runtime.errors import TrackerInputError
 from runtime.model import load_model
 from runtime.report import markdown_table
 
-from .common import check_inputs, dump_json, machine, machine_line, names_in, prepare_out, reports_user_errors
+from .common import check_inputs, command, dump_json, machine, machine_line, names_in, prepare_out, reports_user_errors
 
 
 BLOCK = 10
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     if args.repeat < 1:
         raise TrackerInputError(f"--repeat must be positive, got {args.repeat}")
     check_inputs([], out_dir=args.out)
-    res = {"machine": machine(), "command": "python -m benchmarks.features " + " ".join(argv or sys.argv[1:]),
+    res = {"machine": machine(), "command": command("benchmarks.features", argv),
            "timing": f"each backend alone in its own process; rounds of {BLOCK} calls per bucket, alternating",
            "backends": {}}
     load_model(args.model)  # a bad --model fails here, before any worker starts

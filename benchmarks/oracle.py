@@ -113,7 +113,7 @@ REPORT_FILES = ("oracle.json", "oracle.md")
 
 
 def _main(argv=None) -> int:
-    from benchmarks.common import check_inputs, dump_json, machine, prepare_out, resolve_sequences
+    from benchmarks.common import check_inputs, command, dump_json, machine, machine_line, prepare_out, resolve_sequences
     from runtime.model import DEFAULT_MODEL
     from runtime.sources import open_sequence_folder
 
@@ -147,10 +147,10 @@ def _main(argv=None) -> int:
               f"truth scored > 0 {_fmt(r['truth_positive'])}  similarity near truth {_fmt(r['similarity_near'])}",
               flush=True)
     if out:
-        dump_json({"machine": machine(), "command": "python -m benchmarks.oracle " + " ".join(argv or sys.argv[1:]),
-                   "frames": args.frames, "seed": args.seed, "sequences": rows},
-                  out / "oracle.json")
-        lines = ["| sequence | frames | head's best box near the truth | true box scored > 0 | "
+        m = machine()
+        dump_json({"machine": m, "command": command("benchmarks.oracle", argv), "frames": args.frames,
+                   "seed": args.seed, "sequences": rows}, out / "oracle.json")
+        lines = [machine_line(m), "", "| sequence | frames | head's best box near the truth | true box scored > 0 | "
                  "similarity to the previous true box near the truth |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {k} | {r['frames']} | {_fmt(r['head_near'])} | {_fmt(r['truth_positive'])} | "
                   f"{_fmt(r['similarity_near'])} |" for k, r in rows.items()]

@@ -22,7 +22,7 @@ from runtime.report import markdown_table, plot_frame_costs
 from runtime.sources import open_sequence_folder, usable_box
 from runtime.tracker import STAGES
 
-from .common import (check_inputs, dump_json, log, machine, machine_line, names_in, prepare_out, reports_user_errors,
+from .common import (check_inputs, command, dump_json, log, machine, machine_line, names_in, prepare_out, reports_user_errors,
                      resolve_sequences)
 
 BASELINE = "mxnet-unbucketed"
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
             seq.close()
     prepare_out(out, REPORT_FILES, args.force)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine(), "command": "python -m benchmarks.per_frame " + " ".join(argv or sys.argv[1:]),
+    result = {"machine": machine(), "command": command("benchmarks.per_frame", argv),
               "sequences": {}, "backends": {}}
     all_ms = {b: [] for b in backends}
     all_stages = {b: {} for b in backends}

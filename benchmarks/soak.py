@@ -202,9 +202,9 @@ def main(argv=None) -> int:
     for line in summary_lines(r):
         print(line)
     if args.json:
-        from benchmarks.common import machine
+        from benchmarks.common import command, machine
 
-        r = {"machine": machine(), "command": "python -m benchmarks.soak " + " ".join(argv or sys.argv[1:]), **r}
+        r = {"machine": machine(), "command": command("benchmarks.soak", argv), **r}
         try:
             with open(args.json, "w") as f:
                 json.dump(r, f, indent=1)

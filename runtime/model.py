@@ -17,6 +17,7 @@ import numpy as np
 
 from .buckets import BucketPolicy
 from .errors import ModelError, write_error
+from .fork_guard import check_not_forked, mark_mxnet_used
 
 CONFIG = "config.json"
 WEIGHTS = "weights.params"
@@ -156,8 +157,10 @@ def load_model(path=None) -> Model:
             raise ModelError(f"{f} is missing; restore the model folder (git checkout or re-download)")
         if sha256_file(f) != files[name]:
             raise ModelError(f"{f} does not match its sha256 in {MANIFEST} (corrupt or modified); restore it")
+    check_not_forked()
     try:
         config = json.loads((path / CONFIG).read_text())
+        mark_mxnet_used()  # from here a forked child's MXNet would hang
         params = {k: v.asnumpy() for k, v in mx.nd.load(str(path / WEIGHTS)).items()}
     except Exception as e:  # a hashed file that still fails to parse was written wrongly
         lines = str(e).strip().splitlines()  # MXNet errors carry a C++ traceback: keep the last line

@@ -254,20 +254,20 @@ def _mean_of(values):
 
 
 def write_report(out_dir, results: Mapping[str, Mapping[str, Mapping]],
-                 title: str = "One-pass evaluation") -> dict:
+                 title: str = "One-pass evaluation", preface: str | None = None) -> dict:
     """See :func:`_write_report`; a folder that cannot be written is the user's to fix."""
     from .errors import TrackerInputError
     from .outputs import check_output_folder
 
     check_output_folder(out_dir, "report folder")
     try:
-        return _write_report(out_dir, results, title)
+        return _write_report(out_dir, results, title, preface)
     except OSError as e:
         raise TrackerInputError(f"cannot write the report to {out_dir}: {e.strerror or e}; pass a writable folder") from None
 
 
 def _write_report(out_dir, results: Mapping[str, Mapping[str, Mapping]],
-                  title: str = "One-pass evaluation") -> dict:
+                  title: str = "One-pass evaluation", preface: str | None = None) -> dict:
     """Write ``results.json``, ``results.md``, ``success.png`` and ``precision.png``.
 
     ``results`` is ``{tracker: {sequence: {"score": SequenceScore | dict, "cost": dict}}}``
@@ -335,7 +335,7 @@ def _write_report(out_dir, results: Mapping[str, Mapping[str, Mapping]],
         mean_row += [m["auc"], m["precision"], m["mean_iou"], m["fps"]]
     rows.append(mean_row)
 
-    parts = [f"# {title}\n",
+    parts = [f"# {title}\n", *([preface + "\n"] if preface else []),
              f"One-pass evaluation: AUC of the success curve (IoU > t, t in "
              f"linspace(0, 1, 21)), precision at {PRECISION_AT} px centre error, mean IoU "
              f"over frames with ground truth; Mean = per-sequence average.\n",

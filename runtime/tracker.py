@@ -18,6 +18,7 @@ from . import sampling
 from .bbreg import BBoxRegressor
 from .buckets import extractor_input
 from .errors import TrackerInputError, TrackerStateError
+from .fork_guard import FORKED, check_not_forked, mark_mxnet_used
 from .geometry import iou, keep_center_inside
 from .head import effective_rank
 from .imageops import to_bgr8
@@ -96,13 +97,6 @@ def start_box(box, size, params: TrackerParams | None = None, min_size: float | 
     return b
 
 
-# The process in which a Tracker set MXNet up (executors, its engine's and OpenMP's threads).
-# That state does not survive fork: a tracker in a child forked after it hangs at its first
-# frame (multiprocessing's default start method on Linux), so such a child is refused.
-_MXNET_PID = None
-FORKED = ("this process was forked from one that had already made a Tracker, and MXNet does not survive "
-          "fork (the tracker would hang); start worker processes with multiprocessing's 'spawn' or "
-          "'forkserver' method (multiprocessing.get_context('spawn')), or make trackers only in the workers")
 
 NOT_COPYABLE = ("a Tracker cannot be copied or pickled (it holds MXNet executors and loaded libraries); make "
                 "another Tracker(...) and init it, or keep its TrackerParams (those copy and pickle)")
@@ -121,10 +115,8 @@ class Tracker:
         from .backends.mxnet_backend import mx_context
         from .devices import parse_device
 
-        global _MXNET_PID
-        if _MXNET_PID not in (None, os.getpid()):
-            raise TrackerStateError(FORKED)
-        _MXNET_PID = self._pid = os.getpid()
+        check_not_forked()
+        self._pid = os.getpid()
 
         # model=None: the shipped models/default, found from the package, not the cwd
         if not (model is None or isinstance(model, (Model, str, os.PathLike))):
@@ -159,6 +151,7 @@ class Tracker:
             raise TrackerInputError("the unbucketed baseline exists for the mxnet backend only")
         kw = {"artifacts": artifacts} if artifacts is not None and backend != "mxnet" else {}
         self.backend = make_backend(backend, self.model, device=device, **kw)
+        mark_mxnet_used()
         self.ctx = mx_context(device) if backend == "mxnet" else mx_context("cpu")
         self.seed = int(seed)
         self.bucketed = bucketed

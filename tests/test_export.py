@@ -215,6 +215,54 @@ def test_tvm_trackers_share_a_library_loaded_once(one_bucket_model, one_bucket_l
     assert len(tvm_backend._LOADED) == loaded + 1
 
 
+def _tiny_library(path, constant):
+    """A TVM library computing x + constant on 4 floats, through the export path."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.targets import parse
+    from export.tvm_build import build_bucket
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [helper.make_tensor("c", TensorProto.FLOAT, [4], [constant] * 4)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path.with_suffix(".onnx")))
+    return build_bucket(path.with_suffix(".onnx"), parse("llvm"), path)
+
+
+def test_a_library_rebuilt_in_place_runs_its_new_code(tmp_path):
+    """The dynamic loader hands back the library it holds for a file name: a set rebuilt in
+    place (export swaps a new folder in under the same name) ran the old set's code in a
+    process that had loaded it. The new file is loaded, and computes its own result."""
+    import shutil
+
+    import tvm
+    from tvm import relax
+
+    from runtime.backends.tvm_backend import _load_once
+
+    one, two = _tiny_library(tmp_path / "one.so", 1.0), _tiny_library(tmp_path / "two.so", 2.0)
+    live = tmp_path / "set"
+    live.mkdir()
+    shutil.copy(one, live / "lib.so")
+
+    def run(lib):
+        x = tvm.runtime.tensor(np.zeros(4, np.float32), tvm.cpu())
+        return relax.VirtualMachine(lib, tvm.cpu())["main"](x).numpy()
+
+    assert run(_load_once(tvm, live / "lib.so")).tolist() == [1.0] * 4
+    assert _load_once(tvm, live / "lib.so") is _load_once(tvm, live / "lib.so")
+    new = tmp_path / "set.new"
+    new.mkdir()
+    shutil.copy(two, new / "lib.so")
+    shutil.rmtree(live)
+    new.rename(live)  # as export swaps a set in
+    assert run(_load_once(tvm, live / "lib.so")).tolist() == [2.0] * 4
+
+
 def test_tvm_library_of_another_bucket_with_rewritten_hashes_is_refused(one_bucket_model, one_bucket_llvm, tmp_path):
     """A 192x192 library passed off, manifest and hashes rewritten, as a 224x224 model's: one
     line from the warm-up (it was TVM's match_cast RuntimeError)."""

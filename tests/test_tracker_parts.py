@@ -766,10 +766,14 @@ def test_shared_executor_memory_keeps_every_bucket_exact(model):
 
 # -- found in a library user's walk --------------------------------------------------------------
 
-def _in_forked_child(queue, make_new, tracker, frame):
+def _in_forked_child(queue, what, tracker, frame):
+    from runtime.model import load_model
+
     try:
-        if make_new:
+        if what == "new":
             Tracker()
+        elif what == "load":
+            load_model()
         else:
             tracker.update(frame)
         queue.put("no error")
@@ -777,27 +781,39 @@ def _in_forked_child(queue, make_new, tracker, frame):
         queue.put(str(e))
 
 
-def test_a_forked_child_is_refused_not_left_hanging(model):
-    """A process forked after a Tracker was made (multiprocessing's default on Linux) hung at
-    its first frame inside MXNet: a tracker made or inherited there is refused, naming the way
-    out. (A child spawned instead tracks normally.)"""
+def _forked(what, tracker=None, frame=None):
     import multiprocessing as mp
 
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_in_forked_child, args=(q, what, tracker, frame))
+    p.start()
+    p.join(120)
+    if p.is_alive():
+        p.kill()
+        pytest.fail("the forked child hung")
+    return q.get(timeout=10)
+
+
+def test_a_forked_child_is_refused_not_left_hanging(model, monkeypatch):
+    """A process forked after a model was loaded or a Tracker made (multiprocessing's default
+    on Linux) hung at its first frame inside MXNet: a tracker made or inherited there, or a
+    model loaded there, is refused, naming the way out. A parent whose only Tracker was
+    refused before touching MXNet leaves its children free. (Spawned children track.)"""
+    from runtime import fork_guard
+
+    monkeypatch.setattr(fork_guard, "_PID", None)  # as in a fresh process
+    with pytest.raises(TrackerInputError):
+        Tracker(123)  # refused before any MXNet work
+    assert fork_guard._PID is None
     seq = make_sequence(n_frames=2, size=(160, 120), seed=0)
     frames = [f.image for f in seq]
     t = Tracker(model, seed=0)
+    assert fork_guard._PID is not None
     t.init(frames[0], seq.init_box)
-    ctx = mp.get_context("fork")
-    for make_new in (True, False):
-        q = ctx.Queue()
-        p = ctx.Process(target=_in_forked_child, args=(q, make_new, t, frames[1]))
-        p.start()
-        p.join(120)
-        if p.is_alive():
-            p.kill()
-            pytest.fail("the forked child hung")
-        msg = q.get(timeout=10)
-        assert "forked from one that had already made a Tracker" in msg and "'spawn'" in msg, msg
+    for what in ("new", "load", "inherited"):
+        msg = _forked(what, t, frames[1])
+        assert "forked from one that had already loaded a model or made a Tracker" in msg and "'spawn'" in msg, msg
     assert np.isfinite(t.update(frames[1]).box).all()  # the parent's tracker is unaffected
 
 

@@ -1,6 +1,7 @@
 """TVM feature backend: one compiled library per bucket, loaded and warmed at start-up."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -21,14 +22,27 @@ _LOAD_LOCK = threading.Lock()
 def _load_once(tvm, path: Path):
     """``tvm.runtime.load_module`` once per library file and process: TVM never frees a
     loaded library, so a tracker made and dropped again and again (one per clip) grew by
-    about 4 MB each time. A rebuilt set's files are new files (export swaps a new folder in),
-    so they are loaded afresh."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    about 4 MB each time. A file that replaced one loaded before under the same name (a set
+    rebuilt in place) is loaded through a copy of another name: the dynamic loader hands back
+    the library it already holds for a name, which would run the old set's code."""
+    import shutil
+    import tempfile
+
+    real = str(path.resolve())
+    st = os.stat(real)
+    key = (real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     with _LOAD_LOCK:
         lib = _LOADED.get(key)
-        if lib is None:
-            lib = _LOADED[key] = tvm.runtime.load_module(str(path))
+        if lib is not None:
+            return lib
+        if any(k[0] == real for k in _LOADED):
+            with tempfile.TemporaryDirectory(prefix="mdtrack-tvm-") as tmp:
+                copy = Path(tmp) / f"{st.st_ino}-{st.st_mtime_ns}-{path.name}"
+                shutil.copyfile(real, copy)
+                lib = tvm.runtime.load_module(str(copy))  # mapped: the copy may go
+        else:
+            lib = tvm.runtime.load_module(real)
+        _LOADED[key] = lib
         return lib
 
 
