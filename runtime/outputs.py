@@ -124,22 +124,22 @@ def check_outputs_apart(outputs, source) -> None:
                                     "write the output somewhere else")
     # A hard link has its own path: only the file's identity tells (an existing output with
     # more than one link is rare, so the inputs are looked at only then).
-    linked = {}
+    linked = {}  # (device, inode) -> (flag, path)
     for p, flag in named.items():
         st = _stat(p)
         if st is not None and st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             if key in linked:
-                raise TrackerInputError(f"{linked[key]} and {flag} name one file (hard links); give each output "
+                raise TrackerInputError(f"{linked[key][0]} and {flag} name one file (hard links); give each output "
                                         "its own file")
-            linked[key] = flag
+            linked[key] = (flag, p)
     if linked:
         for f in (*inputs, *(d / n for d, names in frames.items() for n in names)):
             st = _stat(f)
             if st is not None and (st.st_dev, st.st_ino) in linked:
-                flag = linked[(st.st_dev, st.st_ino)]
-                raise TrackerInputError(f"{flag} {_path_of(outputs, flag)} is a hard link to the input file {f} "
-                                        "and would overwrite it; write the output somewhere else")
+                flag, p = linked[(st.st_dev, st.st_ino)]
+                raise TrackerInputError(f"{flag} {p} is a hard link to the input file {f} and would overwrite it; "
+                                        "write the output somewhere else")
 
 
 def _stat(path):
@@ -147,10 +147,6 @@ def _stat(path):
         return os.stat(path)
     except OSError:
         return None
-
-
-def _path_of(outputs, flag):
-    return next(path for f, path in outputs if f == flag)
 
 
 class LineWriter:
