@@ -18,7 +18,7 @@ from . import sampling
 from .bbreg import BBoxRegressor
 from .buckets import extractor_input
 from .errors import TrackerInputError, TrackerStateError
-from .fork_guard import FORKED, check_not_forked, mark_mxnet_used
+from .fork_guard import check_not_forked, mark_mxnet_used
 from .geometry import iou, keep_center_inside
 from .head import effective_rank
 from .imageops import to_bgr8
@@ -116,7 +116,6 @@ class Tracker:
         from .devices import parse_device
 
         check_not_forked()
-        self._pid = os.getpid()
 
         # model=None: the shipped models/default, found from the package, not the cwd
         if not (model is None or isinstance(model, (Model, str, os.PathLike))):
@@ -193,8 +192,7 @@ class Tracker:
         init refused half-way leaves the tracker on its previous sequence (or uninitialised)."""
         from .head import OnlineHead
 
-        if self._pid != os.getpid():  # a tracker inherited through fork
-            raise TrackerStateError(FORKED)
+        check_not_forked()  # a tracker inherited through fork
         t0 = time.perf_counter()
         p = self.params
         image = to_bgr8(image)
@@ -250,8 +248,7 @@ class Tracker:
         return self._result(box, float("inf"), True, t0, stages, geom.bucket)
 
     def update(self, image) -> TrackResult:
-        if self._pid != os.getpid():
-            raise TrackerStateError(FORKED)
+        check_not_forked()
         if self.head is None:
             raise TrackerStateError("call init(image, box) before update(image)")
         t0 = time.perf_counter()
