@@ -218,6 +218,11 @@ def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buck
         raise TrackerInputError(f"--max-mb must be positive, got {max_mb}")
     if sequence is not None:
         open_sequence_folder(sequence).close()
+    if not (ROOT / "CMakeLists.txt").is_file():
+        raise PackError(f"the native runner is built from a checkout's CMakeLists.txt and native/, which {ROOT} "
+                        "(an installed copy) does not have: run benchmarks.gpu_pack from a clone of the project")
+    if shutil.which("cmake") is None:
+        raise PackError("cmake is not installed: apt-get install cmake g++")
     # Built beside the destination and swapped in when complete: a failed build keeps the old pack.
     from export.build import staged
 
@@ -319,7 +324,7 @@ def main(argv=None) -> int:
     cli_logging()
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_pack", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=str(ROOT / "models" / "default"), help="model folder (default: models/default)")
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped models/default)")
     ap.add_argument("--out", required=True, help="pack folder to write (replaced if it is an older pack)")
     ap.add_argument("--arch", default="sm_90", help="CUDA architecture of the GPU machine (default sm_90: H100/H200)")
     ap.add_argument("--cpu-target", default=DEFAULT_CPU_TARGET,

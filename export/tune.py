@@ -150,7 +150,7 @@ def main(argv=None) -> int:
 
     from . import TUNE_PACKAGES, missing_packages
 
-    missing = missing_packages(TUNE_PACKAGES)
+    missing = missing_packages(TUNE_PACKAGES, "tune")
     if missing:
         print(f"error: {missing}", file=sys.stderr)
         return 2

@@ -47,6 +47,15 @@ def test_training_refuses_bad_counts_and_paths(seq, tmp_path, afile, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_training_without_sequences_or_shared_names_the_option(tmp_path, capsys, monkeypatch):
+    """An installed copy, or a checkout without ../shared: the default data is absent."""
+    from train_mx import train
+
+    monkeypatch.setattr(train, "SHARED_SEQUENCES", tmp_path / "shared" / "data" / "sequences")
+    _expect(capsys, train.main(["--quiet", "--out", str(tmp_path / "r"), "--extractor", "vggm"]),
+            "no sequences", "is absent", "--sequences DIR")
+
+
 def test_resume_with_a_damaged_state_refused(seq, tmp_path, capsys):
     from train_mx import train
 
@@ -129,9 +138,9 @@ def test_tools_name_a_missing_package_and_its_extra(tmp_path, monkeypatch, capsy
     with monkeypatch.context() as m:
         m.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("onnx", "tvm") else real(name, *a))
         _expect(capsys, export(["--targets", "llvm", "--out", str(tmp_path / "x")]), "onnx, apache-tvm not installed",
-                "pip install -e '.[export]'")
+                "onnxruntime==", "pip install -e '.[export]'")
         _expect(capsys, export(["--targets", "onnx", "--out", str(tmp_path / "x")]), "onnx not installed")
-        _expect(capsys, tune.main(["--trials", "1"]), "onnx, apache-tvm", "not installed", "'.[tune]'")
+        _expect(capsys, tune.main(["--trials", "1"]), "onnx, apache-tvm", "not installed", "xgboost==", "'.[tune]'")
     assert not (tmp_path / "x").exists()
     fake = tmp_path / "fake"
     fake.mkdir()
@@ -203,6 +212,16 @@ def test_gpu_pack_checks_before_touching_the_old_pack(tmp_path, capsys):
                          (["--sequence", str(tmp_path / "noseq")], ["noseq"])):
         _expect(capsys, main(["--out", str(old)] + extra), *words)
     assert (old / "results.json").read_text() == "kept"
+
+
+def test_gpu_pack_outside_a_checkout_stops_before_building(tmp_path, capsys, monkeypatch):
+    """An installed copy has no CMakeLists.txt for the runner: said at once, not after minutes
+    of export and nvcc."""
+    from benchmarks import gpu_pack
+
+    monkeypatch.setattr(gpu_pack, "ROOT", tmp_path / "site-packages")
+    _expect(capsys, gpu_pack.main(["--out", str(tmp_path / "pack")]), "CMakeLists.txt", "from a clone")
+    assert not (tmp_path / "pack").exists()
 
 
 def test_peer_tracker_missing_from_opencv_names_the_installed_builds(monkeypatch):

@@ -639,6 +639,8 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
     seqs, files = without_files(args.sequences or [])
     for f in files:
         warn(f"skipping {f}: a file, not a sequence folder")
+    if not seqs and not SHARED_SEQUENCES.is_dir():
+        raise TrackerInputError(f"no sequences ({SHARED_SEQUENCES} is absent): pass --sequences DIR ...")
     seqs = seqs or sorted(str(p) for p in SHARED_SEQUENCES.iterdir() if p.is_dir())
     holdout = holdout_names(args.holdout)
     check_sequence_names(seqs, holdout)

@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import artifacts
 from ..errors import ArtifactError, TrackerInputError
+from ..extras import install_hint
 from .base import FeatureBackend
 
 
@@ -40,7 +41,7 @@ class OnnxRuntimeBackend(FeatureBackend):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise TrackerInputError("the onnxruntime backend needs onnxruntime: pip install -e '.[export]'") from None
+            raise TrackerInputError(f"the onnxruntime backend needs onnxruntime: {install_hint('export')}") from None
         if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise TrackerInputError("--device cuda with onnxruntime needs onnxruntime-gpu (pip install onnxruntime-gpu)")
         from export.onnx_export import onnx_session

@@ -12,6 +12,7 @@ import numpy as np
 from .. import artifacts
 from ..devices import device_index
 from ..errors import ArtifactError, TrackerInputError
+from ..extras import install_hint
 from .base import FeatureBackend
 
 
@@ -149,7 +150,7 @@ class TVMBackend(FeatureBackend):
             import tvm
             from tvm import relax
         except ImportError:
-            raise TrackerInputError("the tvm backend needs apache-tvm: pip install -e '.[export]'") from None
+            raise TrackerInputError(f"the tvm backend needs apache-tvm: {install_hint('export')}") from None
         if target is None and artifacts is not None:
             target = _manifest_target(artifacts)
             if target is None:  # no TVM set there: say what is there instead

@@ -21,12 +21,13 @@ import time
 import cv2
 import numpy as np
 
+from ..extras import install_hint
+
 try:
     from got10k.trackers import Tracker as _ToolkitTracker
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "runtime.integrations.got10k needs the GOT-10k toolkit: pip install -e '.[toolkits]' "
-        f"(or pip install got10k==0.1.3 shapely six) ({e})"
+        f"runtime.integrations.got10k needs the GOT-10k toolkit: {install_hint('toolkits')} ({e})"
     ) from e
 
 __all__ = ["GOT10kTracker", "to_bgr"]
