@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # Past this point a ValueError is a bug in the export path: it keeps its traceback.
-    from runtime.stopping import Interrupted, StopRequest
+    from runtime.stopping import StopRequest, stopped_by
 
     stop = StopRequest()  # not deferred: a signal stops at once, and the staged set is removed
     try:
@@ -72,19 +72,21 @@ def main(argv=None) -> int:
 
     try:
         build(model, names, out, done=done)
-    except KeyboardInterrupt as e:
-        name = str(e) if isinstance(e, Interrupted) else "SIGINT"
-        print(f"interrupted ({name}); {kept()}", file=sys.stderr)
-        return 128 + getattr(signal, name)
     except TrackerInputError as e:  # a folder export must not replace (checked before any work)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ParityError as e:
         print(f"error: {e}; {kept()}", file=sys.stderr)
         return 1
-    except OSError as e:
-        print(f"error: {e.filename or args.out}: {e.strerror or e}; {kept()}", file=sys.stderr)
-        return 1
+    except (KeyboardInterrupt, Exception) as e:
+        name = stopped_by(e, stop)  # first: a signal inside TVM's compiler comes back as another error
+        if name is not None:
+            print(f"interrupted ({name}); {kept()}", file=sys.stderr)
+            return 128 + getattr(signal, name)
+        if isinstance(e, OSError):
+            print(f"error: {e.filename or args.out}: {e.strerror or e}; {kept()}", file=sys.stderr)
+            return 1
+        raise
     finally:
         StopRequest.restore(old)
     for name, folder in done.items():

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -56,12 +59,40 @@ def _folder_lock(folder: Path):
         os.close(fd)  # releases the lock
 
 
+def _owner() -> str:
+    """This process, as staging folders name it: host and pid, so that another run can tell
+    the folders of a build that was killed outright from those of one still running."""
+    return f"{socket.gethostname().replace('.', '_').replace('/', '_')}-{os.getpid()}"
+
+
+def remove_abandoned(out: Path) -> None:
+    """Remove the staging folders of ``out`` left by builds on this machine whose process is
+    gone (SIGKILL, the OOM killer, docker stop's timeout: nothing ran to clean up); a previous
+    set caught mid-swap is put back first. Call under the parent's lock."""
+    host = _owner().rsplit("-", 1)[0]
+    lead = f".{out.name}.{host}-"
+    for p in out.parent.glob(f"{glob.escape(lead)}*"):
+        pid = p.name[len(lead):].split(".", 1)[0]
+        if not pid.isdigit() or not p.name.endswith((".partial", ".old")) or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except OSError:  # another user's live process
+            continue
+        if p.name.endswith(".old") and (p / out.name).is_dir() and not out.exists():
+            (p / out.name).rename(out)
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def swap_in(new: Path, out: Path) -> None:
     """Replace ``out`` (if any) by the finished folder ``new``, under a lock on their parent so
     two builds of one set (two first uses of the cache) do not collide: the later one wins.
     If the swap fails the previous folder is put back."""
     with _folder_lock(out.parent):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_owner()}.", suffix=".old", dir=out.parent))
         try:
             moved = out.exists()
             if moved:
@@ -84,7 +115,9 @@ def staged(out: Path, check=check_replaceable):
     if check is not None:
         check(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    with _folder_lock(out.parent):
+        remove_abandoned(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_owner()}.", suffix=".partial", dir=out.parent))
     try:
         tmp.chmod(0o755)
         yield tmp

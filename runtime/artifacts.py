@@ -8,10 +8,12 @@ Artifacts are native code: load only sets you built or trust.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import struct
+import sys
 from pathlib import Path
 
 from .errors import ArtifactError
@@ -24,7 +26,13 @@ BACKEND_OF = {"onnx": "onnxruntime", "tvm": "tvm"}  # artifact kind -> the backe
 def cache_root() -> Path:
     """``$MDTRACK_CACHE`` or ``~/.cache/mdtrack``: where first-use builds go (an empty
     MDTRACK_CACHE is unset: it would make the working folder the cache)."""
-    return Path(os.environ.get("MDTRACK_CACHE") or Path.home() / ".cache" / "mdtrack").expanduser()
+    given = os.environ.get("MDTRACK_CACHE")
+    try:
+        return Path(given).expanduser() if given else Path.home() / ".cache" / "mdtrack"
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry (env -i, an arbitrary container uid)
+        raise ArtifactError("the runtime's cache has no home folder to go in (HOME is unset and the user has no "
+                            "passwd entry); set MDTRACK_CACHE to a writable folder, or build a set with python -m "
+                            "export and pass it with --artifacts") from None
 
 
 def cache_write_error(folder, e: OSError) -> ArtifactError:
@@ -35,10 +43,41 @@ def cache_write_error(folder, e: OSError) -> ArtifactError:
                          "with --artifacts")
 
 
+@contextlib.contextmanager
+def build_lock(folder: Path):
+    """Held while a first-use build of the cache's set ``folder`` runs, so that workers started
+    together build it once: the others wait, then find it built (each compiled its own copy,
+    N times the CPU at start-up). A hidden lock file beside the set; best effort where the
+    filesystem has no flock."""
+    import fcntl
+
+    lock = folder.parent / f".{folder.name}.lock"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise cache_write_error(folder, e) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process's build of {folder}...", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def in_cache(folder) -> bool:
     """Whether ``folder`` is one of the cache's sets, ``<cache>/artifacts/<model>/<target>``:
     only those hold nothing but what first-use builds put there."""
-    return Path(folder).resolve().parent.parent == (cache_root() / "artifacts").resolve()
+    try:
+        root = cache_root()
+    except ArtifactError:  # no cache anywhere: nothing is in it
+        return False
+    return Path(folder).resolve().parent.parent == (root / "artifacts").resolve()
 
 
 def default_dir(model, target: str) -> Path:

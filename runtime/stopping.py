@@ -26,12 +26,14 @@ class StopRequest:
     def __init__(self):
         self.signum = None
         self.deferred = False
+        self.raised = None  # the signal an Interrupted was raised for, if any
 
     def __call__(self, signum, frame):
         if self.deferred and self.signum is None:
             self.signum = signum
             return
-        raise Interrupted(signal.Signals(signum).name)
+        self.raised = signal.Signals(signum).name
+        raise Interrupted(self.raised)
 
     def install(self) -> dict:
         """Handle the signals; returns the previous handlers for :meth:`restore`."""
@@ -51,6 +53,17 @@ class StopRequest:
     def restore(old: dict) -> None:
         for sig, prev in old.items():
             signal.signal(sig, prev)
+
+
+def stopped_by(e: BaseException, stop: StopRequest | None) -> str | None:
+    """The signal's name if ``e`` is how a signal stopped the run, else None. An Interrupted
+    raised while TVM's compiler runs one of its Python callbacks comes back through TVM's FFI
+    as a RuntimeError; the handler's own record tells it apart from a real error."""
+    if isinstance(e, Interrupted):
+        return str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return "SIGINT"
+    return stop.raised if stop is not None else None
 
 
 class StdoutClosed(Exception):

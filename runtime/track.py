@@ -20,7 +20,7 @@ from .backends import BACKENDS
 from .errors import TrackerInputError, cli_logging
 from .outputs import (STDOUT, LineWriter, StdoutLines, VideoOut, box_line, check_output, check_outputs_apart,
                       check_stdout_outputs)
-from .stopping import Interrupted, StdoutClosed, StopRequest, stdout_gone
+from .stopping import Interrupted, StdoutClosed, StopRequest, stdout_gone, stopped_by
 
 log = logging.getLogger("runtime.track")
 
@@ -510,8 +510,10 @@ def main(argv=None) -> int:
         one_line = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         _to_stderr(f"error: {one_line}")
         return 2
-    except KeyboardInterrupt as e:
-        name = str(e) if str(e) in StopRequest.SIGNALS else "SIGINT"
+    except (KeyboardInterrupt, Exception) as e:
+        name = stopped_by(e, stop)
+        if name is None:
+            raise
         _to_stderr(f"interrupted ({name})")
         return 128 + getattr(signal, name)
     finally:  # a first signal stays deferred until the summary is out

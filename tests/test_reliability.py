@@ -773,6 +773,30 @@ def test_signal_after_the_last_frame_still_gets_the_summary(tiny_model, tmp_path
     assert signal.getsignal(signal.SIGTERM) is before  # handlers put back
 
 
+def test_signal_inside_a_first_use_tvm_build_is_an_interruption(tiny_model, monkeypatch, capsys):
+    """SIGTERM while a first-use TVM build runs one of its Python callbacks: TVM's FFI hands
+    the handler's Interrupted back as RuntimeError('SIGTERM'), which ended in a traceback and
+    exit 1 (docker stop's log showed a 50-line chain) instead of exit 143."""
+    import os
+    import signal
+
+    import tvm_ffi
+
+    import runtime.backends
+    from runtime import track
+
+    def signalled():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def building(*a, **k):
+        tvm_ffi.convert(signalled)()
+
+    monkeypatch.setattr(runtime.backends, "make_backend", building)
+    code = track.main(["--demo", "--max-frames", "3", "--quiet", "--model", str(tiny_model)])
+    err = capsys.readouterr().err
+    assert code == 143 and err.strip() == "interrupted (SIGTERM)", err
+
+
 def test_closed_stdout_is_one_error_line(tiny_model, tmp_path):
     """Per-frame lines into a pipe whose reader has gone (``| head -1``): it stopped with a
     BrokenPipeError traceback and exit 1; now one error line, exit 2, outputs whole."""

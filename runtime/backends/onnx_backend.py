@@ -18,9 +18,11 @@ def ensure_onnx(model, folder=None) -> Path:
         artifacts.verify(folder, model, "onnx", "onnx")
         return Path(folder)
     folder = artifacts.default_dir(model, "onnx")
-    try:
-        artifacts.verify(folder, model, "onnx", "onnx")
-    except ArtifactError:
+    if _cache_usable(folder, model):
+        return folder
+    with artifacts.build_lock(folder):
+        if _cache_usable(folder, model):  # built by another worker while this one waited
+            return folder
         print(f"exporting ONNX artifacts for {len(model.policy.shapes)} buckets into {folder} (first use)...",
               file=sys.stderr, flush=True)
         from export.build import build_onnx
@@ -31,6 +33,14 @@ def ensure_onnx(model, folder=None) -> Path:
             raise artifacts.cache_write_error(folder, e) from None
         artifacts.verify(folder, model, "onnx", "onnx")
     return folder
+
+
+def _cache_usable(folder, model) -> bool:
+    try:
+        artifacts.verify(folder, model, "onnx", "onnx")
+        return True
+    except ArtifactError:
+        return False
 
 
 class OnnxRuntimeBackend(FeatureBackend):

@@ -54,21 +54,17 @@ def ensure_tvm(model, target_name: str, folder=None) -> Path:
         artifacts.verify(folder, model, "tvm", target_name)
         return Path(folder)
     folder = artifacts.default_dir(model, target_name)
-    try:
-        m = artifacts.verify(folder, model, "tvm", target_name)
-        from export.targets import parse
-        from export.tvm_build import tuning_db
-
-        if m.get("tuning_db_sha256") != tuning_db(target_name)[1]:
-            # the committed tuning database changed since this cache was built
-            raise ArtifactError(f"{folder} was built with another tuning database")
-        if target_name == "llvm" and m.get("target_dict") != parse("llvm").resolved():
-            raise ArtifactError(f"{folder} was built for another CPU ({m.get('target_dict')})")
-    except ArtifactError as e:
-        if target_name != "llvm":
-            raise
+    problem = _cache_problem(folder, model, target_name)
+    if problem is None:
+        return folder
+    if target_name != "llvm":
+        raise problem
+    with artifacts.build_lock(folder):
+        problem = _cache_problem(folder, model, target_name)
+        if problem is None:  # built by another worker while this one waited
+            return folder
         print(f"compiling TVM llvm artifacts for {len(model.policy.shapes)} buckets into {folder} "
-              f"({'first use' if not folder.exists() else e})...", file=sys.stderr, flush=True)
+              f"({'first use' if not folder.exists() else problem})...", file=sys.stderr, flush=True)
         from export.build import build_tvm
         from export.targets import parse
 
@@ -82,6 +78,24 @@ def ensure_tvm(model, target_name: str, folder=None) -> Path:
             raise artifacts.cache_write_error(folder, e) from None
         artifacts.verify(folder, model, "tvm", target_name)
     return folder
+
+
+def _cache_problem(folder, model, target_name: str) -> ArtifactError | None:
+    """What makes the cache's set unusable (missing, stale, another tuning database or CPU),
+    or None."""
+    try:
+        m = artifacts.verify(folder, model, "tvm", target_name)
+        from export.targets import parse
+        from export.tvm_build import tuning_db
+
+        if m.get("tuning_db_sha256") != tuning_db(target_name)[1]:
+            # the committed tuning database changed since this cache was built
+            return ArtifactError(f"{folder} was built with another tuning database")
+        if target_name == "llvm" and m.get("target_dict") != parse("llvm").resolved():
+            return ArtifactError(f"{folder} was built for another CPU ({m.get('target_dict')})")
+    except ArtifactError as e:
+        return e
+    return None
 
 
 def _check_host(folder, target: str) -> None:
