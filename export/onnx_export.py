@@ -5,6 +5,7 @@ with MXNet's on the same patch before anything downstream uses it.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,21 @@ from .onnx_compat import install as _install_compat
 
 class ParityError(RuntimeError):
     pass
+
+
+# ONNX Runtime 1.29 and later send usage telemetry from Linux by default and keep a device id
+# and an event queue under ~/.cache/Microsoft: not what a tracker on a board or in a service
+# should do (and with no writable HOME it printed a warning before the tools' own lines). The
+# variable must be set before ONNX Runtime starts; a user's own setting wins.
+TELEMETRY_OPT_OUT = ("ORT_DISABLE_TELEMETRY", "1")
+
+
+def import_onnxruntime():
+    """The onnxruntime module, its telemetry off unless the environment says otherwise."""
+    os.environ.setdefault(*TELEMETRY_OPT_OUT)
+    import onnxruntime
+
+    return onnxruntime
 
 
 def export_bucket(model, bucket: int, path) -> Path:
@@ -43,7 +59,7 @@ def export_bucket(model, bucket: int, path) -> Path:
 
 
 def onnx_session(path, device: str = "cpu"):
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

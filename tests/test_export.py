@@ -865,3 +865,36 @@ def test_tuning_builder_builds_candidates_in_its_workers(one_bucket_model, tmp_p
     (result,) = builder.build([ms.builder.BuilderInput(task.dispatched[0], target.tvm_target())])
     assert result.error_msg is None, result.error_msg
     assert Path(result.artifact_path).is_file() and Path(result.artifact_path).stat().st_size > 0
+
+
+def test_onnx_runtime_telemetry_is_off_unless_the_user_turns_it_on(tmp_path, monkeypatch):
+    """ONNX Runtime 1.29+ keeps a device id and a telemetry queue under ~/.cache/Microsoft and
+    uploads from Linux by default; sessions made by the project leave HOME untouched, and a
+    user's own ORT_DISABLE_TELEMETRY is kept."""
+    import subprocess
+    import sys
+
+    from conftest import child_env
+    from export.onnx_export import TELEMETRY_OPT_OUT, import_onnxruntime
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = child_env({k: v for k, v in os.environ.items() if k != TELEMETRY_OPT_OUT[0]})
+    env["HOME"] = str(home)
+    code = (f"import numpy as np; from export.onnx_export import onnx_session; s = onnx_session({str(path)!r}); "
+            "print(s.run(None, {'x': np.ones(1, np.float32)})[0][0])")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "1.0", r.stderr
+    assert r.stderr == "", r.stderr
+    assert list(home.rglob("*")) == [], "ONNX Runtime wrote into HOME"
+    monkeypatch.setenv(TELEMETRY_OPT_OUT[0], "0")
+    import_onnxruntime()
+    assert os.environ[TELEMETRY_OPT_OUT[0]] == "0"

@@ -49,7 +49,9 @@ class OnnxRuntimeBackend(FeatureBackend):
     def __init__(self, model, device: str = "cpu", artifacts=None):
         super().__init__(model, device)
         try:
-            import onnxruntime as ort
+            from export.onnx_export import import_onnxruntime
+
+            ort = import_onnxruntime()
         except ImportError:
             raise TrackerInputError(f"the onnxruntime backend needs onnxruntime: {install_hint('export')}") from None
         if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
