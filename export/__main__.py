@@ -72,17 +72,17 @@ def main(argv=None) -> int:
 
     try:
         build(model, names, out, done=done)
-    except TrackerInputError as e:  # a folder export must not replace (checked before any work)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ParityError as e:
-        print(f"error: {e}; {kept()}", file=sys.stderr)
-        return 1
     except (KeyboardInterrupt, Exception) as e:
         name = stopped_by(e, stop)  # first: a signal inside TVM's compiler comes back as another error
         if name is not None:
             print(f"interrupted ({name}); {kept()}", file=sys.stderr)
             return 128 + getattr(signal, name)
+        if isinstance(e, TrackerInputError):  # a folder export must not replace (checked before any work)
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, ParityError):
+            print(f"error: {e}; {kept()}", file=sys.stderr)
+            return 1
         if isinstance(e, OSError):
             print(f"error: {e.filename or args.out}: {e.strerror or e}; {kept()}", file=sys.stderr)
             return 1

@@ -5,7 +5,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +45,6 @@ def _folder_lock(folder: Path):
     """An exclusive lock on ``folder`` itself (no lock file left behind); best effort where
     the filesystem has no flock (some network mounts): a finished build is not thrown away."""
     import fcntl
-    import os
 
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -59,32 +57,41 @@ def _folder_lock(folder: Path):
         os.close(fd)  # releases the lock
 
 
-def _owner() -> str:
-    """This process, as staging folders name it: host and pid, so that another run can tell
-    the folders of a build that was killed outright from those of one still running."""
-    return f"{socket.gethostname().replace('.', '_').replace('/', '_')}-{os.getpid()}"
+def _try_hold(folder: Path) -> int | None:
+    """A descriptor holding an exclusive flock on ``folder``, or None where another process
+    holds one (or the filesystem has no flock)."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:
+        os.close(fd)
+        return None
 
 
 def remove_abandoned(out: Path) -> None:
-    """Remove the staging folders of ``out`` left by builds on this machine whose process is
-    gone (SIGKILL, the OOM killer, docker stop's timeout: nothing ran to clean up); a previous
-    set caught mid-swap is put back first. Call under the parent's lock."""
-    host = _owner().rsplit("-", 1)[0]
-    lead = f".{out.name}.{host}-"
-    for p in out.parent.glob(f"{glob.escape(lead)}*"):
-        pid = p.name[len(lead):].split(".", 1)[0]
-        if not pid.isdigit() or not p.name.endswith((".partial", ".old")) or int(pid) == os.getpid():
+    """Remove the staging folders of ``out`` whose build is gone without cleaning up (SIGKILL,
+    the OOM killer, docker stop's timeout). A running build holds a flock on its folder for
+    its whole life, which the kernel drops when its process dies, whatever the container or
+    pid namespace; a folder nobody holds is abandoned. A previous set that a kill caught
+    between the two renames of the swap is put back first. Call under the parent's lock."""
+    for p in out.parent.glob(f"{glob.escape(f'.{out.name}.')}*"):
+        if not p.name.endswith((".partial", ".old")) or not p.is_dir():
+            continue
+        fd = _try_hold(p)
+        if fd is None:  # its build is running (or no flock here: left alone)
             continue
         try:
-            os.kill(int(pid), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except OSError:  # another user's live process
-            continue
-        if p.name.endswith(".old") and (p / out.name).is_dir() and not out.exists():
-            (p / out.name).rename(out)
-        shutil.rmtree(p, ignore_errors=True)
+            if p.name.endswith(".old") and (p / out.name).is_dir() and not out.exists():
+                (p / out.name).rename(out)
+            shutil.rmtree(p, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def swap_in(new: Path, out: Path) -> None:
@@ -92,7 +99,7 @@ def swap_in(new: Path, out: Path) -> None:
     two builds of one set (two first uses of the cache) do not collide: the later one wins.
     If the swap fails the previous folder is put back."""
     with _folder_lock(out.parent):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_owner()}.", suffix=".old", dir=out.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
         try:
             moved = out.exists()
             if moved:
@@ -115,9 +122,10 @@ def staged(out: Path, check=check_replaceable):
     if check is not None:
         check(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(out.parent):
+    with _folder_lock(out.parent):  # made and held before another build's clean-up can see it
         remove_abandoned(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_owner()}.", suffix=".partial", dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        held = _try_hold(tmp)
     try:
         tmp.chmod(0o755)
         yield tmp
@@ -125,6 +133,9 @@ def staged(out: Path, check=check_replaceable):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if held is not None:
+            os.close(held)
 
 
 def build_onnx(model, out, log=print) -> Path:

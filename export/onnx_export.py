@@ -26,7 +26,9 @@ TELEMETRY_OPT_OUT = ("ORT_DISABLE_TELEMETRY", "1")
 
 def import_onnxruntime():
     """The onnxruntime module, its telemetry off unless the environment says otherwise."""
-    os.environ.setdefault(*TELEMETRY_OPT_OUT)
+    name, value = TELEMETRY_OPT_OUT
+    if not os.environ.get(name):  # unset or empty (as MDTRACK_CACHE, empty is unset)
+        os.environ[name] = value
     import onnxruntime
 
     return onnxruntime

@@ -30,9 +30,12 @@ def cache_root() -> Path:
     try:
         return Path(given).expanduser() if given else Path.home() / ".cache" / "mdtrack"
     except (RuntimeError, KeyError):  # no HOME and no passwd entry (env -i, an arbitrary container uid)
-        raise ArtifactError("the runtime's cache has no home folder to go in (HOME is unset and the user has no "
-                            "passwd entry); set MDTRACK_CACHE to a writable folder, or build a set with python -m "
-                            "export and pass it with --artifacts") from None
+        what = (f"MDTRACK_CACHE={given} starts with ~, and there is no home folder (HOME is unset and the user "
+                "has no passwd entry); give it an absolute path" if given else
+                "the runtime's cache has no home folder to go in (HOME is unset and the user has no passwd "
+                "entry); set MDTRACK_CACHE to a writable folder")
+        raise ArtifactError(f"{what}, or pass a set built with python -m export --out DIR as --artifacts "
+                            "DIR/<target>") from None
 
 
 def cache_write_error(folder, e: OSError) -> ArtifactError:
@@ -54,7 +57,10 @@ def build_lock(folder: Path):
     lock = folder.parent / f".{folder.name}.lock"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # another user's lock file (0644 under umask 022) in a shared cache
+            fd = os.open(lock, os.O_RDONLY)
     except OSError as e:
         raise cache_write_error(folder, e) from None
     try:
@@ -62,7 +68,10 @@ def build_lock(folder: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print(f"waiting for another process's build of {folder}...", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # no locks after all (ENOLCK on some network mounts): build anyway
+                pass
         except OSError:
             pass
         yield

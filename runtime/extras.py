@@ -10,11 +10,16 @@ _EXTRA = re.compile(r'^(?P<req>[^;]+?)\s*;\s*extra\s*==\s*["\'](?P<extra>[\w.-]+
 _SELF = re.compile(rf"^{DIST}\[(?P<extras>[\w.,\s-]+)\]$")
 
 
+# Base pins repeated in every hint: installed alone, the extras' packages pull in a numpy that
+# MXNet cannot import. (Not the others: repeating opencv-python-headless would put a second cv2
+# beside a GUI build a user installed for --show.)
+KEEP_PINNED = ("numpy",)
+
+
 def extra_requirements(extra: str) -> list[str] | None:
-    """The base pins, then those of ``extra`` (its references to other extras expanded); an
-    empty list for an unknown extra, None where the package metadata cannot be read (a bare
-    source tree on PYTHONPATH). The base pins come first: installed alone, the extra's packages
-    pull in a numpy that MXNet cannot import."""
+    """The pins of ``extra`` (its references to other extras expanded) after the base pins of
+    KEEP_PINNED; an empty list for an unknown extra, None where the package metadata cannot be
+    read (a bare source tree on PYTHONPATH)."""
     import importlib.metadata as md
 
     try:
@@ -22,7 +27,8 @@ def extra_requirements(extra: str) -> list[str] | None:
     except md.PackageNotFoundError:
         return None
     own = _of_extra(reqs, extra, set())
-    return [r.strip() for r in reqs if ";" not in r] + own if own else []
+    base = [r.strip() for r in reqs if ";" not in r and re.split(r"[=<>!~\[ ]", r.strip(), 1)[0] in KEEP_PINNED]
+    return base + [r for r in own if r not in base] if own else []
 
 
 def _of_extra(reqs: list[str], extra: str, seen: set) -> list[str]:

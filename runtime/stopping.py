@@ -57,13 +57,23 @@ class StopRequest:
 
 def stopped_by(e: BaseException, stop: StopRequest | None) -> str | None:
     """The signal's name if ``e`` is how a signal stopped the run, else None. An Interrupted
-    raised while TVM's compiler runs one of its Python callbacks comes back through TVM's FFI
-    as a RuntimeError; the handler's own record tells it apart from a real error."""
+    raised while TVM runs one of its Python callbacks (the compiler, nvcc while a CUDA library
+    loads) comes back through TVM's FFI as RuntimeError('SIGTERM'), which the code around it
+    may wrap again ("cannot load ..."): found in the chain, it counts only if the handler did
+    raise for that signal."""
     if isinstance(e, Interrupted):
         return str(e)
     if isinstance(e, KeyboardInterrupt):
         return "SIGINT"
-    return stop.raised if stop is not None else None
+    name = stop.raised if stop is not None else None
+    seen = set()
+    while name is not None and e is not None and id(e) not in seen:
+        seen.add(id(e))
+        last = (str(e).strip().splitlines() or [""])[-1].strip()
+        if isinstance(e, KeyboardInterrupt) or (isinstance(e, RuntimeError) and last == name):
+            return name
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class StdoutClosed(Exception):

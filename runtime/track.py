@@ -506,16 +506,16 @@ def main(argv=None) -> int:
     try:
         s = run(args, stop=stop if old is not None else None)
         return _report(s, stop, _log_stream(args))
-    except (TrackerInputError, StdoutClosed) as e:
+    except (KeyboardInterrupt, Exception) as e:
+        name = stopped_by(e, stop)  # first: a signal inside TVM can come back as another error
+        if name is not None:
+            _to_stderr(f"interrupted ({name})")
+            return 128 + getattr(signal, name)
+        if not isinstance(e, (TrackerInputError, StdoutClosed)):
+            raise
         one_line = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         _to_stderr(f"error: {one_line}")
         return 2
-    except (KeyboardInterrupt, Exception) as e:
-        name = stopped_by(e, stop)
-        if name is None:
-            raise
-        _to_stderr(f"interrupted ({name})")
-        return 128 + getattr(signal, name)
     finally:  # a first signal stays deferred until the summary is out
         if old is not None:
             stop.deferred = False

@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -430,6 +431,11 @@ def test_an_unwritable_cache_and_a_set_without_manifest_say_what_to_do(one_bucke
     monkeypatch.setattr(Path, "home", staticmethod(homeless))
     with pytest.raises(ArtifactError, match="no home folder.*set MDTRACK_CACHE to a writable folder.*--artifacts"):
         make_backend("onnxruntime", one_bucket_model)
+    monkeypatch.setenv("MDTRACK_CACHE", "~/cache")  # a systemd Environment= line: no shell to expand it
+    monkeypatch.setattr(Path, "expanduser", lambda self: homeless())
+    with pytest.raises(ArtifactError, match="MDTRACK_CACHE=~/cache starts with ~.*absolute path"):
+        make_backend("onnxruntime", one_bucket_model)
+    monkeypatch.setenv("MDTRACK_CACHE", "")
     with pytest.raises(ArtifactError, match="no manifest.json in"):
         make_backend("onnxruntime", one_bucket_model, artifacts=junk)
 
@@ -448,17 +454,47 @@ def test_workers_starting_together_build_the_cache_once(one_bucket_model, tmp_pa
     folder = artifacts.default_dir(one_bucket_model, "onnx")
     real, builds = export.build.build_onnx, []
     monkeypatch.setattr(export.build, "build_onnx", lambda *a, **k: builds.append(1) or real(*a, **k))
-    got = []
+    got, err = [], ""
     with artifacts.build_lock(folder):  # "another worker" holds the lock while it builds
         waiter = threading.Thread(target=lambda: got.append(ensure_onnx(one_bucket_model)))
         waiter.start()
-        waiter.join(timeout=2.0)
-        assert waiter.is_alive(), "the second worker did not wait for the build in progress"
+        for _ in range(600):  # until the second worker says it waits (at most 60 s)
+            err += capsys.readouterr().err
+            if "waiting for another process's build" in err:
+                break
+            time.sleep(0.1)
+        assert f"waiting for another process's build of {folder}" in err, err
         real(one_bucket_model, folder, log=lambda m: None)
     waiter.join(timeout=60)
     assert got == [folder] and builds == [], "the waiting worker built the set again"
-    assert f"waiting for another process's build of {folder}" in capsys.readouterr().err
     artifacts.verify(folder, one_bucket_model, "onnx", "onnx")
+
+
+def test_build_lock_of_another_users_cache_still_locks(tmp_path, monkeypatch):
+    """A shared cache whose lock file another user made (0644 under umask 022): opening it for
+    writing is refused, and the build refused with it (it had not been before the lock)."""
+    import fcntl
+
+    from runtime import artifacts
+
+    real_open = os.open
+
+    def not_ours(path, flags, *a):
+        if str(path).endswith(".lock") and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a)
+
+    folder = tmp_path / "cache" / "onnx"
+    folder.parent.mkdir()
+    (folder.parent / ".onnx.lock").touch()  # made by the other user's first build
+    monkeypatch.setattr(os, "open", not_ours)
+    with artifacts.build_lock(folder):
+        fd = real_open(folder.parent / ".onnx.lock", os.O_RDONLY)
+        try:  # held: another descriptor cannot take it
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
 
 
 def test_tvm_device_mismatch_and_missing_gpu_say_what_to_do(one_bucket_model, one_bucket_llvm, tmp_path):
@@ -537,38 +573,38 @@ def test_failed_export_leaves_the_previous_set(one_bucket_model, tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["onnx"]
 
 
-def test_a_build_killed_outright_leaves_nothing_for_long(one_bucket_model, tmp_path, monkeypatch):
+def test_a_build_killed_outright_leaves_nothing_for_long(one_bucket_model, tmp_path):
     """SIGKILL (the OOM killer, docker stop's timeout) runs no clean-up: the staging folders of
     such builds stayed in a shared cache for good (5.6 MB per killed TVM build). The next build
-    of the set removes those of dead processes on this machine, keeps those of live ones, and
-    puts back a previous set a kill caught between the two renames of the swap."""
-    import subprocess
-    import sys
-
+    of the set removes the folders no running build holds (its flock dies with its process, in
+    any container), keeps a running build's, and puts back a previous set a kill caught
+    between the two renames of the swap."""
     from export import build as B
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    host = B._owner().rsplit("-", 1)[0]
     out = tmp_path / "onnx"
     B.build_onnx(one_bucket_model, out, log=lambda m: None)
     previous = {p.name: p.read_bytes() for p in out.iterdir()}
-    mid_swap = tmp_path / f".onnx.{host}-{dead}.abc123.old"
+    mid_swap = tmp_path / ".onnx.abc123.old"
     mid_swap.mkdir()
     out.rename(mid_swap / "onnx")  # killed after moving the old set aside, before the new one went in
-    killed = tmp_path / f".onnx.{host}-{dead}.def456.partial"
-    (killed / "sub").mkdir(parents=True)
-    running = tmp_path / f".onnx.{host}-{os.getppid()}.ghi789.partial"  # a live process: its build goes on
-    elsewhere = tmp_path / f".onnx.otherhost-{dead}.jkl012.partial"  # another machine's (a shared volume)
-    for p in (running, elsewhere):
-        p.mkdir()
-    with B._folder_lock(tmp_path):
-        B.remove_abandoned(out)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == previous
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["onnx", running.name, elsewhere.name])
-    B.build_onnx(one_bucket_model, out, log=lambda m: None)  # a build cleans up before it starts
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["onnx", running.name, elsewhere.name])
-
+    (tmp_path / ".onnx.def456.partial" / "sub").mkdir(parents=True)  # killed mid-build
+    running = tmp_path / ".onnx.ghi789.partial"
+    running.mkdir()
+    other = tmp_path / ".onnx-gpu.jkl012.partial"  # another set's
+    other.mkdir()
+    held = B._try_hold(running)  # a build still going on (another process, as far as flock goes)
+    assert held is not None
+    try:
+        with B._folder_lock(tmp_path):
+            B.remove_abandoned(out)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == previous
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["onnx", running.name, other.name])
+        B.build_onnx(one_bucket_model, out, log=lambda m: None)  # a build cleans up before it starts
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["onnx", running.name, other.name])
+    finally:
+        os.close(held)
+    B.build_onnx(one_bucket_model, out, log=lambda m: None)  # once its build is gone, so is its folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["onnx", other.name])
 
 
 def test_export_refuses_to_build_over_other_files(one_bucket_model, tmp_path, capsys):
@@ -898,3 +934,6 @@ def test_onnx_runtime_telemetry_is_off_unless_the_user_turns_it_on(tmp_path, mon
     monkeypatch.setenv(TELEMETRY_OPT_OUT[0], "0")
     import_onnxruntime()
     assert os.environ[TELEMETRY_OPT_OUT[0]] == "0"
+    monkeypatch.setenv(TELEMETRY_OPT_OUT[0], "")  # empty is unset (it kept telemetry on)
+    import_onnxruntime()
+    assert os.environ[TELEMETRY_OPT_OUT[0]] == TELEMETRY_OPT_OUT[1]

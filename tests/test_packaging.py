@@ -51,12 +51,19 @@ def test_installed_copy_tracks_with_the_default_model_and_tuned_database(install
     from runtime.model import DEFAULT_MODEL, load_model
 
     code = (
+        # an editable install of the checkout would fill in whatever the install lacks: hide it
+        "import sys\n"
+        f"sys.path[:] = [p for p in sys.path if p and __import__('os').path.realpath(p) != {str(ROOT)!r}]\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]\n"
         "import runtime, numpy as np\n"
         "from runtime import Tracker\n"
         "from runtime.geometry import iou\n"
         "from runtime.model import DEFAULT_MODEL, load_model\n"
         "from runtime.synthetic import make_sequence\n"
         "from export.tvm_build import tuning_db\n"
+        "import runtime.backends, runtime.head, export.build\n"
+        "assert all(m.__file__.startswith(runtime.__file__.rsplit('/runtime/', 1)[0]) for m in\n"
+        "           (runtime.backends, runtime.head, export.build)), 'a module came from outside the install'\n"
         "print(runtime.__file__, load_model(DEFAULT_MODEL).model_hash, tuning_db('llvm')[1])\n"
         "seq = make_sequence(n_frames=8, size=(320, 240), seed=3)\n"
         "t = Tracker(seed=0); f = seq.read_frame(0); t.init(f.image, f.gt)\n"
@@ -75,12 +82,13 @@ def test_installed_copy_tracks_with_the_default_model_and_tuned_database(install
 
 
 def test_install_hints_come_from_the_package_metadata():
-    """The pins of pyproject.toml, base pins first (the extras' packages alone pulled in a numpy
-    MXNet cannot import); tune's reference to the export extra is expanded."""
+    """The pins of pyproject.toml, numpy's first (the extras' packages alone pulled in a numpy
+    MXNet cannot import), not OpenCV's (a second cv2 beside a GUI build); tune's reference to
+    the export extra is expanded."""
     from runtime.extras import install_hint
 
     export, tune = install_hint("export"), install_hint("tune")
-    assert export.startswith("pip install mxnet==") and "numpy==1.23.5" in export
+    assert export.startswith("pip install numpy==1.23.5 ") and "opencv" not in export and "mxnet" not in export
     assert "onnxruntime==" in export and "pip install -e '.[export]'" in export
     assert "onnxruntime==" in tune and "xgboost==" in tune and "mdtrack[" not in tune
     assert install_hint("nonexistent") == "in a checkout: pip install -e '.[nonexistent]'"
