@@ -34,6 +34,27 @@ def import_onnxruntime():
     return onnxruntime
 
 
+# onnx 1.23 stamps its newest versions (IR 14, opset 28), which older runtimes refuse outright
+# ("Unsupported model IR version: 14", ONNX Runtime 1.23 and earlier, as on a board's own build).
+# The extractor uses only these ops on float32, whose float semantics are those of opset 13, so
+# its files declare opset 13 / IR 7 (ONNX Runtime 1.6 and later); onnx.checker then checks the
+# nodes against the opset-13 schemas and the parity check the numbers. A graph with any other
+# op keeps the exporter's versions.
+PORTABLE_OPSET, PORTABLE_IR = 13, 7
+PORTABLE_OPS = frozenset({"Conv", "MaxPool", "Concat", "Mul", "Relu"})
+
+
+def make_portable(m) -> bool:
+    """Declare ``m`` at PORTABLE_OPSET / PORTABLE_IR where its ops allow; whether it did."""
+    if {n.op_type for n in m.graph.node} - PORTABLE_OPS or any(o.domain not in ("", "ai.onnx")
+                                                              for o in m.opset_import):
+        return False
+    for o in m.opset_import:
+        o.version = min(o.version, PORTABLE_OPSET)
+    m.ir_version = min(m.ir_version, PORTABLE_IR)
+    return True
+
+
 def export_bucket(model, bucket: int, path) -> Path:
     """Write the extractor for ``bucket``'s (1, 3, H, W) input to ``path`` (.onnx)."""
     _install_compat()
@@ -55,6 +76,7 @@ def export_bucket(model, bucket: int, path) -> Path:
     keep = [i for i in m.graph.input if i.name not in inits]
     del m.graph.input[:]
     m.graph.input.extend(keep)
+    make_portable(m)
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
     return path

@@ -241,10 +241,7 @@ def check_command(key: str, args) -> None:
 
 
 def _pyproject_extras() -> set:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        tomllib = pytest.importorskip("tomli")
+    import tomllib
 
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     return set(data["project"].get("optional-dependencies", {}))

@@ -58,6 +58,13 @@ def test_every_bucket_exported_checked_and_in_manifest(built):
     m = artifacts.verify(done["onnx"], model, "onnx", "onnx")
     assert len(m["files"]) == len(model.policy.shapes) == 8
     assert max(m["parity_vs_mxnet"].values()) <= 1e-4
+    # declared at the versions older runtimes read (onnx 1.23 stamps IR 14 / opset 28, which
+    # ONNX Runtime 1.23 and earlier refuse)
+    import onnx
+
+    for name in m["files"]:
+        o = onnx.load(str(Path(done["onnx"]) / name))
+        assert (o.ir_version, [(i.domain, i.version) for i in o.opset_import]) == (7, [("", 13)]), name
     t = artifacts.verify(done["llvm"], model, "tvm", "llvm")
     assert t["versions"]["tvm"] and t["versions"]["onnx"]
     assert t["model_hash"] == model.model_hash and t["buckets"] == [list(s) for s in model.policy.shapes]
