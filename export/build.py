@@ -40,12 +40,21 @@ def check_replaceable(folder) -> None:
                             "would delete them with the old set; move them out or give --out a new folder")
 
 
+# The staging folders this process holds (real path -> descriptor). A set built inside another
+# one's staging folder (the GPU pack's cuda/ and cpu/) locks that folder as its parent: a
+# second flock of it from this process would wait for this process forever.
+_HELD: dict = {}
+
+
 @contextlib.contextmanager
 def _folder_lock(folder: Path):
     """An exclusive lock on ``folder`` itself (no lock file left behind); best effort where
     the filesystem has no flock (some network mounts): a finished build is not thrown away."""
     import fcntl
 
+    if os.path.realpath(folder) in _HELD:  # held by this process already, for its whole build
+        yield
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         try:
@@ -126,6 +135,9 @@ def staged(out: Path, check=check_replaceable):
         remove_abandoned(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
         held = _try_hold(tmp)
+    key = os.path.realpath(tmp)
+    if held is not None:
+        _HELD[key] = held
     try:
         tmp.chmod(0o755)
         yield tmp
@@ -135,6 +147,7 @@ def staged(out: Path, check=check_replaceable):
         raise
     finally:
         if held is not None:
+            del _HELD[key]
             os.close(held)
 
 

@@ -8,7 +8,15 @@ import pytest
 
 def pytest_configure(config):
     """Hypothesis keeps its files (examples, a constants cache) in ./.hypothesis, the
-    repository in CI: give it a temporary home so the suite writes only under tmp folders."""
+    repository in CI: give it a temporary home so the suite writes only under tmp folders.
+    ONNX Runtime, imported by test modules directly, gets the project's telemetry opt-out (it
+    wrote a device id under the runner's HOME)."""
+    import os
+
+    from export.onnx_export import TELEMETRY_OPT_OUT
+
+    if not os.environ.get(TELEMETRY_OPT_OUT[0]):
+        os.environ[TELEMETRY_OPT_OUT[0]] = TELEMETRY_OPT_OUT[1]
     try:
         from hypothesis.configuration import set_hypothesis_home_dir
     except ImportError:

@@ -614,6 +614,26 @@ def test_a_build_killed_outright_leaves_nothing_for_long(one_bucket_model, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["onnx", other.name])
 
 
+def test_a_set_staged_inside_another_ones_staging_folder_does_not_wait_for_itself(tmp_path):
+    """The GPU pack builds its cuda/ and cpu/ sets inside its own staging folder, whose flock
+    the pack holds: the inner build's lock on its parent waited for this very process."""
+    import threading
+
+    from export import build as B
+
+    def nested():
+        with B.staged(tmp_path / "pack", check=None) as outer:
+            with B.staged(outer / "cuda", check=None) as inner:
+                (inner / "lib.so").write_bytes(b"x")
+
+    t = threading.Thread(target=nested, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "the nested build waited on its own lock"
+    assert (tmp_path / "pack" / "cuda" / "lib.so").read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pack"] and not B._HELD
+
+
 def test_export_refuses_to_build_over_other_files(one_bucket_model, tmp_path, capsys):
     from export.__main__ import main
 
