@@ -135,10 +135,11 @@ def staged(out: Path, check=check_replaceable):
         remove_abandoned(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
         held = _try_hold(tmp)
-    key = os.path.realpath(tmp)
-    if held is not None:
-        _HELD[key] = held
+    key = None
     try:
+        if held is not None:
+            key = os.path.realpath(tmp)
+            _HELD[key] = held
         tmp.chmod(0o755)
         yield tmp
         swap_in(tmp, out)
@@ -146,8 +147,9 @@ def staged(out: Path, check=check_replaceable):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        if key is not None:
+            _HELD.pop(key, None)
         if held is not None:
-            del _HELD[key]
             os.close(held)
 
 

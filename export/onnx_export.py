@@ -36,12 +36,12 @@ def import_onnxruntime():
 
 # onnx 1.23 stamps its newest versions (IR 14, opset 28), which older runtimes refuse outright
 # ("Unsupported model IR version: 14", ONNX Runtime 1.23 and earlier, as on a board's own build).
-# The extractor uses only these ops on float32, whose float semantics are those of opset 13, so
-# its files declare opset 13 / IR 7 (ONNX Runtime 1.6 and later); onnx.checker then checks the
-# nodes against the opset-13 schemas and the parity check the numbers. A graph with any other
-# op keeps the exporter's versions.
+# The extractors use only these ops on float32 (LRN: VGG-M), whose float semantics are those
+# of opset 13, so their files declare opset 13 / IR 7 (ONNX Runtime 1.6 and later); onnx.checker
+# then checks the nodes against the opset-13 schemas and the parity check the numbers. A graph
+# with any other op keeps the exporter's versions.
 PORTABLE_OPSET, PORTABLE_IR = 13, 7
-PORTABLE_OPS = frozenset({"Conv", "MaxPool", "Concat", "Mul", "Relu"})
+PORTABLE_OPS = frozenset({"Conv", "MaxPool", "Concat", "Mul", "Relu", "LRN"})
 
 
 def make_portable(m) -> bool:

@@ -964,3 +964,24 @@ def test_onnx_runtime_telemetry_is_off_unless_the_user_turns_it_on(tmp_path, mon
     monkeypatch.setenv(TELEMETRY_OPT_OUT[0], "")  # empty is unset (it kept telemetry on)
     import_onnxruntime()
     assert os.environ[TELEMETRY_OPT_OUT[0]] == TELEMETRY_OPT_OUT[1]
+
+
+def test_portable_versions_for_both_extractors_ops_only():
+    """VGG-M's LRN is relabelled too (its opset-13 schema is the current one); a graph with an
+    op outside the list keeps the exporter's versions."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from export.onnx_export import PORTABLE_IR, PORTABLE_OPSET, make_portable
+
+    def graph(op, **attrs):
+        g = helper.make_graph([helper.make_node(op, ["x"], ["y"], **attrs)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 28)], ir_version=14)
+
+    m = graph("LRN", size=5, alpha=1e-4, beta=0.75, bias=2.0)
+    assert make_portable(m) and (m.ir_version, m.opset_import[0].version) == (PORTABLE_IR, PORTABLE_OPSET)
+    onnx.checker.check_model(m)
+    m = graph("Softmax", axis=1)
+    assert not make_portable(m) and (m.ir_version, m.opset_import[0].version) == (14, 28)
