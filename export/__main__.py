@@ -25,6 +25,9 @@ def main(argv=None) -> int:
                     help="comma-separated: llvm, llvm:MCPU, aarch64, cuda:sm_XX, cuda:sm_XX@aarch64 (default llvm); "
                          "the ONNX set is always built, and onnx alone builds only it")
     ap.add_argument("--out", default=None, help="output folder (default: the runtime's artifact cache)")
+    ap.add_argument("--tuning-db", default=None,
+                    help="apply this MetaSchedule database (python -m export.tune --db DIR, tuned on the target "
+                         "machine) instead of the committed one; one TVM target, with --out")
     args = ap.parse_args(argv)
     from . import EXPORT_PACKAGES, TVM_PACKAGES, missing_packages, targets
 
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
         return f"{new}{rest}"
 
     try:
-        build(model, names, out, done=done)
+        build(model, names, out, done=done, tuning=args.tuning_db)
     except (KeyboardInterrupt, Exception) as e:
         name = stopped_by(e, stop)  # first: a signal inside TVM's compiler comes back as another error
         if name is not None:

@@ -171,12 +171,13 @@ def build_onnx(model, out, log=print) -> Path:
     return out
 
 
-def build_tvm(model, target, onnx_dir, out, log=print) -> Path:
-    """Compile every bucket of ``onnx_dir`` for ``target`` into ``out`` (kind 'tvm')."""
+def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
+    """Compile every bucket of ``onnx_dir`` for ``target`` into ``out`` (kind 'tvm'), with the
+    committed tuning database of ``target`` or the database folder ``tuning``."""
     from .tvm_build import build_bucket, tuned_buckets, tuning_db
 
     out = Path(out)
-    db_dir, db_hash = tuning_db(target.name)
+    db_dir, db_hash = tuning_db(target.name, tuning)
     tuned = tuned_buckets(db_dir)
     files = []
     with staged(out) as tmp:
@@ -187,18 +188,41 @@ def build_tvm(model, target, onnx_dir, out, log=print) -> Path:
             files.append(name)
             log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s"
                 f"{' (tuned)' if f'{shape[0]}x{shape[1]}' in tuned else ' (untuned)'}")
-        extra = {"tuning_db": str(db_dir.relative_to(Path(__file__).resolve().parents[1])) if db_dir else None,
-                 "tuning_db_sha256": db_hash, "device": target.device, "cross": target.cross}
+        extra = {"tuning_db": _shown(db_dir), "tuning_db_sha256": db_hash, "device": target.device,
+                 "cross": target.cross}
         artifacts.write_manifest(tmp, model, "tvm", target.name, target.resolved(), files, extra)
     return out
 
 
-def build(model, target_names, out=None, log=print, done=None) -> dict:
+def _shown(db_dir):
+    """A database's folder as the manifest records it: relative to the project for a committed
+    one, absolute for the user's own."""
+    if db_dir is None:
+        return None
+    root = Path(__file__).resolve().parents[1]
+    d = Path(db_dir).resolve()
+    return str(d.relative_to(root)) if d.is_relative_to(root) else str(d)
+
+
+def build(model, target_names, out=None, log=print, done=None, tuning=None) -> dict:
     """ONNX set plus one TVM set per target under ``out``; returns {name: folder}, the dict
     ``done`` when given, filled as each set is swapped in (for a caller that is stopped part-way
-    to say which sets are new)."""
-    out = Path(out).expanduser() if out is not None else artifacts.default_dir(model, "onnx").parent
+    to say which sets are new). ``tuning``: a database folder to apply instead of the committed
+    one, for a single TVM target and an explicit ``out`` (the runtime's cache holds sets built
+    with the committed databases, and rebuilds any other)."""
     tgts = [targets_mod.parse(t) if isinstance(t, str) else t for t in target_names]
+    if tuning is not None:
+        if len(tgts) != 1 or out is None:
+            raise ArtifactError("--tuning-db applies to one TVM target built into --out (a database is tuned "
+                                f"for one target; got {len(tgts)} and "
+                                f"{'no --out' if out is None else '--out'}); pass the set with --artifacts OUT/TARGET")
+        from .tvm_build import tuning_db
+
+        try:
+            tuning_db(tgts[0].name, tuning)  # before minutes of ONNX export
+        except ValueError as e:
+            raise ArtifactError(str(e)) from None
+    out = Path(out).expanduser() if out is not None else artifacts.default_dir(model, "onnx").parent
     m = artifacts.peek_manifest(out) if out.is_dir() else None
     if m and m.get("kind") in artifacts.BACKEND_OF:  # --out at one set: the new ones would nest in it
         raise ArtifactError(f"--out {out} is one artifact set ({m.get('kind')}), not the folder export writes "
@@ -209,5 +233,5 @@ def build(model, target_names, out=None, log=print, done=None) -> dict:
     onnx_dir = build_onnx(model, out / "onnx", log)
     done["onnx"] = onnx_dir
     for target in tgts:
-        done[target.name] = build_tvm(model, target, onnx_dir, out / target.name, log)
+        done[target.name] = build_tvm(model, target, onnx_dir, out / target.name, log, tuning)
     return done

@@ -131,7 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default="llvm", help="llvm, llvm:MCPU or cuda:sm_XX (tune on that hardware)")
     ap.add_argument("--trials", type=int, default=64, help="trials per task (per fused kernel)")
     ap.add_argument("--buckets", default=None, help="comma-separated bucket indices (default: all)")
-    ap.add_argument("--db", default=None, help="database folder (default: export/tuning/<target>)")
+    ap.add_argument("--db", default=None, help="database folder (default: the committed export/tuning/<target>); "
+                                               "build with one of your own by python -m export --tuning-db DIR")
     ap.add_argument("--onnx-dir", default=None,
                     help="tune this ONNX set (python -m export's onnx/ folder) instead of exporting the model")
     ap.add_argument("--top", type=int, default=None,

@@ -18,10 +18,14 @@ def tuning_dir(target_name: str) -> Path:
     return TUNING_ROOT / target_name
 
 
-def tuning_db(target_name: str):
-    """(folder, sha256 over its files) of the committed database, or (None, None)."""
-    d = tuning_dir(target_name)
+def tuning_db(target_name: str, folder=None):
+    """(folder, sha256 over its files) of the committed database, or (None, None); with
+    ``folder``, that database (one ``export.tune --db`` wrote), which must hold its files."""
+    d = tuning_dir(target_name) if folder is None else Path(folder).expanduser()
     if not all((d / f).is_file() for f in DB_FILES):
+        if folder is not None:
+            raise ValueError(f"--tuning-db {folder} holds no MetaSchedule database ({' and '.join(DB_FILES)}); "
+                             f"tune into it with: python -m export.tune --target {target_name} --db {folder}")
         return None, None
     h = hashlib.sha256()
     for f in DB_FILES:

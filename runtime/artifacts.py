@@ -41,9 +41,12 @@ def cache_root() -> Path:
 def cache_write_error(folder, e: OSError) -> ArtifactError:
     """A first-use build that cannot write the cache (read-only, no home folder), as one line
     with the two ways out."""
-    return ArtifactError(f"cannot build the artifact set in the runtime's cache {folder} ({e.strerror or e}); set "
-                         "MDTRACK_CACHE to a writable folder, or build a set with python -m export and pass it "
-                         "with --artifacts")
+    given = os.environ.get("MDTRACK_CACHE")
+    where = (f"the runtime's cache {folder} (from MDTRACK_CACHE={given})" if given
+             else f"the runtime's cache {folder}")
+    fix = "point MDTRACK_CACHE at a writable folder" if given else "set MDTRACK_CACHE to a writable folder"
+    return ArtifactError(f"cannot build the artifact set in {where} ({e.strerror or e}); {fix}, or build a set "
+                         "with python -m export and pass it with --artifacts")
 
 
 @contextlib.contextmanager

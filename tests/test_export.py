@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -419,9 +420,17 @@ def test_an_unwritable_cache_and_a_set_without_manifest_say_what_to_do(one_bucke
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(export.build, "build_onnx", read_only)
-    with pytest.raises(ArtifactError, match="cannot build the artifact set in the runtime's cache .*Read-only file "
-                                            "system.*MDTRACK_CACHE.*--artifacts"):
+    with pytest.raises(ArtifactError, match="cannot build the artifact set in the runtime's cache .*from "
+                                            "MDTRACK_CACHE=.*Read-only file system.*point MDTRACK_CACHE at a "
+                                            "writable folder.*--artifacts"):
         make_backend("onnxruntime", one_bucket_model)
+    monkeypatch.delenv("MDTRACK_CACHE")  # the default cache: the message says how to move it
+    monkeypatch.setattr(Path, "home", staticmethod(lambda: tmp_path / "home"))
+    with pytest.raises(ArtifactError, match=r"runtime's cache \S+ \(Read-only file system\); set MDTRACK_CACHE to "
+                                            "a writable folder"):
+        make_backend("onnxruntime", one_bucket_model)
+    monkeypatch.undo()
+    monkeypatch.setenv("MDTRACK_CACHE", str(tmp_path / "cache"))
     junk = tmp_path / "mine" / "onnx"
     junk.mkdir(parents=True)
     (junk / "notes.txt").write_text("x")
@@ -985,3 +994,36 @@ def test_portable_versions_for_both_extractors_ops_only():
     onnx.checker.check_model(m)
     m = graph("Softmax", axis=1)
     assert not make_portable(m) and (m.ir_version, m.opset_import[0].version) == (14, 28)
+
+
+def test_export_applies_a_users_own_tuning_database(one_bucket_model, tmp_path, capsys):
+    """A user who tunes on their own CPU or board (``export.tune --db DIR``) builds with that
+    database: the committed one is for the machines it was tuned on, and an installed package's
+    folder is no place to write. The set records which database it was built with."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from export.__main__ import main
+    from export.tvm_build import tuning_db
+
+    mine = tmp_path / "my-db"
+    mine.mkdir()
+    ms.database.JSONDatabase(work_dir=str(mine))  # what export.tune --db leaves before its first records
+    out = tmp_path / "out"
+    for args, why in (([], "one TVM target built into --out"),
+                      (["--targets", "onnx"], "one TVM target"),
+                      (["--targets", "llvm,llvm:znver3"], "got 2"),
+                      (["--targets", "llvm", "--tuning-db", str(tmp_path / "none")], "holds no MetaSchedule database"
+                       r".*python -m export.tune --target llvm --db ")):
+        argv = ["--model", str(one_bucket_model.path), "--tuning-db", str(mine)] + args
+        if "--out" not in argv and args:
+            argv += ["--out", str(out)]
+        assert main(argv) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and re.search(why, err), err
+        assert not out.exists()  # refused before any work
+    assert main(["--model", str(one_bucket_model.path), "--targets", "llvm", "--out", str(out),
+                 "--tuning-db", str(mine)]) == 0
+    m = json.loads((out / "llvm" / "manifest.json").read_text())
+    assert m["tuning_db"] == str(mine.resolve()) and m["tuning_db_sha256"] == tuning_db("llvm", mine)[1]
+    assert m["tuning_db_sha256"] != tuning_db("llvm")[1]
+    assert "(untuned)" in capsys.readouterr().out  # an empty database tunes nothing, and the log says so
