@@ -173,24 +173,32 @@ def build_onnx(model, out, log=print) -> Path:
 
 def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
     """Compile every bucket of ``onnx_dir`` for ``target`` into ``out`` (kind 'tvm'), with the
-    committed tuning database of ``target`` or the database folder ``tuning``."""
-    from .tvm_build import build_bucket, tuned_buckets, tuning_db
+    committed tuning database of ``target``; with ``tuning`` (a user's database folder), with
+    that one's records first and the committed ones for the kernels it leaves out."""
+    from .tvm_build import build_bucket, layer_databases, tuned_buckets, tuning_db
 
     out = Path(out)
-    db_dir, db_hash = tuning_db(target.name, tuning)
+    db_dir, db_hash = tuning_db(target.name)
+    extra = {"tuning_db": _shown(db_dir), "tuning_db_sha256": db_hash}
     tuned = tuned_buckets(db_dir)
-    files = []
-    with staged(out) as tmp:
-        for b, shape in enumerate(model.policy.shapes):
-            t0 = time.time()
-            name = bucket_file(b, shape, "so")
-            build_bucket(Path(onnx_dir) / bucket_file(b, shape, "onnx"), target, tmp / name, db_dir)
-            files.append(name)
-            log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s"
-                f"{' (tuned)' if f'{shape[0]}x{shape[1]}' in tuned else ' (untuned)'}")
-        extra = {"tuning_db": _shown(db_dir), "tuning_db_sha256": db_hash, "device": target.device,
-                 "cross": target.cross}
-        artifacts.write_manifest(tmp, model, "tvm", target.name, target.resolved(), files, extra)
+    with contextlib.ExitStack() as stack:
+        if tuning is not None:
+            mine, mine_hash = tuning_db(target.name, tuning)
+            extra = {"tuning_db": _shown(mine), "tuning_db_sha256": mine_hash,
+                     "base_tuning_db": extra["tuning_db"], "base_tuning_db_sha256": db_hash}
+            tuned |= tuned_buckets(mine)
+            db_dir = layer_databases(mine, db_dir, stack.enter_context(tempfile.TemporaryDirectory()))
+        files = []
+        with staged(out) as tmp:
+            for b, shape in enumerate(model.policy.shapes):
+                t0 = time.time()
+                name = bucket_file(b, shape, "so")
+                build_bucket(Path(onnx_dir) / bucket_file(b, shape, "onnx"), target, tmp / name, db_dir)
+                files.append(name)
+                log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s"
+                    f"{' (tuned)' if f'{shape[0]}x{shape[1]}' in tuned else ' (untuned)'}")
+            extra.update({"device": target.device, "cross": target.cross})
+            artifacts.write_manifest(tmp, model, "tvm", target.name, target.resolved(), files, extra)
     return out
 
 
@@ -212,16 +220,23 @@ def build(model, target_names, out=None, log=print, done=None, tuning=None) -> d
     with the committed databases, and rebuilds any other)."""
     tgts = [targets_mod.parse(t) if isinstance(t, str) else t for t in target_names]
     if tuning is not None:
-        if len(tgts) != 1 or out is None:
-            raise ArtifactError("--tuning-db applies to one TVM target built into --out (a database is tuned "
-                                f"for one target; got {len(tgts)} and "
-                                f"{'no --out' if out is None else '--out'}); pass the set with --artifacts OUT/TARGET")
+        if not tgts:
+            raise ArtifactError("--tuning-db applies to a TVM target, and --targets onnx builds none; drop it")
+        if len(tgts) > 1:
+            raise ArtifactError(f"--tuning-db holds one target's records, and --targets names {len(tgts)}; "
+                                "export each with its own database")
+        if out is None:
+            raise ArtifactError("--tuning-db needs --out DIR (the runtime's cache holds only sets built with the "
+                                "committed databases); then pass the set with --artifacts DIR/"
+                                f"{tgts[0].name}")
         from .tvm_build import tuning_db
 
         try:
-            tuning_db(tgts[0].name, tuning)  # before minutes of ONNX export
+            mine, _ = tuning_db(tgts[0].name, tuning)  # before minutes of ONNX export
         except ValueError as e:
             raise ArtifactError(str(e)) from None
+        if os.path.realpath(mine) == os.path.realpath(Path(out).expanduser()):
+            raise ArtifactError(f"--out {out} is the --tuning-db folder; give the sets a folder of their own")
     out = Path(out).expanduser() if out is not None else artifacts.default_dir(model, "onnx").parent
     m = artifacts.peek_manifest(out) if out.is_dir() else None
     if m and m.get("kind") in artifacts.BACKEND_OF:  # --out at one set: the new ones would nest in it

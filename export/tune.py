@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -89,29 +90,30 @@ def _evaluator(target):
 
 
 def merge_database(src_dir, dst_dir) -> int:
-    """Append ``src_dir``'s records to ``dst_dir`` (JSONDatabase files; workloads dedup'd)."""
+    """Append ``src_dir``'s measured records to ``dst_dir`` (JSONDatabase files; workloads
+    dedup'd); candidates that failed to build or run are left out. Returns how many."""
     from tvm.s_tir import meta_schedule as ms
+
+    from .tvm_build import copy_records
 
     dst_dir = Path(dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
-    src = ms.database.JSONDatabase(work_dir=str(src_dir))
-    dst = ms.database.JSONDatabase(work_dir=str(dst_dir))
-    n = 0
-    for rec in src.get_all_tuning_records():
-        if rec.run_secs:
-            dst.commit_tuning_record(ms.database.TuningRecord(
-                rec.trace, dst.commit_workload(rec.workload.mod), rec.run_secs, rec.target, rec.args_info))
-            n += 1
-    return n
+    return copy_records(src_dir, ms.database.JSONDatabase(work_dir=str(dst_dir)))
 
 
 def onnx_buckets(onnx_dir) -> dict:
     """{bucket index: (shape, path)} of an ONNX artifact set, read from the manifest that
     ``python -m export`` wrote beside the files, each file checked against its sha256."""
-    from runtime.artifacts import bucket_file, check_files, read_manifest
+    from runtime.artifacts import MANIFEST, bucket_file, check_files, peek_manifest, read_manifest
 
     folder = Path(onnx_dir)
     fix = "write one with python -m export --model MODEL --targets onnx --out OUT, then pass --onnx-dir OUT/onnx"
+    m = peek_manifest(folder) if folder.is_dir() else None
+    if m is None and (folder / "onnx" / MANIFEST).is_file():
+        raise ValueError(f"--onnx-dir {folder} is export's output folder; pass its ONNX set, --onnx-dir {folder / 'onnx'}")
+    if isinstance(m, dict) and m.get("kind") not in (None, "onnx"):
+        raise ValueError(f"--onnx-dir {folder} holds {m.get('kind')} artifacts, not an ONNX set; pass the onnx "
+                         f"folder export wrote beside it ({folder.parent / 'onnx'}), or {fix}")
     manifest = read_manifest(folder, "onnx", fix)
     check_files(folder, manifest, fix)
     found = {}
@@ -160,11 +162,11 @@ def main(argv=None) -> int:
     from runtime.outputs import check_output_folder
 
     from .targets import parse
-    from .tvm_build import tuning_dir
+    from .tvm_build import check_user_db, tuning_dir
 
     try:
         target = parse(args.target)
-        given = onnx_buckets(args.onnx_dir) if args.onnx_dir else None
+        given = onnx_buckets(Path(args.onnx_dir).expanduser()) if args.onnx_dir else None
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -182,7 +184,18 @@ def main(argv=None) -> int:
     if target.cross:
         print("error: cross targets cannot be tuned here; tune on the board and copy the database", file=sys.stderr)
         return 2
-    db = Path(args.db) if args.db else tuning_dir(target.name)
+    if target.device == "cuda" and _gpu_name() is None:
+        # without a GPU every candidate fails to run: a "tuned" database of failures
+        print(f"error: tuning {args.target} measures candidates on the GPU, and this machine has none (nvidia-smi "
+              "finds no GPU); tune on the GPU machine, from an ONNX set exported here (--onnx-dir)", file=sys.stderr)
+        return 2
+    db = Path(args.db).expanduser() if args.db else tuning_dir(target.name)
+    try:
+        if not db.is_file():  # a file: check_output_folder below says so
+            check_user_db(db, target.name, "--db", must_hold_one=False)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     history = db / "tuning_log.json"
     try:
         # everything that could stop the run after a bucket's tuning is checked before it
@@ -208,6 +221,8 @@ def main(argv=None) -> int:
         log["seed"] = args.seed
     if target.device == "cuda":
         log["device"] = _gpu_name()
+    else:  # another CPU's records are a guess here: say whose they are
+        log["cpu"] = target.resolved().get("mcpu")
     entries.append(log)
 
     def save_log():
@@ -215,41 +230,73 @@ def main(argv=None) -> int:
         db.mkdir(parents=True, exist_ok=True)
         history.write_text(json.dumps(entries, indent=1) + "\n")
 
-    start = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        if given is None:
-            from runtime.artifacts import bucket_file
+    from runtime.stopping import StopRequest, stopped_by
 
-            from .build import build_onnx
+    stop = StopRequest()  # a signal stops at once; the buckets merged so far stay merged
+    try:
+        old = stop.install()
+    except ValueError:  # not the main thread: signals stay as they are
+        old = {}
+    try:
+        start = time.time()
+        with tempfile.TemporaryDirectory() as tmp:
+            if given is None:
+                from runtime.artifacts import bucket_file
 
-            onnx_dir = build_onnx(model, Path(tmp) / "onnx", log=lambda m: None)
-            given = {b: (tuple(s), onnx_dir / bucket_file(b, s, "onnx")) for b, s in enumerate(model.policy.shapes)}
-        buckets = wanted if wanted is not None else sorted(given)
-        missing = [b for b in buckets if b not in given]
-        if missing:
-            print(f"error: no bucket {missing[0]} (buckets: {', '.join(map(str, sorted(given)))})", file=sys.stderr)
-            return 2
-        last = 0.0
-        for b in buckets:
-            shape, path = given[b]
-            spent = (time.time() - start) / 60
-            if args.max_minutes is not None and spent + last > args.max_minutes:
-                print(f"bucket {b} {shape[0]}x{shape[1]}: not tuned ({spent:.1f} of {args.max_minutes} min spent, "
-                      f"the last bucket took {last:.1f})", flush=True)
-                log["buckets"][f"{shape[0]}x{shape[1]}"] = {"skipped": "time budget"}
+                from .build import build_onnx
+
+                onnx_dir = build_onnx(model, Path(tmp) / "onnx", log=lambda m: None)
+                given = {b: (tuple(s), onnx_dir / bucket_file(b, s, "onnx")) for b, s in enumerate(model.policy.shapes)}
+            buckets = wanted if wanted is not None else sorted(given)
+            missing = [b for b in buckets if b not in given]
+            if missing:
+                print(f"error: no bucket {missing[0]} (buckets: {', '.join(map(str, sorted(given)))})", file=sys.stderr)
+                return 2
+            last = 0.0
+            for b in buckets:
+                shape, path = given[b]
+                spent = (time.time() - start) / 60
+                if args.max_minutes is not None and spent + last > args.max_minutes:
+                    print(f"bucket {b} {shape[0]}x{shape[1]}: not tuned ({spent:.1f} of {args.max_minutes} min spent, "
+                          f"the last bucket took {last:.1f})", flush=True)
+                    log["buckets"][f"{shape[0]}x{shape[1]}"] = {"skipped": "time budget"}
+                    save_log()
+                    continue
+                work = Path(tmp) / f"work{b}"
+                t0 = time.time()
+                print(f"bucket {b} {shape[0]}x{shape[1]}: {args.trials} trials per task", flush=True)
+                n_tasks = tune_bucket(path, target, args.trials, work, top=args.top, seed=args.seed)
+                n = merge_database(work, db)
+                last = (time.time() - t0) / 60
+                log["buckets"][f"{shape[0]}x{shape[1]}"] = {"tasks": n_tasks, "records": n, "minutes": round(last, 2)}
                 save_log()
-                continue
-            work = Path(tmp) / f"work{b}"
-            t0 = time.time()
-            print(f"bucket {b} {shape[0]}x{shape[1]}: {args.trials} trials per task", flush=True)
-            n_tasks = tune_bucket(path, target, args.trials, work, top=args.top, seed=args.seed)
-            n = merge_database(work, db)
-            last = (time.time() - t0) / 60
-            log["buckets"][f"{shape[0]}x{shape[1]}"] = {"tasks": n_tasks, "records": n, "minutes": round(last, 2)}
-            save_log()
-            print(f"bucket {b}: {n} records merged into {db} in {last:.1f} min", flush=True)
-            shutil.rmtree(work, ignore_errors=True)
-    return 0
+                print(f"bucket {b}: {n} records merged into {db} in {last:.1f} min", flush=True)
+                shutil.rmtree(work, ignore_errors=True)
+        return 0
+    except (KeyboardInterrupt, Exception) as e:
+        name = stopped_by(e, stop)  # a signal inside MetaSchedule comes back as another error
+        if name is None:
+            raise
+        done = ", ".join(s for s, r in log["buckets"].items() if r.get("records")) or "none"
+        print(f"interrupted ({name}); buckets merged into {db} so far: {done}", file=sys.stderr)
+        _quiet_pool_teardown()
+        return 128 + getattr(signal, name)
+    finally:
+        StopRequest.restore(old)
+
+
+def _quiet_pool_teardown() -> None:
+    """After a stop mid-search, MetaSchedule's worker pool is collected from one of its own
+    threads, whose join of itself prints an "Exception ignored" traceback at exit (the workers
+    are gone by then). Only that one is dropped."""
+    previous = sys.unraisablehook
+
+    def hook(u):
+        if not (isinstance(u.exc_value, RuntimeError) and "cannot join current thread" in str(u.exc_value)
+                and type(u.object).__name__ == "function" and "PopenPoolExecutor" in repr(u.object)):
+            previous(u)
+
+    sys.unraisablehook = hook
 
 
 def _gpu_name():

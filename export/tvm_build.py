@@ -20,17 +20,91 @@ def tuning_dir(target_name: str) -> Path:
 
 def tuning_db(target_name: str, folder=None):
     """(folder, sha256 over its files) of the committed database, or (None, None); with
-    ``folder``, that database (one ``export.tune --db`` wrote), which must hold its files."""
-    d = tuning_dir(target_name) if folder is None else Path(folder).expanduser()
+    ``folder``, the user's own database (``export.tune --db``), checked by :func:`check_user_db`."""
+    d = tuning_dir(target_name) if folder is None else check_user_db(folder, target_name, "--tuning-db")
     if not all((d / f).is_file() for f in DB_FILES):
-        if folder is not None:
-            raise ValueError(f"--tuning-db {folder} holds no MetaSchedule database ({' and '.join(DB_FILES)}); "
-                             f"tune into it with: python -m export.tune --target {target_name} --db {folder}")
         return None, None
     h = hashlib.sha256()
     for f in DB_FILES:
         h.update((d / f).read_bytes())
     return d, h.hexdigest()
+
+
+def tuned_targets(db_dir) -> set:
+    """The targets that ``export.tune`` runs into ``db_dir`` were for (its tuning log)."""
+    import json
+
+    try:
+        runs = json.loads((Path(db_dir) / "tuning_log.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {r["target"] for r in runs if isinstance(r, dict) and isinstance(r.get("target"), str)} \
+        if isinstance(runs, list) else set()
+
+
+def check_user_db(folder, target_name: str, flag: str, must_hold_one: bool = True) -> Path:
+    """A user's database folder for ``target_name``, or a ValueError naming what it is instead:
+    a file, an artifact set, another target's database (its records make TVM's compiler fail
+    on the first kernel), or (``must_hold_one``) a folder without a database."""
+    d = Path(folder).expanduser()
+    tune = f"python -m export.tune --target {target_name} --db DIR"
+    if d.is_file():
+        raise ValueError(f"{flag} {folder} is a file; give the folder that {tune} wrote")
+    if (d / "manifest.json").is_file():
+        raise ValueError(f"{flag} {folder} is an artifact set, not a tuning database; give the folder that {tune} "
+                         "wrote")
+    others = sorted(tuned_targets(d) - {target_name})
+    if others:
+        raise ValueError(f"{flag} {folder} holds records tuned for {', '.join(others)}, not {target_name}; "
+                         f"give a database of {target_name}'s ({tune}, with another DIR)")
+    if must_hold_one and not all((d / f).is_file() for f in DB_FILES):
+        raise ValueError(f"{flag} {folder} holds no MetaSchedule database ({' and '.join(DB_FILES)}); "
+                         f"tune into it with: python -m export.tune --target {target_name} --db {folder}")
+    return d
+
+
+# MetaSchedule records a candidate that failed to build or run with 1e10 s run times
+FAILED_RUN_SECS = 1e9
+
+
+def measured(rec) -> bool:
+    """A record with a real measurement (not a failed build or run)."""
+    secs = [float(getattr(s, "value", s)) for s in (rec.run_secs or [])]
+    return bool(secs) and min(secs) < FAILED_RUN_SECS
+
+
+def copy_records(src_dir, dst, skip=frozenset(), seen=None) -> int:
+    """Commit ``src_dir``'s measured records into the database ``dst``, leaving out those of
+    the workloads in ``skip`` (structural hashes), and add the copied ones' to ``seen``;
+    returns how many records were copied."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm_ffi import structural_hash  # TVM's own hash of workloads, as MetaSchedule's databases use
+
+    n = 0
+    for rec in ms.database.JSONDatabase(work_dir=str(src_dir)).get_all_tuning_records():
+        key = structural_hash(rec.workload.mod)
+        if measured(rec) and key not in skip:
+            dst.commit_tuning_record(ms.database.TuningRecord(
+                rec.trace, dst.commit_workload(rec.workload.mod), rec.run_secs, rec.target, rec.args_info))
+            n += 1
+            if seen is not None:
+                seen.add(key)
+    return n
+
+
+def layer_databases(top_dir, base_dir, into) -> Path:
+    """A database in ``into`` holding ``top_dir``'s records and, for every kernel those leave
+    out, ``base_dir``'s: a user's database tuned for a few buckets or kernels keeps the
+    committed schedules for the rest (TVM's defaults ran the tracker 7x slower here)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    Path(into).mkdir(parents=True, exist_ok=True)
+    dst = ms.database.JSONDatabase(work_dir=str(into))
+    mine = set()
+    copy_records(top_dir, dst, seen=mine)
+    if base_dir is not None:
+        copy_records(base_dir, dst, skip=mine)
+    return Path(into)
 
 
 def tuned_buckets(db_dir) -> set:

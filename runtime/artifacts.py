@@ -108,11 +108,14 @@ def bucket_file(bucket: int, shape, ext: str) -> str:
     return f"bucket{bucket}_{shape[0]}x{shape[1]}.{ext}"
 
 
-def rebuild_command(model, target: str, folder) -> str:
+def rebuild_command(model, target: str, folder, tuning_db=None) -> str:
     """The export command that writes the set ``folder`` holds (``target``: 'onnx' or a TVM
-    target name). Export writes ``OUT/onnx`` and ``OUT/<target>``, so its --out is the parent."""
+    target name), with the user's own tuning database ``tuning_db`` if it was built with one.
+    Export writes ``OUT/onnx`` and ``OUT/<target>``, so its --out is the parent."""
     folder = Path(folder)
     cmd = f"python -m export --model {model.path} --targets {_target_arg(target)} --out {folder.parent}"
+    if tuning_db:
+        cmd += f" --tuning-db {tuning_db}"
     return cmd if folder.name == target else f"{cmd}, then pass --artifacts {folder.parent / target}"
 
 
@@ -162,6 +165,10 @@ def _versions(kind: str) -> dict:
 def read_manifest(folder, kind: str, fix: str) -> dict:
     """The manifest of an artifact set of ``kind``; :class:`ArtifactError` ending in ``fix``."""
     folder = Path(folder)
+    if folder.is_file():
+        inside = f"pass the folder that holds it, {folder.parent}" if folder.name == MANIFEST else \
+            "pass the folder export wrote (OUT/<target>)"
+        raise ArtifactError(f"artifact set {folder} is a file, not a folder; {inside}")
     mpath = folder / MANIFEST
     if not mpath.is_file():
         sets = _sets_below(folder, kind)
@@ -260,8 +267,10 @@ def verify(folder, model, kind: str, target: str) -> dict:
     folder = Path(folder)
     if not folder.exists():
         raise missing_set(folder, model, target)
-    fix = f"rebuild with: {rebuild_command(model, target, folder)}"
-    if peek_manifest(folder) is None and folder.is_dir() and any(folder.iterdir()) and not in_cache(folder):
+    peeked = peek_manifest(folder)
+    mine = peeked.get("tuning_db") if isinstance(peeked, dict) and "base_tuning_db_sha256" in peeked else None
+    fix = f"rebuild with: {rebuild_command(model, target, folder, mine)}"
+    if peeked is None and folder.is_dir() and any(folder.iterdir()) and not in_cache(folder):
         # files but no set: export refuses to build over them (they could be anyone's)
         fix = (f"build a set with: {rebuild_command(model, target, Path('NEW_FOLDER') / target)}, then pass "
                f"--artifacts NEW_FOLDER/{target}")

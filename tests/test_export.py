@@ -1,4 +1,5 @@
 """The compiled fast path: ONNX per bucket, TVM per target, manifests, backend parity."""
+import collections
 import hashlib
 import json
 import os
@@ -876,10 +877,26 @@ def test_tune_takes_an_onnx_set_and_keeps_to_its_time_budget(tmp_path, monkeypat
 
     tuned.clear()
     monkeypatch.setattr(tune, "tune_bucket", stopped)
-    with pytest.raises(KeyboardInterrupt):
-        tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir), "--buckets", "0,1", "--db", str(db)])
+    capsys.readouterr()
+    assert tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir), "--buckets", "0,1", "--db", str(db)]) == 130
+    assert capsys.readouterr().err == f"interrupted (SIGINT); buckets merged into {db} so far: 64x64\n"
     logs = json.loads((db / "tuning_log.json").read_text())
     assert len(logs) == 2 and logs[-1]["buckets"] == {"64x64": {"tasks": 7, "records": 3, "minutes": 2.0}}
+    assert logs[-1]["cpu"]  # whose CPU the records were measured on
+
+    # databases that are not this target's: refused before any work
+    other = tmp_path / "other-db"
+    other.mkdir()
+    (other / "tuning_log.json").write_text(json.dumps([{"target": "cuda-sm_90", "buckets": {}}]))
+    (tmp_path / "a-set").mkdir()
+    (tmp_path / "a-set" / "manifest.json").write_text("{}")
+    for folder, why in ((other, "holds records tuned for cuda-sm_90, not llvm"), (tmp_path / "a-set", "artifact set")):
+        assert tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir), "--db", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
+    if tune._gpu_name() is None:  # every candidate would fail to run: a database of failures
+        assert tune.main(["--target", "cuda:sm_90", "--onnx-dir", str(onnx_dir), "--db", str(tmp_path / "c")]) == 2
+        assert "this machine has none" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -894,7 +911,12 @@ def test_tune_takes_an_onnx_set_and_keeps_to_its_time_budget(tmp_path, monkeypat
     manifest["kind"] = "tvm"
     (onnx_dir / "manifest.json").write_text(json.dumps(manifest))
     assert tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir)]) == 2
-    assert "holds tvm artifacts, not onnx" in capsys.readouterr().err
+    assert "holds tvm artifacts, not an ONNX set; pass the onnx folder" in capsys.readouterr().err
+    assert tune.main(["--target", "llvm", "--onnx-dir", str(tmp_path)]) == 2  # export's --out, which holds onnx/
+    manifest["kind"] = "onnx"
+    (onnx_dir / "manifest.json").write_text(json.dumps(manifest))
+    err = capsys.readouterr().err
+    assert f"is export's output folder; pass its ONNX set, --onnx-dir {onnx_dir}" in err, err
 
 
 def test_top_tasks_are_the_heaviest_convolutions(one_bucket_model, tmp_path):
@@ -1009,11 +1031,19 @@ def test_export_applies_a_users_own_tuning_database(one_bucket_model, tmp_path, 
     mine.mkdir()
     ms.database.JSONDatabase(work_dir=str(mine))  # what export.tune --db leaves before its first records
     out = tmp_path / "out"
-    for args, why in (([], "one TVM target built into --out"),
-                      (["--targets", "onnx"], "one TVM target"),
-                      (["--targets", "llvm,llvm:znver3"], "got 2"),
+    (tmp_path / "a-file").write_text("x")
+    for args, why in (([], r"needs --out DIR .*committed databases.*--artifacts DIR/llvm"),
+                      (["--targets", "onnx"], "--targets onnx builds none"),
+                      (["--targets", "llvm,llvm:znver3"], "--targets names 2"),
                       (["--targets", "llvm", "--tuning-db", str(tmp_path / "none")], "holds no MetaSchedule database"
-                       r".*python -m export.tune --target llvm --db ")):
+                       r".*python -m export.tune --target llvm --db "),
+                      (["--targets", "llvm", "--tuning-db", str(tmp_path / "a-file")], "is a file; give the folder"),
+                      (["--targets", "cuda:sm_90", "--tuning-db", str(mine)], None),  # built below: refused as
+                      (["--targets", "llvm", "--tuning-db", "export/tuning/cuda-sm_90"],  # another target's
+                       "holds records tuned for cuda-sm_90, not llvm"),
+                      (["--targets", "llvm", "--out", str(mine)], "is the --tuning-db folder")):
+        if why is None:
+            continue
         argv = ["--model", str(one_bucket_model.path), "--tuning-db", str(mine)] + args
         if "--out" not in argv and args:
             argv += ["--out", str(out)]
@@ -1026,4 +1056,50 @@ def test_export_applies_a_users_own_tuning_database(one_bucket_model, tmp_path, 
     m = json.loads((out / "llvm" / "manifest.json").read_text())
     assert m["tuning_db"] == str(mine.resolve()) and m["tuning_db_sha256"] == tuning_db("llvm", mine)[1]
     assert m["tuning_db_sha256"] != tuning_db("llvm")[1]
-    assert "(untuned)" in capsys.readouterr().out  # an empty database tunes nothing, and the log says so
+    assert m["base_tuning_db"] == "export/tuning/llvm" and m["base_tuning_db_sha256"] == tuning_db("llvm")[1]
+
+    # a set built with the user's database is rebuilt with it, not the committed one
+    from runtime.artifacts import verify
+    from runtime.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match=f"is a file, not a folder; pass the folder that holds it, {out / 'llvm'}$"):
+        verify(out / "llvm" / "manifest.json", one_bucket_model, "tvm", "llvm")
+    m["versions"]["tvm"] = "0.0"
+    (out / "llvm" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match=f"rebuild with: python -m export .*--out {out} --tuning-db {mine.resolve()}"):
+        verify(out / "llvm", one_bucket_model, "tvm", "llvm")
+
+
+def test_a_users_database_is_layered_over_the_committed_one(tmp_path):
+    """The user's records win for every kernel they measured; the committed ones stay for the
+    rest (TVM's default schedules ran the tracker 7x slower than the tuned ones), and a
+    candidate that failed to run is no record."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm_ffi import structural_hash
+
+    from export.tvm_build import layer_databases, tuning_db
+
+    def commit(db, rec, secs=None):
+        db.commit_tuning_record(ms.database.TuningRecord(rec.trace, db.commit_workload(rec.workload.mod),
+                                                         secs or rec.run_secs, rec.target, rec.args_info))
+
+    committed = ms.database.JSONDatabase(work_dir=str(tuning_db("llvm")[0])).get_all_tuning_records()
+    count = collections.Counter(structural_hash(r.workload.mod) for r in committed)
+    kernels = [k for k, n in count.items() if n >= 2][:3]
+    (tmp_path / "base").mkdir()
+    base = ms.database.JSONDatabase(work_dir=str(tmp_path / "base"))  # three kernels' committed records
+    for r in committed:
+        if structural_hash(r.workload.mod) in kernels:
+            commit(base, r)
+    recs = base.get_all_tuning_records()
+    per = {k: sum(structural_hash(r.workload.mod) == k for r in recs) for k in kernels}
+    a, b = (next(r for r in recs if structural_hash(r.workload.mod) == k) for k in kernels[:2])
+    (tmp_path / "mine").mkdir()
+    mine = ms.database.JSONDatabase(work_dir=str(tmp_path / "mine"))
+    commit(mine, a, [1.0])   # measured, slower than the committed best: the user's machine, the user's record
+    commit(mine, b, [1e10])  # failed to run
+    layered = ms.database.JSONDatabase(work_dir=str(layer_databases(tmp_path / "mine", tmp_path / "base",
+                                                                    tmp_path / "layered")))
+    got = collections.Counter(structural_hash(r.workload.mod) for r in layered.get_all_tuning_records())
+    assert got == {kernels[0]: 1, kernels[1]: per[kernels[1]], kernels[2]: per[kernels[2]]}
+    assert float(layered.query_tuning_record(a.workload.mod, a.target, "main").run_secs[0]) == 1.0
