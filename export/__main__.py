@@ -26,8 +26,9 @@ def main(argv=None) -> int:
                          "the ONNX set is always built, and onnx alone builds only it")
     ap.add_argument("--out", default=None, help="output folder (default: the runtime's artifact cache)")
     ap.add_argument("--tuning-db", default=None,
-                    help="apply this MetaSchedule database (python -m export.tune --db DIR, tuned on the target "
-                         "machine) instead of the committed one; one TVM target, with --out")
+                    help="a MetaSchedule database of your own (python -m export.tune --db DIR, tuned on the target "
+                         "machine), layered over the committed one: its records win for the kernels it measured; "
+                         "one TVM target, with --out")
     args = ap.parse_args(argv)
     from . import EXPORT_PACKAGES, TVM_PACKAGES, missing_packages, targets
 

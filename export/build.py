@@ -184,7 +184,7 @@ def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
     with contextlib.ExitStack() as stack:
         if tuning is not None:
             mine, mine_hash = tuning_db(target.name, tuning)
-            extra = {"tuning_db": _shown(mine), "tuning_db_sha256": mine_hash,
+            extra = {"tuning_db": str(mine.resolve()), "tuning_db_sha256": mine_hash,
                      "base_tuning_db": extra["tuning_db"], "base_tuning_db_sha256": db_hash}
             tuned |= tuned_buckets(mine)
             db_dir = layer_databases(mine, db_dir, stack.enter_context(tempfile.TemporaryDirectory()))
@@ -203,8 +203,7 @@ def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
 
 
 def _shown(db_dir):
-    """A database's folder as the manifest records it: relative to the project for a committed
-    one, absolute for the user's own."""
+    """A committed database's folder as the manifest records it: relative to the project."""
     if db_dir is None:
         return None
     root = Path(__file__).resolve().parents[1]
@@ -215,9 +214,9 @@ def _shown(db_dir):
 def build(model, target_names, out=None, log=print, done=None, tuning=None) -> dict:
     """ONNX set plus one TVM set per target under ``out``; returns {name: folder}, the dict
     ``done`` when given, filled as each set is swapped in (for a caller that is stopped part-way
-    to say which sets are new). ``tuning``: a database folder to apply instead of the committed
-    one, for a single TVM target and an explicit ``out`` (the runtime's cache holds sets built
-    with the committed databases, and rebuilds any other)."""
+    to say which sets are new). ``tuning``: a user's database folder, layered over the committed
+    one, for a single TVM target and an explicit ``out`` outside the runtime's cache (which holds
+    sets built with the committed databases, and rebuilds any other)."""
     tgts = [targets_mod.parse(t) if isinstance(t, str) else t for t in target_names]
     if tuning is not None:
         if not tgts:
@@ -229,14 +228,17 @@ def build(model, target_names, out=None, log=print, done=None, tuning=None) -> d
             raise ArtifactError("--tuning-db needs --out DIR (the runtime's cache holds only sets built with the "
                                 "committed databases); then pass the set with --artifacts DIR/"
                                 f"{tgts[0].name}")
-        from .tvm_build import tuning_db
+        from .tvm_build import check_user_db
 
         try:
-            mine, _ = tuning_db(tgts[0].name, tuning)  # before minutes of ONNX export
+            mine = check_user_db(tuning, tgts[0], "--tuning-db")  # before minutes of ONNX export
         except ValueError as e:
             raise ArtifactError(str(e)) from None
         if os.path.realpath(mine) == os.path.realpath(Path(out).expanduser()):
             raise ArtifactError(f"--out {out} is the --tuning-db folder; give the sets a folder of their own")
+        if artifacts.in_cache(Path(out).expanduser() / tgts[0].name):
+            raise ArtifactError(f"--out {out} is in the runtime's cache, which rebuilds any set not built with the "
+                                "committed databases; give --out a folder outside it")
     out = Path(out).expanduser() if out is not None else artifacts.default_dir(model, "onnx").parent
     m = artifacts.peek_manifest(out) if out.is_dir() else None
     if m and m.get("kind") in artifacts.BACKEND_OF:  # --out at one set: the new ones would nest in it

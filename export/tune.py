@@ -182,7 +182,9 @@ def main(argv=None) -> int:
 
         target = CompileTarget(target.name, {**target.target, "num-cores": os.cpu_count()}, target.device, target.cross)
     if target.cross:
-        print("error: cross targets cannot be tuned here; tune on the board and copy the database", file=sys.stderr)
+        print(f"error: cross targets cannot be tuned here; tune on the board (--target llvm, or cuda:sm_XX on a "
+              f"Jetson) with --db DIR, then build here with: python -m export --targets {args.target} --tuning-db DIR "
+              "--out OUT", file=sys.stderr)
         return 2
     if target.device == "cuda" and _gpu_name() is None:
         # without a GPU every candidate fails to run: a "tuned" database of failures
@@ -191,8 +193,8 @@ def main(argv=None) -> int:
         return 2
     db = Path(args.db).expanduser() if args.db else tuning_dir(target.name)
     try:
-        if not db.is_file():  # a file: check_output_folder below says so
-            check_user_db(db, target.name, "--db", must_hold_one=False)
+        if args.db and not db.is_file():  # a file: check_output_folder below says so
+            check_user_db(db, target, "--db", must_hold_one=False)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -306,7 +308,7 @@ def _gpu_name():
 
         r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                            capture_output=True, text=True, timeout=20)
-        return r.stdout.strip() or None
+        return (r.stdout.strip() or None) if r.returncode == 0 else None  # no driver: its error is on stdout
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -20,9 +20,11 @@ def tuning_dir(target_name: str) -> Path:
 
 def tuning_db(target_name: str, folder=None):
     """(folder, sha256 over its files) of the committed database, or (None, None); with
-    ``folder``, the user's own database (``export.tune --db``), checked by :func:`check_user_db`."""
-    d = tuning_dir(target_name) if folder is None else check_user_db(folder, target_name, "--tuning-db")
+    ``folder``, the user's own database (checked first by :func:`check_user_db`)."""
+    d = tuning_dir(target_name) if folder is None else Path(folder).expanduser()
     if not all((d / f).is_file() for f in DB_FILES):
+        if folder is not None:
+            raise ValueError(f"--tuning-db {folder} holds no MetaSchedule database")
         return None, None
     h = hashlib.sha256()
     for f in DB_FILES:
@@ -30,36 +32,44 @@ def tuning_db(target_name: str, folder=None):
     return d, h.hexdigest()
 
 
-def tuned_targets(db_dir) -> set:
-    """The targets that ``export.tune`` runs into ``db_dir`` were for (its tuning log)."""
-    import json
+def _kind(t) -> str:
+    """A TVM target as a database's records are compatible with it: its kind, and a CUDA
+    target's architecture (a CPU's records schedule any CPU's kernels, if not as fast)."""
+    arch = t.attrs.get("arch") if t.kind.name == "cuda" else None
+    return f"{t.kind.name} {arch}" if arch else t.kind.name
+
+
+def check_user_db(folder, target, flag: str, must_hold_one: bool = True) -> Path:
+    """A user's database folder for the CompileTarget ``target``, or a ValueError naming what
+    it is instead: a file, an artifact set, a damaged database, one whose records are for
+    another kind of target (TVM's compiler fails on the first kernel with them), or
+    (``must_hold_one``) a folder without a database. The records say what they were tuned
+    for, whatever the folder or its log is called."""
+    from runtime.artifacts import _target_arg
+
+    d = Path(folder).expanduser()
+    tune = "the folder that python -m export.tune --db DIR wrote"
+    if d.is_file():
+        raise ValueError(f"{flag} {folder} is a file; give {tune}")
+    if (d / "manifest.json").is_file():
+        raise ValueError(f"{flag} {folder} is an artifact set, not a tuning database; give {tune}")
+    if not all((d / f).is_file() for f in DB_FILES):
+        if must_hold_one:
+            raise ValueError(f"{flag} {folder} holds no MetaSchedule database ({' and '.join(DB_FILES)}); give {tune}")
+        return d
+    from tvm.s_tir import meta_schedule as ms
 
     try:
-        runs = json.loads((Path(db_dir) / "tuning_log.json").read_text())
-    except (OSError, ValueError):
-        return set()
-    return {r["target"] for r in runs if isinstance(r, dict) and isinstance(r.get("target"), str)} \
-        if isinstance(runs, list) else set()
-
-
-def check_user_db(folder, target_name: str, flag: str, must_hold_one: bool = True) -> Path:
-    """A user's database folder for ``target_name``, or a ValueError naming what it is instead:
-    a file, an artifact set, another target's database (its records make TVM's compiler fail
-    on the first kernel), or (``must_hold_one``) a folder without a database."""
-    d = Path(folder).expanduser()
-    tune = f"python -m export.tune --target {target_name} --db DIR"
-    if d.is_file():
-        raise ValueError(f"{flag} {folder} is a file; give the folder that {tune} wrote")
-    if (d / "manifest.json").is_file():
-        raise ValueError(f"{flag} {folder} is an artifact set, not a tuning database; give the folder that {tune} "
-                         "wrote")
-    others = sorted(tuned_targets(d) - {target_name})
+        recs = ms.database.JSONDatabase(work_dir=str(d)).get_all_tuning_records()
+    except Exception as e:  # TVM's parser raises RuntimeError / ValueError / TVMError on a damaged file
+        last = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+        raise ValueError(f"{flag} {folder} is not a readable MetaSchedule database ({last[:200]}); tune into a new "
+                         "folder or restore it") from None
+    want = _kind(target.tvm_target())
+    others = sorted({_kind(r.target) for r in recs} - {want})
     if others:
-        raise ValueError(f"{flag} {folder} holds records tuned for {', '.join(others)}, not {target_name}; "
-                         f"give a database of {target_name}'s ({tune}, with another DIR)")
-    if must_hold_one and not all((d / f).is_file() for f in DB_FILES):
-        raise ValueError(f"{flag} {folder} holds no MetaSchedule database ({' and '.join(DB_FILES)}); "
-                         f"tune into it with: python -m export.tune --target {target_name} --db {folder}")
+        raise ValueError(f"{flag} {folder} holds records tuned for {', '.join(others)}, not {want} "
+                         f"({_target_arg(target.name)}); give a database tuned for that target, in a folder of its own")
     return d
 
 

@@ -885,12 +885,18 @@ def test_tune_takes_an_onnx_set_and_keeps_to_its_time_budget(tmp_path, monkeypat
     assert logs[-1]["cpu"]  # whose CPU the records were measured on
 
     # databases that are not this target's: refused before any work
-    other = tmp_path / "other-db"
+    from export.tvm_build import DB_FILES, tuning_dir
+
+    other, damaged = tmp_path / "other-db", tmp_path / "damaged-db"
     other.mkdir()
-    (other / "tuning_log.json").write_text(json.dumps([{"target": "cuda-sm_90", "buckets": {}}]))
+    damaged.mkdir()
+    for f in DB_FILES:  # the records say what they were tuned for, whatever the folder is called
+        shutil.copy(tuning_dir("cuda-sm_90") / f, other / f)
+        (damaged / f).write_text('["not a record"\n')
     (tmp_path / "a-set").mkdir()
     (tmp_path / "a-set" / "manifest.json").write_text("{}")
-    for folder, why in ((other, "holds records tuned for cuda-sm_90, not llvm"), (tmp_path / "a-set", "artifact set")):
+    for folder, why in ((other, "holds records tuned for cuda sm_90, not llvm (llvm)"),
+                        (damaged, "is not a readable MetaSchedule database"), (tmp_path / "a-set", "artifact set")):
         assert tune.main(["--target", "llvm", "--onnx-dir", str(onnx_dir), "--db", str(folder)]) == 2
         err = capsys.readouterr().err
         assert why in err and err.count("\n") == 1, err
@@ -1018,15 +1024,17 @@ def test_portable_versions_for_both_extractors_ops_only():
     assert not make_portable(m) and (m.ir_version, m.opset_import[0].version) == (14, 28)
 
 
-def test_export_applies_a_users_own_tuning_database(one_bucket_model, tmp_path, capsys):
+def test_export_applies_a_users_own_tuning_database(one_bucket_model, tmp_path, capsys, monkeypatch):
     """A user who tunes on their own CPU or board (``export.tune --db DIR``) builds with that
     database: the committed one is for the machines it was tuned on, and an installed package's
     folder is no place to write. The set records which database it was built with."""
     from tvm.s_tir import meta_schedule as ms
 
     from export.__main__ import main
-    from export.tvm_build import tuning_db
+    from export.targets import parse
+    from export.tvm_build import check_user_db, tuning_db, tuning_dir
 
+    monkeypatch.setenv("MDTRACK_CACHE", str(tmp_path / "cache"))
     mine = tmp_path / "my-db"
     mine.mkdir()
     ms.database.JSONDatabase(work_dir=str(mine))  # what export.tune --db leaves before its first records
@@ -1036,14 +1044,13 @@ def test_export_applies_a_users_own_tuning_database(one_bucket_model, tmp_path, 
                       (["--targets", "onnx"], "--targets onnx builds none"),
                       (["--targets", "llvm,llvm:znver3"], "--targets names 2"),
                       (["--targets", "llvm", "--tuning-db", str(tmp_path / "none")], "holds no MetaSchedule database"
-                       r".*python -m export.tune --target llvm --db "),
+                       r".*the folder that python -m export.tune --db DIR wrote"),
                       (["--targets", "llvm", "--tuning-db", str(tmp_path / "a-file")], "is a file; give the folder"),
-                      (["--targets", "cuda:sm_90", "--tuning-db", str(mine)], None),  # built below: refused as
-                      (["--targets", "llvm", "--tuning-db", "export/tuning/cuda-sm_90"],  # another target's
-                       "holds records tuned for cuda-sm_90, not llvm"),
-                      (["--targets", "llvm", "--out", str(mine)], "is the --tuning-db folder")):
-        if why is None:
-            continue
+                      (["--targets", "llvm", "--tuning-db", str(tuning_dir("cuda-sm_90"))],
+                       r"holds records tuned for cuda sm_90, not llvm \(llvm\)"),
+                      (["--targets", "llvm", "--out", str(mine)], "is the --tuning-db folder"),
+                      (["--targets", "llvm", "--out", str(tmp_path / "cache" / "artifacts" / "m")],
+                       "in the runtime's cache, which rebuilds")):
         argv = ["--model", str(one_bucket_model.path), "--tuning-db", str(mine)] + args
         if "--out" not in argv and args:
             argv += ["--out", str(out)]
@@ -1051,6 +1058,12 @@ def test_export_applies_a_users_own_tuning_database(one_bucket_model, tmp_path, 
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and re.search(why, err), err
         assert not out.exists()  # refused before any work
+    # a board's records build its cross target: what matters is the kind of target (and a GPU's
+    # architecture), not what the folder or the tuning run called it
+    assert check_user_db(tuning_dir("cuda-sm_90"), parse("cuda:sm_90@aarch64"), "--tuning-db")
+    with pytest.raises(ValueError, match=r"tuned for cuda sm_90, not cuda sm_87 \(cuda:sm_87\)"):
+        check_user_db(tuning_dir("cuda-sm_90"), parse("cuda:sm_87"), "--tuning-db")
+
     assert main(["--model", str(one_bucket_model.path), "--targets", "llvm", "--out", str(out),
                  "--tuning-db", str(mine)]) == 0
     m = json.loads((out / "llvm" / "manifest.json").read_text())
