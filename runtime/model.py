@@ -30,9 +30,22 @@ RUN_CHECKPOINT = "checkpoint"
 # default) and what a model that does not record "roi_sample_ratio" (the shipped one) gets.
 ROI_SAMPLE_RATIO = 2
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
-# A checkout's ../shared: the real sequences the benchmarks and training use by default, and
-# the ImageNet weights training starts from. Never needed to track.
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+
+
+def _shared_dir() -> Path:
+    """``$MDTRACK_SHARED``, else a checkout's ``../shared``: the real sequences the benchmarks
+    and training use by default, and the ImageNet weights training starts from. Never needed
+    to track. (An installed package has no ``..``: there the variable names the folder.)"""
+    given = os.environ.get("MDTRACK_SHARED")
+    if given:
+        try:
+            return Path(given).expanduser()
+        except RuntimeError:  # "~" with no home folder: as given, and reported as absent
+            return Path(given)
+    return Path(__file__).resolve().parents[2] / "shared"
+
+
+SHARED_DIR = _shared_dir()
 SHARED_SEQUENCES = SHARED_DIR / "data" / "sequences"
 
 

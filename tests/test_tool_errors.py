@@ -53,7 +53,25 @@ def test_training_without_sequences_or_shared_names_the_option(tmp_path, capsys,
 
     monkeypatch.setattr(train, "SHARED_SEQUENCES", tmp_path / "shared" / "data" / "sequences")
     _expect(capsys, train.main(["--quiet", "--out", str(tmp_path / "r"), "--extractor", "vggm"]),
-            "no sequences", "is absent", "--sequences DIR")
+            "no sequences", "is absent", "--sequences DIR", "MDTRACK_SHARED")
+
+
+def test_the_shared_folder_can_be_named_for_an_installed_package(tmp_path):
+    """An installed package has no ../shared beside it: MDTRACK_SHARED names the folder that
+    training and the benchmarks read their default data from, and the messages name it."""
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    env = child_env(dict(os.environ, MDTRACK_SHARED=str(tmp_path / "data-here")))
+    code = "from runtime.model import SHARED_SEQUENCES as S; print(S)"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == str(tmp_path / "data-here" / "data" / "sequences"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", "--trackers", "csrt", "--out", str(tmp_path / "o")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: no sequences ({tmp_path / 'data-here'}"), r.stderr
+    assert "MDTRACK_SHARED" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
 def test_resume_with_a_damaged_state_refused(seq, tmp_path, capsys):

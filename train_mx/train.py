@@ -621,7 +621,8 @@ def _startup_checks(args, ap, given=RECIPE):
             pre = str(default_squeezenet_path())
         if pre and not (Path(pre).is_file() or Path(pre + ".mat").is_file()):  # loadmat adds .mat
             raise TrackerInputError(f"pretrained weights {pre} not found; pass --pretrained FILE "
-                                    "(squeezenet .h5 or imagenet-vgg-m.mat)")
+                                    "(squeezenet .h5 or imagenet-vgg-m.mat), or set MDTRACK_SHARED to the shared "
+                                    "folder that holds weights/")
         if pre:
             weights = load_pretrained(args.extractor, pre)
     return resumed, state, optimizer, pre, weights
@@ -640,7 +641,8 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
     for f in files:
         warn(f"skipping {f}: a file, not a sequence folder")
     if not seqs and not SHARED_SEQUENCES.is_dir():
-        raise TrackerInputError(f"no sequences ({SHARED_SEQUENCES} is absent): pass --sequences DIR ...")
+        raise TrackerInputError(f"no sequences ({SHARED_SEQUENCES} is absent): pass --sequences DIR ..., or set "
+                                "MDTRACK_SHARED to the shared folder that holds data/sequences")
     seqs = seqs or sorted(str(p) for p in SHARED_SEQUENCES.iterdir() if p.is_dir())
     holdout = holdout_names(args.holdout)
     check_sequence_names(seqs, holdout)
