@@ -36,8 +36,9 @@ def resolve_sequences(given) -> list:
     # an OTB folder with several targets (Jogging, Skating2) is one sequence per target
     seqs = [t for s in (given or default_sequences()) for t in target_sequences(s)]
     if not seqs:
-        print(f"error: no sequences ({SHARED} is absent); pass --sequences DIR ..., or set MDTRACK_SHARED to the "
-              "shared folder that holds data/sequences", file=sys.stderr)
+        why = f"none of the development set in {SHARED}" if SHARED.is_dir() else f"{SHARED} is absent"
+        print(f"error: no sequences ({why}); pass --sequences DIR ..., or set MDTRACK_SHARED to the shared "
+              "folder that holds data/sequences", file=sys.stderr)
     return seqs
 
 
