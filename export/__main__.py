@@ -61,10 +61,7 @@ def main(argv=None) -> int:
     from runtime.stopping import StopRequest, stopped_by
 
     stop = StopRequest()  # not deferred: a signal stops at once, and the staged set is removed
-    try:
-        old = stop.install()
-    except ValueError:  # not the main thread: signals stay as they are
-        old = {}
+    old = stop.install()  # None off the main thread: signals stay as they are
     done = {}  # the sets swapped in so far
 
     def kept() -> str:

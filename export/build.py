@@ -234,9 +234,10 @@ def build(model, target_names, out=None, log=print, done=None, tuning=None) -> d
             mine = check_user_db(tuning, tgts[0], "--tuning-db")  # before minutes of ONNX export
         except ValueError as e:
             raise ArtifactError(str(e)) from None
-        if os.path.realpath(mine) == os.path.realpath(Path(out).expanduser()):
+        dest = Path(out).expanduser()
+        if os.path.realpath(mine) == os.path.realpath(dest):
             raise ArtifactError(f"--out {out} is the --tuning-db folder; give the sets a folder of their own")
-        if artifacts.in_cache(Path(out).expanduser() / tgts[0].name):
+        if artifacts.in_cache(dest / tgts[0].name):
             raise ArtifactError(f"--out {out} is in the runtime's cache, which rebuilds any set not built with the "
                                 "committed databases; give --out a folder outside it")
     out = Path(out).expanduser() if out is not None else artifacts.default_dir(model, "onnx").parent

@@ -235,10 +235,7 @@ def main(argv=None) -> int:
     from runtime.stopping import StopRequest, stopped_by
 
     stop = StopRequest()  # a signal stops at once; the buckets merged so far stay merged
-    try:
-        old = stop.install()
-    except ValueError:  # not the main thread: signals stay as they are
-        old = {}
+    old = stop.install()  # None off the main thread: signals stay as they are
     try:
         start = time.time()
         with tempfile.TemporaryDirectory() as tmp:

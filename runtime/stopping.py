@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 
 class Interrupted(KeyboardInterrupt):
@@ -35,8 +36,11 @@ class StopRequest:
         self.raised = signal.Signals(signum).name
         raise Interrupted(self.raised)
 
-    def install(self) -> dict:
-        """Handle the signals; returns the previous handlers for :meth:`restore`."""
+    def install(self) -> dict | None:
+        """Handle the signals; returns the previous handlers for :meth:`restore`, or None off
+        the main thread (Python delivers signals to the main thread only: they stay as they are)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
         old = {}
         for name in self.SIGNALS:
             sig = getattr(signal, name, None)
@@ -50,8 +54,8 @@ class StopRequest:
         return old
 
     @staticmethod
-    def restore(old: dict) -> None:
-        for sig, prev in old.items():
+    def restore(old: dict | None) -> None:
+        for sig, prev in (old or {}).items():
             signal.signal(sig, prev)
 
 

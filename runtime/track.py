@@ -499,10 +499,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(_negative_init(argv))
     cli_logging()
     stop = StopRequest()
-    try:
-        old = stop.install()
-    except ValueError:  # not the main thread: signals stay as they are
-        old = None
+    old = stop.install()  # None off the main thread: signals stay as they are
     try:
         s = run(args, stop=stop if old is not None else None)
         return _report(s, stop, _log_stream(args))

@@ -523,10 +523,7 @@ def main(argv=None) -> int:
     given = given_options(ap, argv, RECIPE)
     run = {"out": Path(args.out), "saved": None}  # saved: the iteration the checkpoint in --out holds
     stop = StopRequest()
-    try:
-        old = stop.install()
-    except ValueError:  # not the main thread: signals stay as they are
-        old = None
+    old = stop.install()  # None off the main thread: signals stay as they are
     try:
         return _train(args, ap, stop if old is not None else None, run, given)
     except TrackerInputError as e:
