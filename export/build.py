@@ -175,29 +175,33 @@ def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
     """Compile every bucket of ``onnx_dir`` for ``target`` into ``out`` (kind 'tvm'), with the
     committed tuning database of ``target``; with ``tuning`` (a user's database folder), with
     that one's records first and the committed ones for the kernels it leaves out."""
-    from .tvm_build import build_bucket, layer_databases, tuned_buckets, tuning_db
+    from .tvm_build import (compile_module, export_library, import_onnx, layer_databases, scheduled_kernels,
+                            tuned_kernels, tuning_db)
 
     out = Path(out)
     db_dir, db_hash = tuning_db(target.name)
     extra = {"tuning_db": _shown(db_dir), "tuning_db_sha256": db_hash}
-    tuned = tuned_buckets(db_dir)
     with contextlib.ExitStack() as stack:
         if tuning is not None:
             mine, mine_hash = tuning_db(target.name, tuning)
             extra = {"tuning_db": str(mine.resolve()), "tuning_db_sha256": mine_hash,
                      "base_tuning_db": extra["tuning_db"], "base_tuning_db_sha256": db_hash}
-            tuned |= tuned_buckets(mine)
             db_dir = layer_databases(mine, db_dir, stack.enter_context(tempfile.TemporaryDirectory()))
-        files = []
+        kernels = scheduled_kernels(db_dir)
+        files, tuned = [], {}
         with staged(out) as tmp:
             for b, shape in enumerate(model.policy.shapes):
                 t0 = time.time()
                 name = bucket_file(b, shape, "so")
-                build_bucket(Path(onnx_dir) / bucket_file(b, shape, "onnx"), target, tmp / name, db_dir)
+                mod = import_onnx(Path(onnx_dir) / bucket_file(b, shape, "onnx"))
+                n, total = tuned[name] = tuned_kernels(mod, target, kernels)
+                export_library(compile_module(mod, target, db_dir), tmp / name, target)
                 files.append(name)
-                log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s"
-                    f"{' (tuned)' if f'{shape[0]}x{shape[1]}' in tuned else ' (untuned)'}")
-            extra.update({"device": target.device, "cross": target.cross})
+                how = (f"{n} of {total} kernels tuned" if n == total else "untuned: TVM's default schedules" if n == 0
+                       else f"{n} of {total} kernels tuned, the rest on TVM's default schedules")
+                log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s, {how}")
+            # a partly tuned set (a tuning budget, --top) says so in its manifest
+            extra.update({"device": target.device, "cross": target.cross, "tuned_kernels": tuned})
             artifacts.write_manifest(tmp, model, "tvm", target.name, target.resolved(), files, extra)
     return out
 

@@ -21,18 +21,6 @@ import time
 from pathlib import Path
 
 
-def prepare(mod, target):
-    """The passes the build's static_shape_tuning pipeline runs before it looks up the
-    database, so that tuned workloads match the ones the build asks for."""
-    import tvm
-    from tvm import relax
-
-    with target.tvm_target():
-        return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
-                                         relax.transform.CanonicalizeBindings(),
-                                         relax.get_pipeline("zero")])(mod)
-
-
 def heaviest(tasks, n: int | None):
     """The ``n`` tasks with the most floating-point work (FLOPs x occurrences in the graph),
     heaviest first; all tasks when ``n`` is None. On this CPU the first conv and the 3x3
@@ -51,7 +39,7 @@ def tune_bucket(onnx_path, target, trials_per_task: int, work_dir, build_timeout
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule import relax_integration as ri
 
-    from .tvm_build import import_onnx
+    from .tvm_build import import_onnx, prepare
 
     mod = prepare(import_onnx(onnx_path), target)
     tasks = heaviest(ri.extract_tasks(mod, target.tvm_target()), top)

@@ -117,17 +117,39 @@ def layer_databases(top_dir, base_dir, into) -> Path:
     return Path(into)
 
 
-def tuned_buckets(db_dir) -> set:
-    """Bucket shapes ("HxW") that a tuning run of ``export.tune`` recorded for ``db_dir``: a
-    database can hold some buckets only (a tuning time budget), the rest use TVM's defaults."""
-    import json
+def prepare(mod, target):
+    """The passes the build's static_shape_tuning pipeline runs before it looks up the
+    database, so that tuned workloads match the ones the build asks for."""
+    import tvm
+    from tvm import relax
 
-    try:
-        runs = json.loads((Path(db_dir) / "tuning_log.json").read_text()) if db_dir else []
-    except (OSError, ValueError):
+    with target.tvm_target():
+        return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                         relax.transform.CanonicalizeBindings(),
+                                         relax.get_pipeline("zero")])(mod)
+
+
+def scheduled_kernels(db_dir) -> set:
+    """The kernels (structural hashes of their workloads) ``db_dir`` holds a measured
+    schedule for; an empty set for None."""
+    if db_dir is None:
         return set()
-    return {shape for run in runs if isinstance(run, dict) and isinstance(run.get("buckets"), dict)
-            for shape, rec in run["buckets"].items() if isinstance(rec, dict) and rec.get("records")}
+    from tvm.s_tir import meta_schedule as ms
+    from tvm_ffi import structural_hash
+
+    return {structural_hash(r.workload.mod) for r in ms.database.JSONDatabase(work_dir=str(db_dir)).get_all_tuning_records()
+            if measured(r)}
+
+
+def tuned_kernels(mod, target, kernels: set) -> tuple:
+    """(how many of ``mod``'s kernels have a schedule in ``kernels``, how many it has), as the
+    build looks them up: a tuning run can cover some buckets, or some kernels of a bucket
+    (``export.tune --top``), and the others compile with TVM's default schedules."""
+    from tvm.s_tir.meta_schedule import relax_integration as ri
+    from tvm_ffi import structural_hash
+
+    tasks = ri.extract_tasks(prepare(mod, target), target.tvm_target())
+    return sum(structural_hash(t.dispatched[0]) in kernels for t in tasks), len(tasks)
 
 
 def import_onnx(onnx_path):

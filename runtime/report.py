@@ -91,8 +91,24 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 # --------------------------------------------------------------------------- plotting
 
+def _import_matplotlib() -> None:
+    """Import matplotlib without its warning about a home folder it cannot write (a read-only
+    container): it then keeps its settings and font cache in a temporary folder, and the
+    plots are the same, so a tracker's log gets no three-line warning per run about it."""
+    import logging
+
+    quiet = logging.getLogger("matplotlib")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        import matplotlib.figure  # noqa: F401  (imports the font manager, which warns too)
+    finally:
+        quiet.setLevel(level)
+
+
 def _figure(figsize=(6.0, 4.5)):
     """A new Agg-backed figure and axes, without touching pyplot's global state."""
+    _import_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

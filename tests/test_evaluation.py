@@ -1,6 +1,7 @@
 """One-pass evaluation metrics, cost statistics and the report writer (hand-computed)."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -275,6 +276,26 @@ def test_plot_helpers(tmp_path):
     assert q.read_bytes()[:8] == PNG_SIGNATURE and q.stat().st_size > 1000
     with pytest.raises(ValueError):
         report.plot_scores([1.0, 2.0], tmp_path / "bad.png", ok=[True])
+
+
+def test_plots_in_a_read_only_home_say_nothing_about_matplotlibs_config(tmp_path):
+    """A container with a home folder nobody can write: matplotlib keeps its config in a
+    temporary folder and warns about it on every run; the plots are the same, so the report
+    keeps that out of the tracker's output."""
+    import subprocess
+    import sys
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a home folder below a file cannot be made, even by root
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPL", "XDG_"))}
+    env["HOME"] = str(blocked / "home")
+    code = ("from runtime import report; "
+            f"report.plot_scores([3.0, 2.0, -1.0], {str(tmp_path / 'scores.png')!r}, ok=[True, True, False])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "", out.stderr
+    assert (tmp_path / "scores.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_report_import_is_lazy():

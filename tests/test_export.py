@@ -807,19 +807,27 @@ def test_cached_build_is_redone_when_the_tuning_database_changes(one_bucket_mode
     assert json.loads(mpath.read_text())["tuning_db_sha256"] == tuning_db("llvm")[1]
 
 
-def test_build_log_says_tuned_only_for_buckets_the_database_holds(tmp_path):
-    """A tuning time budget can leave buckets out: those build with TVM's defaults and the
-    build log must not call them tuned."""
-    from export.tvm_build import tuned_buckets, tuning_db
+def test_build_counts_the_kernels_its_database_tuned(one_bucket_llvm, tmp_path):
+    """A tuning budget or ``export.tune --top`` can tune some kernels of a bucket: the build
+    log and the manifest say how many of them have a schedule, the rest being TVM's defaults
+    (the committed CUDA records hold 4 of 192x192's 14 kernels; "tuned" overstated them)."""
+    from tvm.s_tir import meta_schedule as ms
 
-    assert tuned_buckets(tuning_db("cuda-sm_90")[0]) == {"192x192", "288x192", "288x288"}  # the H100 runs' budgets
-    assert len(tuned_buckets(tuning_db("llvm")[0])) == 8
-    assert tuned_buckets(None) == set()
-    (tmp_path / "tuning_log.json").write_text("{damaged")
-    assert tuned_buckets(tmp_path) == set()
-    (tmp_path / "tuning_log.json").write_text(json.dumps(
-        [{"buckets": {"192x192": {"skipped": "time budget"}, "160x256": {"tasks": 3, "records": 96}}}]))
-    assert tuned_buckets(tmp_path) == {"160x256"}
+    from export.targets import parse
+    from export.tvm_build import import_onnx, scheduled_kernels, tuned_kernels, tuning_db
+
+    assert json.loads((one_bucket_llvm / "manifest.json").read_text())["tuned_kernels"] == {
+        "bucket0_192x192.so": [14, 14]}
+    mod = import_onnx(one_bucket_llvm.parent / "onnx" / "bucket0_192x192.onnx")
+    assert tuned_kernels(mod, parse("cuda:sm_90"), scheduled_kernels(tuning_db("cuda-sm_90")[0])) == (4, 14)
+    assert tuned_kernels(mod, parse("llvm"), scheduled_kernels(None)) == (0, 14)
+    # a record that failed to run schedules nothing
+    rec = ms.database.JSONDatabase(work_dir=str(tuning_db("llvm")[0])).get_all_tuning_records()[0]
+    (tmp_path / "db").mkdir()
+    db = ms.database.JSONDatabase(work_dir=str(tmp_path / "db"))
+    db.commit_tuning_record(ms.database.TuningRecord(rec.trace, db.commit_workload(rec.workload.mod), [1e10],
+                                                     rec.target, rec.args_info))
+    assert scheduled_kernels(tmp_path / "db") == set()
 
 
 def test_cuda_targets_state_the_block_limits_metaschedule_needs():
@@ -933,8 +941,8 @@ def test_top_tasks_are_the_heaviest_convolutions(one_bucket_model, tmp_path):
 
     from export.build import build_onnx
     from export.targets import parse
-    from export.tune import heaviest, prepare
-    from export.tvm_build import import_onnx
+    from export.tune import heaviest
+    from export.tvm_build import import_onnx, prepare
 
     onnx_dir = build_onnx(one_bucket_model, tmp_path / "onnx", log=lambda m: None)
     target = parse("llvm")
@@ -954,8 +962,8 @@ def test_tuning_builder_builds_candidates_in_its_workers(one_bucket_model, tmp_p
 
     from export.build import build_onnx
     from export.targets import parse
-    from export.tune import build_candidate, heaviest, prepare
-    from export.tvm_build import import_onnx
+    from export.tune import build_candidate, heaviest
+    from export.tvm_build import import_onnx, prepare
 
     onnx_dir = build_onnx(one_bucket_model, tmp_path / "onnx", log=lambda m: None)
     target = parse("llvm")
