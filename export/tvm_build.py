@@ -163,11 +163,15 @@ def compile_module(mod, target, db_dir=None):
     """Apply the database (if any) and compile; returns a relax VM executable."""
     import tvm
     from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
 
     tvm_target = target.tvm_target()
+    # The database in scope is the one the pipeline applies; without one it opens work_dir's
+    # itself and logs a TVM warning saying so, once per bucket.
+    db = ms.database.JSONDatabase(work_dir=str(db_dir)) if db_dir is not None else ms.database.MemoryDatabase()
     with tempfile.TemporaryDirectory() as empty:
         work = str(db_dir) if db_dir is not None else empty
-        with tvm_target:
+        with tvm_target, db:
             mod = relax.get_pipeline("static_shape_tuning", total_trials=0, target=tvm_target, work_dir=work)(mod)
             return tvm.compile(mod, target=tvm_target)
 
