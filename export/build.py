@@ -197,13 +197,21 @@ def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
                 n, total = tuned[name] = tuned_kernels(mod, target, kernels)
                 export_library(compile_module(mod, target, db_dir), tmp / name, target)
                 files.append(name)
-                how = (f"{n} of {total} kernels tuned" if n == total else "untuned: TVM's default schedules" if n == 0
-                       else f"{n} of {total} kernels tuned, the rest on TVM's default schedules")
-                log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s, {how}")
+                log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s, "
+                    f"{tuned_note(n, total)}")
             # a partly tuned set (a tuning budget, --top) says so in its manifest
             extra.update({"device": target.device, "cross": target.cross, "tuned_kernels": tuned})
             artifacts.write_manifest(tmp, model, "tvm", target.name, target.resolved(), files, extra)
     return out
+
+
+def tuned_note(n: int, total: int) -> str:
+    """The build log's word on a bucket of which ``n`` of ``total`` kernels have a schedule."""
+    if n == total:
+        return f"{n} of {total} kernels tuned"
+    if n == 0:
+        return "untuned: TVM's default schedules"
+    return f"{n} of {total} kernels tuned, the rest on TVM's default schedules"
 
 
 def _shown(db_dir):

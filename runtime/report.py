@@ -91,19 +91,30 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 # --------------------------------------------------------------------------- plotting
 
+# matplotlib's warnings about a config or cache folder it cannot write (a read-only home),
+# as their format strings: it then keeps both in a temporary folder and the plots are the same.
+_FOLDER_WARNINGS = ("mkdir -p failed for path %s: %s", "%s is not a writable directory",
+                    "Could not save font_manager cache %s")
+
+
+def _not_about_folders(record) -> bool:
+    return not (record.msg in _FOLDER_WARNINGS or str(record.msg).startswith("Matplotlib created a temporary"))
+
+
 def _import_matplotlib() -> None:
-    """Import matplotlib without its warning about a home folder it cannot write (a read-only
-    container): it then keeps its settings and font cache in a temporary folder, and the
-    plots are the same, so a tracker's log gets no three-line warning per run about it."""
+    """Import matplotlib without its warnings about a home folder it cannot write, so a
+    tracker's log in a read-only container gets no lines per run about it; a broken
+    matplotlibrc is still reported."""
     import logging
 
-    quiet = logging.getLogger("matplotlib")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(n) for n in ("matplotlib", "matplotlib.font_manager")]
+    for lg in loggers:
+        lg.addFilter(_not_about_folders)
     try:
         import matplotlib.figure  # noqa: F401  (imports the font manager, which warns too)
     finally:
-        quiet.setLevel(level)
+        for lg in loggers:
+            lg.removeFilter(_not_about_folders)
 
 
 def _figure(figsize=(6.0, 4.5)):

@@ -287,15 +287,22 @@ def test_plots_in_a_read_only_home_say_nothing_about_matplotlibs_config(tmp_path
 
     blocked = tmp_path / "file"
     blocked.write_text("")  # a home folder below a file cannot be made, even by root
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPL", "XDG_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPL", "XDG_", "MATPLOTLIB"))}
     env["HOME"] = str(blocked / "home")
     code = ("from runtime import report; "
             f"report.plot_scores([3.0, 2.0, -1.0], {str(tmp_path / 'scores.png')!r}, ok=[True, True, False])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=str(__import__("pathlib").Path(__file__).parents[1]))
-    assert out.returncode == 0, out.stderr
-    assert out.stderr == "", out.stderr
-    assert (tmp_path / "scores.png").read_bytes()[:8] == PNG_SIGNATURE
+
+    def run(env):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                             cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "scores.png").read_bytes()[:8] == PNG_SIGNATURE
+        return out.stderr
+
+    assert run(env) == ""
+    # only the folder warnings go: a mistake in the user's matplotlibrc is still reported
+    (tmp_path / "matplotlibrc").write_text("lines.linewidth: thick\n")
+    assert "Bad value in file" in run({**env, "MATPLOTLIBRC": str(tmp_path / "matplotlibrc")})
 
 
 def test_report_import_is_lazy():

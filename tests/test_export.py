@@ -816,8 +816,13 @@ def test_build_counts_the_kernels_its_database_tuned(one_bucket_llvm, tmp_path):
     from export.targets import parse
     from export.tvm_build import import_onnx, scheduled_kernels, tuned_kernels, tuning_db
 
+    from export.build import tuned_note
+
     assert json.loads((one_bucket_llvm / "manifest.json").read_text())["tuned_kernels"] == {
         "bucket0_192x192.so": [14, 14]}
+    assert [tuned_note(n, 14) for n in (14, 4, 0)] == [
+        "14 of 14 kernels tuned", "4 of 14 kernels tuned, the rest on TVM's default schedules",
+        "untuned: TVM's default schedules"]
     mod = import_onnx(one_bucket_llvm.parent / "onnx" / "bucket0_192x192.onnx")
     assert tuned_kernels(mod, parse("cuda:sm_90"), scheduled_kernels(tuning_db("cuda-sm_90")[0])) == (4, 14)
     assert tuned_kernels(mod, parse("llvm"), scheduled_kernels(None)) == (0, 14)
