@@ -67,27 +67,18 @@ def subset_model(model, buckets, workdir: Path):
     return load_model(save_model(workdir / "model", config, model.params))
 
 
-def _cuda_module(mod):
-    if mod.kind == "cuda":
-        return mod
-    for m in mod.imports:
-        found = _cuda_module(m)
-        if found is not None:
-            return found
-    return None
-
-
 def cuda_source(onnx_path: Path, target, library: Path) -> str | None:
     """The CUDA source ``library`` carries, or None when it carries compiled kernels.
 
     Compiles the bucket again (deterministic, seconds) to read the source through TVM's API,
     and checks that exactly these bytes are inside the exported library.
     """
+    from export.cuda_kernels import cuda_module
     from export.tvm_build import compile_module, import_onnx, tuning_db
 
     db_dir, _ = tuning_db(target.name)
     ex = compile_module(import_onnx(onnx_path), target, db_dir)
-    cuda = _cuda_module(ex.mod)
+    cuda = cuda_module(ex.mod)
     if cuda is None:
         raise PackError(f"{library}: no CUDA module in the compiled executable")
     src = cuda.inspect_source("cuda")

@@ -32,7 +32,9 @@ def check_replaceable(folder) -> None:
                             "replace them; give --out a new or empty folder")
     # A set holds its manifest and the files it lists; anything else (a user's file, kernels
     # precompiled beside a library) would be lost with the old set.
-    listed = m.get("files") if isinstance(m.get("files"), dict) else {}
+    listed = dict(m.get("files")) if isinstance(m.get("files"), dict) else {}
+    if isinstance(m.get("kernels"), dict) and m["kernels"]:
+        listed[KERNELS] = True  # the set's own precompiled CUDA kernels
     foreign = sorted(p.name for p in folder.iterdir() if p.name != artifacts.MANIFEST and p.name not in listed)
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
@@ -188,21 +190,50 @@ def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
                      "base_tuning_db": extra["tuning_db"], "base_tuning_db_sha256": db_hash}
             db_dir = layer_databases(mine, db_dir, stack.enter_context(tempfile.TemporaryDirectory()))
         kernels = scheduled_kernels(db_dir)
-        files, tuned = [], {}
+        nvrtc = _kernel_compiler(target, log)
+        files, tuned, cubins = [], {}, {}
         with staged(out) as tmp:
             for b, shape in enumerate(model.policy.shapes):
                 t0 = time.time()
                 name = bucket_file(b, shape, "so")
                 mod = import_onnx(Path(onnx_dir) / bucket_file(b, shape, "onnx"))
                 n, total = tuned[name] = tuned_kernels(mod, target, kernels)
-                export_library(compile_module(mod, target, db_dir), tmp / name, target)
+                executable = compile_module(mod, target, db_dir)
+                export_library(executable, tmp / name, target)
                 files.append(name)
+                if nvrtc is not None:
+                    from .cuda_kernels import precompile
+
+                    cubin = precompile(executable, target.target["arch"], tmp / KERNELS)
+                    if cubin is not None:
+                        cubins[name] = f"{KERNELS}/{cubin}"
                 log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s, "
-                    f"{tuned_note(n, total)}")
+                    f"{tuned_note(n, total)}" + (", kernels precompiled" if name in cubins else ""))
             # a partly tuned set (a tuning budget, --top) says so in its manifest
             extra.update({"device": target.device, "cross": target.cross, "tuned_kernels": tuned})
+            if cubins:
+                extra.update({"kernels": cubins, "kernels_compiler": f"NVRTC {nvrtc[0]}.{nvrtc[1]}"})
             artifacts.write_manifest(tmp, model, "tvm", target.name, target.resolved(), files, extra)
     return out
+
+
+# Where a CUDA set keeps its precompiled kernels: the native runner looks next to the library.
+KERNELS = "kernels"
+
+
+def _kernel_compiler(target, log):
+    """NVRTC's (major, minor) when ``target``'s kernels can be precompiled here, else None
+    (not CUDA, or no NVRTC 12: logged with how to get it)."""
+    if target.device != "cuda":
+        return None
+    from .cuda_kernels import EXTRA, nvrtc_version
+
+    v = nvrtc_version()
+    if isinstance(v, str):
+        log(f"tvm   {target.name:18s} kernels not precompiled: {v}; the native runner compiles them with "
+            f"nvcc on the device whenever it loads a library ({EXTRA} precompiles them here)")
+        return None
+    return v
 
 
 def tuned_note(n: int, total: int) -> str:

@@ -758,6 +758,41 @@ def test_cuda_and_aarch64_artifacts_are_shared_objects_for_their_architecture(on
         assert _elf_machine(so("cuda-sm_87-aarch64")) == 183
 
 
+@pytest.mark.slow
+def test_cuda_sets_carry_their_kernels_precompiled_for_the_runner(one_bucket_model, tmp_path, monkeypatch):
+    """A CUDA library keeps its kernels as CUDA source (no driver here); the export compiles
+    them with NVRTC 12.2 into kernels/<sha256 of that source>.cubin, the name the native runner
+    looks up next to the library, so a Jetson needs no nvcc and no first-load compile."""
+    import hashlib
+
+    from benchmarks.gpu_pack import cuda_source
+    from export import build as build_mod
+    from export.targets import parse
+
+    logged = []
+    folder = Path(build_mod.build(one_bucket_model, ["cuda:sm_87"], tmp_path / "a", log=logged.append)["cuda-sm_87"])
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["kernels_compiler"] == "NVRTC 12.2"
+    cubin = folder / m["kernels"]["bucket0_192x192.so"]
+    head = cubin.read_bytes()[:0x34]
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 190  # EM_CUDA
+    assert head[0x30] == 87  # the SM version in e_flags
+    src = cuda_source(tmp_path / "a" / "onnx" / "bucket0_192x192.onnx", parse("cuda:sm_87"), folder / "bucket0_192x192.so")
+    assert cubin.name == hashlib.sha256(src.encode()).hexdigest() + ".cubin"  # src: the bytes inside the library
+    assert any("kernels precompiled" in line for line in logged)
+    # a rebuild over the set keeps working: its kernels/ folder is its own
+    build_mod.build(one_bucket_model, ["cuda:sm_87"], tmp_path / "a", log=lambda line: None)
+    assert sorted(p.name for p in (folder / "kernels").iterdir()) == [cubin.name]
+
+    # without NVRTC 12 the set is built all the same, and the log says what the runner will do
+    logged.clear()
+    monkeypatch.setattr("export.cuda_kernels.nvrtc_version", lambda: "NVRTC 12 is not installed (test)")
+    plain = Path(build_mod.build(one_bucket_model, ["cuda:sm_87"], tmp_path / "b", log=logged.append)["cuda-sm_87"])
+    assert "kernels" not in json.loads((plain / "manifest.json").read_text()) and not (plain / "kernels").exists()
+    assert any("kernels not precompiled: NVRTC 12 is not installed (test)" in line and "nvcc on the device" in line
+               for line in logged), logged
+
+
 def test_target_names_parse_and_reject():
     from export.targets import parse
 

@@ -1,0 +1,103 @@
+"""CUDA kernels of a TVM-CUDA set compiled ahead of time, with NVRTC from CUDA 12.2.
+
+TVM 0.27, building where there is no CUDA driver, stores a library's kernels as CUDA C source,
+and the runtime compiles that source each time a process loads the library: the native
+runner with nvcc on the device (seconds per bucket on a Jetson's CPU, and a board without nvcc
+cannot run at all), unless ``kernels/<sha256 of the source>.cubin`` lies next to the library.
+The export writes those cubins when the ``cuda-kernels`` extra is installed.
+
+CUDA 12.2 is JetPack 6.0's: the oldest CUDA the runner is built for (glibc >= 2.34). A cubin
+loads on a driver as new as or newer than its compiler's CUDA, so 12.2's load on every JetPack 6
+board and on desktop drivers (CUDA 12 and 13) alike; this machine's nvcc (CUDA 13) compiles
+cubins that a JetPack 6 driver is not documented to load.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+# The CUDA whose NVRTC the extra pins (pyproject's cuda-kernels).
+WANT = (12, 2)
+EXTRA = "pip install -e '.[cuda-kernels]'"
+
+
+def cuda_module(mod):
+    """The CUDA module among ``mod`` and its imports, or None."""
+    if mod.kind == "cuda":
+        return mod
+    for m in mod.imports:
+        found = cuda_module(m)
+        if found is not None:
+            return found
+    return None
+
+
+def _include_dirs() -> list:
+    """The CUDA headers NVRTC needs for TVM's kernels: the runtime's (cuda_runtime.h, cuda_fp16.h)
+    and CCCL's (cuda/std, nv/target), from their wheels."""
+    dirs = []
+    for name in ("nvidia.cuda_runtime", "nvidia.cuda_cccl"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(f"{name} is not installed")
+        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "include")
+    return dirs
+
+
+def nvrtc_version():
+    """(major, minor) of the NVRTC that ``cuda.bindings`` loads, or a string saying why there is none."""
+    try:
+        from cuda.bindings import nvrtc
+
+        _include_dirs()
+        res, major, minor = nvrtc.nvrtcVersion()
+    except Exception as e:  # ImportError, or the library not found (cuda.pathfinder's own error)
+        return f"NVRTC 12 is not installed ({str(e).splitlines()[0][:120]})"
+    if major != WANT[0]:
+        return f"NVRTC {major}.{minor} is installed, and CUDA 12 drivers (JetPack 6) need kernels from NVRTC 12"
+    return (int(major), int(minor))
+
+
+@contextlib.contextmanager
+def _cuda_path():
+    """A CUDA_PATH for TVM's NVRTC compile: one include folder holding both wheels' headers
+    (TVM passes ``$CUDA_PATH/include`` to NVRTC)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inc = Path(tmp) / "include"
+        inc.mkdir()
+        for d in _include_dirs():
+            for entry in d.iterdir():
+                if not entry.name.startswith("__") and not (inc / entry.name).exists():
+                    (inc / entry.name).symlink_to(entry)
+        old = os.environ.get("CUDA_PATH")
+        os.environ["CUDA_PATH"] = tmp
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("CUDA_PATH", None)
+            else:
+                os.environ["CUDA_PATH"] = old
+
+
+def precompile(executable, arch: str, out_dir) -> str | None:
+    """Compile the CUDA source of ``executable`` (a compiled bucket) into
+    ``out_dir/<sha256 of the source>.cubin`` for ``arch`` (e.g. "sm_87"), the name the native
+    runner looks up; returns that file's name, or None when the library carries no CUDA source."""
+    from tvm.support.nvcc import compile_cuda
+
+    cuda = cuda_module(executable.mod)
+    src = cuda.inspect_source("cuda") if cuda is not None else ""
+    if not src:
+        return None
+    name = f"{hashlib.sha256(src.encode()).hexdigest()}.cubin"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with _cuda_path():
+        cubin = compile_cuda(src, target_format="cubin", arch=arch, compiler="nvrtc")
+    (out / name).write_bytes(bytes(cubin))
+    return name
