@@ -250,7 +250,9 @@ def _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_c
                 kernels[b] = None
                 log(f"  bucket {b}: no kernels to precompile")
             elif nvcc is None:
-                log(f"  bucket {b}: no nvcc here; the runner will need nvcc on the GPU machine")
+                own = "the set's NVRTC cubins (cuda/kernels/) serve instead" if (out / "cuda" / "kernels").is_dir() \
+                    else "the runner will need nvcc on the GPU machine"
+                log(f"  bucket {b}: no nvcc here; {own}")
                 kernels[b] = None
             else:
                 kernels[b] = precompile_kernels(src, arch, out / "kernels", nvcc)

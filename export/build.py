@@ -16,6 +16,9 @@ from runtime.errors import ArtifactError
 from . import targets as targets_mod
 from .onnx_export import check_parity, export_bucket
 
+# Where a CUDA set keeps its precompiled kernels: the native runner looks next to the library.
+KERNELS = "kernels"
+
 
 def check_replaceable(folder) -> None:
     """Refuse to build over a folder that is not an artifact set: its files would be lost."""
@@ -30,12 +33,15 @@ def check_replaceable(folder) -> None:
     if not (m and m.get("kind") in artifacts.BACKEND_OF):
         raise ArtifactError(f"{folder} holds files but no artifact set (no manifest of one), and export would "
                             "replace them; give --out a new or empty folder")
-    # A set holds its manifest and the files it lists; anything else (a user's file, kernels
-    # precompiled beside a library) would be lost with the old set.
-    listed = dict(m.get("files")) if isinstance(m.get("files"), dict) else {}
-    if isinstance(m.get("kernels"), dict) and m["kernels"]:
-        listed[KERNELS] = True  # the set's own precompiled CUDA kernels
-    foreign = sorted(p.name for p in folder.iterdir() if p.name != artifacts.MANIFEST and p.name not in listed)
+    # A set holds its manifest, the files it lists and its own precompiled kernels; anything
+    # else (a user's file, kernels someone put beside a library) would be lost with the old set.
+    listed = m.get("files") if isinstance(m.get("files"), dict) else {}
+    own = {k.get("file") for k in m["kernels"].values() if isinstance(k, dict)} if isinstance(m.get("kernels"), dict) else set()
+    kernels = folder / KERNELS if (folder / KERNELS).is_dir() else None  # the set's precompiled CUDA kernels
+    foreign = sorted(p.name for p in folder.iterdir()
+                     if p.name != artifacts.MANIFEST and p.name not in listed and p != kernels)
+    if kernels is not None:  # ... and nothing else in that folder
+        foreign += sorted(f"{KERNELS}/{p.name}" for p in kernels.iterdir() if f"{KERNELS}/{p.name}" not in own)
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         raise ArtifactError(f"{folder} holds {', '.join(foreign[:3])}{more} beside its artifact set, and export "
@@ -204,9 +210,16 @@ def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
                 if nvrtc is not None:
                     from .cuda_kernels import precompile
 
-                    cubin = precompile(executable, target.target["arch"], tmp / KERNELS)
+                    try:
+                        cubin = precompile(executable, tmp / name, target.target["arch"], tmp / KERNELS)
+                    except RuntimeError as e:  # NVRTC's log: the set still works, compiling on load
+                        why = next((ln.strip() for ln in str(e).splitlines() if "error" in ln), str(e)[:200])
+                        log(f"tvm   {target.name:18s} bucket {b}: kernels not precompiled, NVRTC failed ({why}); "
+                            "the native runner compiles them with nvcc on the device")
+                        cubin = None
                     if cubin is not None:
-                        cubins[name] = f"{KERNELS}/{cubin}"
+                        cubins[name] = {"file": f"{KERNELS}/{cubin}",
+                                        "sha256": artifacts.sha256_file(tmp / KERNELS / cubin)}
                 log(f"tvm   {target.name:18s} bucket {b} {shape[0]}x{shape[1]}: {time.time() - t0:.1f} s, "
                     f"{tuned_note(n, total)}" + (", kernels precompiled" if name in cubins else ""))
             # a partly tuned set (a tuning budget, --top) says so in its manifest
@@ -217,22 +230,25 @@ def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
     return out
 
 
-# Where a CUDA set keeps its precompiled kernels: the native runner looks next to the library.
-KERNELS = "kernels"
-
-
 def _kernel_compiler(target, log):
     """NVRTC's (major, minor) when ``target``'s kernels can be precompiled here, else None
     (not CUDA, or no NVRTC 12: logged with how to get it)."""
     if target.device != "cuda":
         return None
-    from .cuda_kernels import EXTRA, nvrtc_version
+    from .cuda_kernels import EXTRA, WANT, nvrtc_version, supports
 
     v = nvrtc_version()
+    later = "the native runner compiles them with nvcc on the device whenever it loads a library"
     if isinstance(v, str):
-        log(f"tvm   {target.name:18s} kernels not precompiled: {v}; the native runner compiles them with "
-            f"nvcc on the device whenever it loads a library ({EXTRA} precompiles them here)")
+        log(f"tvm   {target.name:18s} kernels not precompiled: {v}; {later} ({EXTRA} precompiles them here)")
         return None
+    arch = target.target["arch"]
+    if not supports(arch):
+        log(f"tvm   {target.name:18s} kernels not precompiled: NVRTC {v[0]}.{v[1]} does not compile for {arch}; {later}")
+        return None
+    if v != WANT:
+        log(f"tvm   {target.name:18s} kernels precompiled with NVRTC {v[0]}.{v[1]}, not {WANT[0]}.{WANT[1]}: "
+            f"they load on drivers of CUDA {v[0]}.{v[1]} or newer")
     return v
 
 

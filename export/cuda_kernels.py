@@ -7,9 +7,10 @@ cannot run at all), unless ``kernels/<sha256 of the source>.cubin`` lies next to
 The export writes those cubins when the ``cuda-kernels`` extra is installed.
 
 CUDA 12.2 is JetPack 6.0's: the oldest CUDA the runner is built for (glibc >= 2.34). A cubin
-loads on a driver as new as or newer than its compiler's CUDA, so 12.2's load on every JetPack 6
-board and on desktop drivers (CUDA 12 and 13) alike; this machine's nvcc (CUDA 13) compiles
-cubins that a JetPack 6 driver is not documented to load.
+loads on a driver of its compiler's CUDA or newer, so 12.2's load on every JetPack 6 board and
+on desktop drivers of CUDA 12.2 or newer; this machine's nvcc (CUDA 13) compiles cubins that a
+JetPack 6 driver is not documented to load. NVRTC 12.2 compiles for sm_50 to sm_90: sets for
+newer GPUs keep their kernels as source, compiled on load.
 """
 from __future__ import annotations
 
@@ -49,17 +50,31 @@ def _include_dirs() -> list:
 
 
 def nvrtc_version():
-    """(major, minor) of the NVRTC that ``cuda.bindings`` loads, or a string saying why there is none."""
+    """(major, minor) of the NVRTC that ``cuda.bindings`` loads, or a line saying why there is none."""
     try:
         from cuda.bindings import nvrtc
-
+    except ImportError:
+        return "cuda-bindings is not installed"
+    try:
         _include_dirs()
+    except RuntimeError as e:
+        return f"the CUDA headers are not installed ({e})"
+    try:
         res, major, minor = nvrtc.nvrtcVersion()
-    except Exception as e:  # ImportError, or the library not found (cuda.pathfinder's own error)
-        return f"NVRTC 12 is not installed ({str(e).splitlines()[0][:120]})"
-    if major != WANT[0]:
+    except Exception as e:  # cuda.pathfinder's own error when no libnvrtc is found
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return f"no NVRTC library was found ({first.split(':')[0]})"
+    if res != nvrtc.nvrtcResult.NVRTC_SUCCESS or major != WANT[0]:
         return f"NVRTC {major}.{minor} is installed, and CUDA 12 drivers (JetPack 6) need kernels from NVRTC 12"
     return (int(major), int(minor))
+
+
+def supports(arch: str) -> bool:
+    """Whether the installed NVRTC compiles for ``arch`` ("sm_87"; NVRTC 12.2 stops at sm_90)."""
+    from cuda.bindings import nvrtc
+
+    res, archs = nvrtc.nvrtcGetSupportedArchs()
+    return res == nvrtc.nvrtcResult.NVRTC_SUCCESS and int(arch.removeprefix("sm_")) in set(archs)
 
 
 @contextlib.contextmanager
@@ -84,15 +99,17 @@ def _cuda_path():
                 os.environ["CUDA_PATH"] = old
 
 
-def precompile(executable, arch: str, out_dir) -> str | None:
-    """Compile the CUDA source of ``executable`` (a compiled bucket) into
+def precompile(executable, library, arch: str, out_dir) -> str | None:
+    """Compile the CUDA source that ``library`` (the exported ``executable``) carries into
     ``out_dir/<sha256 of the source>.cubin`` for ``arch`` (e.g. "sm_87"), the name the native
-    runner looks up; returns that file's name, or None when the library carries no CUDA source."""
+    runner looks up; returns that file's name, or None when the library carries no CUDA
+    source (compiled kernels: a build on a machine with a CUDA driver). Raises RuntimeError
+    with NVRTC's log when the source does not compile."""
     from tvm.support.nvcc import compile_cuda
 
     cuda = cuda_module(executable.mod)
     src = cuda.inspect_source("cuda") if cuda is not None else ""
-    if not src:
+    if not src or src.encode() not in Path(library).read_bytes():
         return None
     name = f"{hashlib.sha256(src.encode()).hexdigest()}.cubin"
     out = Path(out_dir)

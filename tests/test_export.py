@@ -773,7 +773,9 @@ def test_cuda_sets_carry_their_kernels_precompiled_for_the_runner(one_bucket_mod
     folder = Path(build_mod.build(one_bucket_model, ["cuda:sm_87"], tmp_path / "a", log=logged.append)["cuda-sm_87"])
     m = json.loads((folder / "manifest.json").read_text())
     assert m["kernels_compiler"] == "NVRTC 12.2"
-    cubin = folder / m["kernels"]["bucket0_192x192.so"]
+    entry = m["kernels"]["bucket0_192x192.so"]
+    cubin = folder / entry["file"]
+    assert entry["sha256"] == hashlib.sha256(cubin.read_bytes()).hexdigest()
     head = cubin.read_bytes()[:0x34]
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 190  # EM_CUDA
     assert head[0x30] == 87  # the SM version in e_flags
@@ -783,6 +785,17 @@ def test_cuda_sets_carry_their_kernels_precompiled_for_the_runner(one_bucket_mod
     # a rebuild over the set keeps working: its kernels/ folder is its own
     build_mod.build(one_bucket_model, ["cuda:sm_87"], tmp_path / "a", log=lambda line: None)
     assert sorted(p.name for p in (folder / "kernels").iterdir()) == [cubin.name]
+    # ... but not a file of someone else's in it
+    (folder / "kernels" / "mine.fatbin").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="kernels/mine.fatbin beside its artifact set"):
+        build_mod.check_replaceable(folder)
+    (folder / "kernels" / "mine.fatbin").unlink()
+
+    # a GPU newer than NVRTC 12.2 knows (sm_90 is its newest): the set keeps its kernels as source
+    logged.clear()
+    newer = Path(build_mod.build(one_bucket_model, ["cuda:sm_120"], tmp_path / "c", log=logged.append)["cuda-sm_120"])
+    assert "kernels" not in json.loads((newer / "manifest.json").read_text())
+    assert any("NVRTC 12.2 does not compile for sm_120" in line for line in logged), logged
 
     # without NVRTC 12 the set is built all the same, and the log says what the runner will do
     logged.clear()

@@ -115,7 +115,7 @@ ffi::Bytes Compile(const ffi::String& code) {
   for (const std::string& d : dirs) searched += " " + d;
   if (nvcc.empty()) {
     throw std::runtime_error("the library carries CUDA source and no precompiled kernel " + hash +
-                             ".fatbin was found in:" + searched +
+                             ".fatbin|.cubin|.ptx was found in:" + searched +
                              "; and there is no nvcc to compile it (set MDTRACK_NVCC or CUDA_HOME)");
   }
   const std::string arch = DeviceArch(device_id);
