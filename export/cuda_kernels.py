@@ -99,6 +99,23 @@ def _cuda_path():
                 os.environ["CUDA_PATH"] = old
 
 
+@contextlib.contextmanager
+def _locale_kept():
+    """NVRTC switches the calling thread to the C locale (``uselocale``) and leaves it there:
+    Python's default text encoding then turns ASCII for the rest of the process, and writing a
+    non-ASCII file fails. Put the thread's locale back."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.uselocale.restype = ctypes.c_void_p
+    libc.uselocale.argtypes = [ctypes.c_void_p]
+    before = libc.uselocale(None)  # NULL: only asks
+    try:
+        yield
+    finally:
+        libc.uselocale(before)
+
+
 def precompile(executable, library, arch: str, out_dir) -> str | None:
     """Compile the CUDA source that ``library`` (the exported ``executable``) carries into
     ``out_dir/<sha256 of the source>.cubin`` for ``arch`` (e.g. "sm_87"), the name the native
@@ -114,7 +131,7 @@ def precompile(executable, library, arch: str, out_dir) -> str | None:
     name = f"{hashlib.sha256(src.encode()).hexdigest()}.cubin"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _cuda_path():
+    with _cuda_path(), _locale_kept():
         cubin = compile_cuda(src, target_format="cubin", arch=arch, compiler="nvrtc")
     (out / name).write_bytes(bytes(cubin))
     return name

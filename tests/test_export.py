@@ -764,13 +764,18 @@ def test_cuda_sets_carry_their_kernels_precompiled_for_the_runner(one_bucket_mod
     them with NVRTC 12.2 into kernels/<sha256 of that source>.cubin, the name the native runner
     looks up next to the library, so a Jetson needs no nvcc and no first-load compile."""
     import hashlib
+    import locale
 
     from benchmarks.gpu_pack import cuda_source
     from export import build as build_mod
     from export.targets import parse
 
     logged = []
+    encoding = locale.getencoding()
     folder = Path(build_mod.build(one_bucket_model, ["cuda:sm_87"], tmp_path / "a", log=logged.append)["cuda-sm_87"])
+    # NVRTC leaves its thread in the C locale: the process's text encoding must not turn ASCII
+    assert locale.getencoding() == encoding
+    (tmp_path / "text.txt").write_text("\ufeff1,2,3,4\n")
     m = json.loads((folder / "manifest.json").read_text())
     assert m["kernels_compiler"] == "NVRTC 12.2"
     entry = m["kernels"]["bucket0_192x192.so"]
