@@ -247,6 +247,22 @@ def check_files(folder, manifest: dict, fix: str) -> None:
             raise ArtifactError(f"{f} is missing; {fix}")
         if sha256_file(f) != digest:
             raise ArtifactError(f"{f} does not match its sha256 in the manifest (corrupt or modified); {fix}")
+    kernels = manifest.get("kernels", {})
+    for entry in kernels.values() if isinstance(kernels, dict) else [kernels]:
+        # a CUDA set's precompiled kernels (export.cuda_kernels): kernels/<sha256 of the source>.cubin
+        name = entry.get("file") if isinstance(entry, dict) else None
+        parts = name.split("/") if isinstance(name, str) else []
+        if len(parts) != 2 or parts[0] != "kernels" or parts[1] in ("", ".", "..") or "\\" in name:
+            raise ArtifactError(f"{folder / MANIFEST} lists kernels {entry!r}, not a file in the set's kernels/ "
+                                f"folder; {fix}")
+        f = folder / name
+        if f.is_symlink() and not inside(f, folder):
+            raise ArtifactError(f"{f} is a link to {f.resolve()}, outside the set's folder (the runtime loads only "
+                                f"the set's own files): copy the file in (cp -L) or {fix}")
+        if not f.is_file():
+            raise ArtifactError(f"{f} is missing; {fix}")
+        if sha256_file(f) != entry.get("sha256"):
+            raise ArtifactError(f"{f} does not match its sha256 in the manifest (corrupt or modified); {fix}")
 
 
 def missing_set(folder, model, target: str) -> ArtifactError:

@@ -787,6 +787,30 @@ def test_cuda_sets_carry_their_kernels_precompiled_for_the_runner(one_bucket_mod
     src = cuda_source(tmp_path / "a" / "onnx" / "bucket0_192x192.onnx", parse("cuda:sm_87"), folder / "bucket0_192x192.so")
     assert cubin.name == hashlib.sha256(src.encode()).hexdigest() + ".cubin"  # src: the bytes inside the library
     assert any("kernels precompiled" in line for line in logged)
+    # the Python TVM backend takes them too, by the same name, instead of compiling with nvcc on load
+    import tvm_ffi
+
+    from runtime.artifacts import verify
+    from runtime.backends.tvm_backend import use_precompiled_kernels
+
+    use_precompiled_kernels(folder)
+    assert bytes(tvm_ffi.get_global_func("tvm_callback_cuda_compile")(src)) == cubin.read_bytes()
+    # ... once the set is verified: a damaged, missing or misplaced cubin is named, with the rebuild
+    verify(folder, one_bucket_model, "tvm", "cuda-sm_87")
+    good = cubin.read_bytes()
+    cubin.write_bytes(good[:-1])
+    with pytest.raises(ArtifactError, match=f"{cubin.name} does not match its sha256.*rebuild with: python -m export"):
+        verify(folder, one_bucket_model, "tvm", "cuda-sm_87")
+    cubin.unlink()
+    with pytest.raises(ArtifactError, match=f"{cubin.name} is missing"):
+        verify(folder, one_bucket_model, "tvm", "cuda-sm_87")
+    cubin.write_bytes(good)
+    bad = json.loads((folder / "manifest.json").read_text())
+    bad["kernels"]["bucket0_192x192.so"]["file"] = "../x.cubin"
+    (folder / "manifest.json").write_text(json.dumps(bad))
+    with pytest.raises(ArtifactError, match="not a file in the set's kernels/ folder"):
+        verify(folder, one_bucket_model, "tvm", "cuda-sm_87")
+    (folder / "manifest.json").write_text(json.dumps(m))
     # a rebuild over the set keeps working: its kernels/ folder is its own
     build_mod.build(one_bucket_model, ["cuda:sm_87"], tmp_path / "a", log=lambda line: None)
     assert sorted(p.name for p in (folder / "kernels").iterdir()) == [cubin.name]

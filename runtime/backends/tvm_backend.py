@@ -47,6 +47,42 @@ def _load_once(tvm, path: Path):
         return lib
 
 
+_KERNEL_DIRS: list = []  # the kernels/ folders of the CUDA sets this process loads
+
+
+def use_precompiled_kernels(folder) -> None:
+    """This TVM wheel stores a CUDA library's kernels as source and compiles them when the
+    library loads, through a Python callback (nvcc; its NVRTC mode needs cuda-bindings). The
+    callback registered here first takes them from the set's ``kernels/``, compiled by the
+    export and checked against the set's manifest (export.cuda_kernels: named by the sha256
+    of the source), so a machine without nvcc loads such a set, and no load compiles."""
+    import hashlib
+
+    import tvm_ffi
+
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+    import tvm.support.nvcc as nvcc
+
+    with _LOAD_LOCK:
+        d = Path(folder) / "kernels"
+        if d not in _KERNEL_DIRS:
+            _KERNEL_DIRS.append(d)
+        if getattr(use_precompiled_kernels, "registered", False):
+            return
+        compile_with_nvcc = nvcc.tvm_callback_cuda_compile
+
+        def compile_cuda(code):
+            name = hashlib.sha256(str(code).encode()).hexdigest()
+            for k in list(_KERNEL_DIRS):
+                for ext in (".cubin", ".fatbin", ".ptx"):
+                    if (k / (name + ext)).is_file():
+                        return (k / (name + ext)).read_bytes()
+            return compile_with_nvcc(code)
+
+        tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_cuda, override=True)
+        use_precompiled_kernels.registered = True
+
+
 def ensure_tvm(model, target_name: str, folder=None) -> Path:
     """A verified TVM set: ``folder`` if given; else the cache, where a missing or stale
     host-CPU (llvm) set is built on first use. Other targets must be built with export."""
@@ -199,12 +235,7 @@ class TVMBackend(FeatureBackend):
                                     f"driver, TVM's libtvm_runtime_cuda.so cannot load, or CUDA_VISIBLE_DEVICES hides "
                                     f"it); use --device cpu with a CPU set (python -m export --targets llvm)")
         if device != "cpu":
-            # This TVM wheel stores CUDA kernels as source and compiles them when the library
-            # loads, through a Python callback: register it (nvcc; nvrtc needs cuda-bindings).
-            import os
-
-            os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
-            import tvm.support.nvcc  # noqa: F401
+            use_precompiled_kernels(self.folder)
 
         from ..artifacts import bucket_file, check_feature_shape, check_shared_library, rebuild_command
 
