@@ -229,7 +229,8 @@ def _sets_below(folder: Path, kind: str) -> list:
 
 
 def check_files(folder, manifest: dict, fix: str) -> None:
-    """Every file the manifest lists is there, in the set's own folder, and matches its sha256.
+    """Every file the manifest lists is there, in the set's own folder, and matches its sha256;
+    so are a CUDA set's precompiled kernels (export.cuda_kernels: kernels/<sha256 of the source>.cubin).
 
     A name with a folder part (``../x.so``, ``/abs/x.so``) or a link that leads out of the
     folder is refused before anything is read: else a manifest could make the runtime hash
@@ -239,30 +240,27 @@ def check_files(folder, manifest: dict, fix: str) -> None:
         if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
             raise ArtifactError(f"{folder / MANIFEST} lists {name!r}, not a file name in the set's folder "
                                 f"(a set holds its files itself); {fix}")
-        f = folder / name
-        if f.is_symlink() and not inside(f, folder):
-            raise ArtifactError(f"{f} is a link to {f.resolve()}, outside the set's folder (the runtime loads only "
-                                f"the set's own files): copy the file in (cp -L) or {fix}")
-        if not f.is_file():
-            raise ArtifactError(f"{f} is missing; {fix}")
-        if sha256_file(f) != digest:
-            raise ArtifactError(f"{f} does not match its sha256 in the manifest (corrupt or modified); {fix}")
+        _check_listed(folder, folder / name, digest, fix)
     kernels = manifest.get("kernels", {})
     for entry in kernels.values() if isinstance(kernels, dict) else [kernels]:
-        # a CUDA set's precompiled kernels (export.cuda_kernels): kernels/<sha256 of the source>.cubin
         name = entry.get("file") if isinstance(entry, dict) else None
         parts = name.split("/") if isinstance(name, str) else []
         if len(parts) != 2 or parts[0] != "kernels" or parts[1] in ("", ".", "..") or "\\" in name:
             raise ArtifactError(f"{folder / MANIFEST} lists kernels {entry!r}, not a file in the set's kernels/ "
                                 f"folder; {fix}")
-        f = folder / name
-        if f.is_symlink() and not inside(f, folder):
-            raise ArtifactError(f"{f} is a link to {f.resolve()}, outside the set's folder (the runtime loads only "
-                                f"the set's own files): copy the file in (cp -L) or {fix}")
-        if not f.is_file():
-            raise ArtifactError(f"{f} is missing; {fix}")
-        if sha256_file(f) != entry.get("sha256"):
-            raise ArtifactError(f"{f} does not match its sha256 in the manifest (corrupt or modified); {fix}")
+        _check_listed(folder, folder / name, entry.get("sha256"), fix)
+
+
+def _check_listed(folder: Path, f: Path, digest, fix: str) -> None:
+    """One file a set's manifest lists: in the set's folder (a link, or a kernels/ folder that
+    is one, may not lead out of it), present, and matching ``digest``."""
+    if not inside(f, folder):
+        raise ArtifactError(f"{f} is a link to {f.resolve()}, outside the set's folder (the runtime loads only "
+                            f"the set's own files): copy the file in (cp -L) or {fix}")
+    if not f.is_file():
+        raise ArtifactError(f"{f} is missing; {fix}")
+    if sha256_file(f) != digest:
+        raise ArtifactError(f"{f} does not match its sha256 in the manifest (corrupt or modified); {fix}")
 
 
 def missing_set(folder, model, target: str) -> ArtifactError:
