@@ -183,6 +183,7 @@ def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
     """Compile every bucket of ``onnx_dir`` for ``target`` into ``out`` (kind 'tvm'), with the
     committed tuning database of ``target``; with ``tuning`` (a user's database folder), with
     that one's records first and the committed ones for the kernels it leaves out."""
+    from .cuda_kernels import kernel_compiler, precompile
     from .tvm_build import (compile_module, export_library, import_onnx, layer_databases, scheduled_kernels,
                             tuned_kernels, tuning_db)
 
@@ -195,21 +196,19 @@ def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
             extra = {"tuning_db": str(mine.resolve()), "tuning_db_sha256": mine_hash,
                      "base_tuning_db": extra["tuning_db"], "base_tuning_db_sha256": db_hash}
             db_dir = layer_databases(mine, db_dir, stack.enter_context(tempfile.TemporaryDirectory()))
-        kernels = scheduled_kernels(db_dir)
-        nvrtc = _kernel_compiler(target, log)
+        scheduled = scheduled_kernels(db_dir)
+        nvrtc = kernel_compiler(target, log) if target.device == "cuda" else None
         files, tuned, cubins = [], {}, {}
         with staged(out) as tmp:
             for b, shape in enumerate(model.policy.shapes):
                 t0 = time.time()
                 name = bucket_file(b, shape, "so")
                 mod = import_onnx(Path(onnx_dir) / bucket_file(b, shape, "onnx"))
-                n, total = tuned[name] = tuned_kernels(mod, target, kernels)
+                n, total = tuned[name] = tuned_kernels(mod, target, scheduled)
                 executable = compile_module(mod, target, db_dir)
                 export_library(executable, tmp / name, target)
                 files.append(name)
                 if nvrtc is not None:
-                    from .cuda_kernels import precompile
-
                     try:
                         cubin = precompile(executable, tmp / name, target.target["arch"], tmp / KERNELS)
                     except RuntimeError as e:  # NVRTC's log: the set still works, compiling on load
@@ -228,28 +227,6 @@ def build_tvm(model, target, onnx_dir, out, log=print, tuning=None) -> Path:
                 extra.update({"kernels": cubins, "kernels_compiler": f"NVRTC {nvrtc[0]}.{nvrtc[1]}"})
             artifacts.write_manifest(tmp, model, "tvm", target.name, target.resolved(), files, extra)
     return out
-
-
-def _kernel_compiler(target, log):
-    """NVRTC's (major, minor) when ``target``'s kernels can be precompiled here, else None
-    (not CUDA, or no NVRTC 12: logged with how to get it)."""
-    if target.device != "cuda":
-        return None
-    from .cuda_kernels import EXTRA, WANT, nvrtc_version, supports
-
-    v = nvrtc_version()
-    later = "the native runner compiles them with nvcc on the device whenever it loads a library"
-    if isinstance(v, str):
-        log(f"tvm   {target.name:18s} kernels not precompiled: {v}; {later} ({EXTRA} precompiles them here)")
-        return None
-    arch = target.target["arch"]
-    if not supports(arch):
-        log(f"tvm   {target.name:18s} kernels not precompiled: NVRTC {v[0]}.{v[1]} does not compile for {arch}; {later}")
-        return None
-    if v != WANT:
-        log(f"tvm   {target.name:18s} kernels precompiled with NVRTC {v[0]}.{v[1]}, not {WANT[0]}.{WANT[1]}: "
-            f"they load on drivers of CUDA {v[0]}.{v[1]} or newer")
-    return v
 
 
 def tuned_note(n: int, total: int) -> str:

@@ -77,6 +77,24 @@ def supports(arch: str) -> bool:
     return res == nvrtc.nvrtcResult.NVRTC_SUCCESS and int(arch.removeprefix("sm_")) in set(archs)
 
 
+def kernel_compiler(target, log):
+    """NVRTC's (major, minor) when the kernels of ``target`` (a CUDA CompileTarget) can be
+    precompiled here, else None, logged with the reason and what happens instead."""
+    v = nvrtc_version()
+    later = "the native runner compiles them with nvcc on the device whenever it loads a library"
+    if isinstance(v, str):
+        log(f"tvm   {target.name:18s} kernels not precompiled: {v}; {later} ({EXTRA} precompiles them here)")
+        return None
+    arch = target.target["arch"]
+    if not supports(arch):
+        log(f"tvm   {target.name:18s} kernels not precompiled: NVRTC {v[0]}.{v[1]} does not compile for {arch}; {later}")
+        return None
+    if v != WANT:
+        log(f"tvm   {target.name:18s} kernels precompiled with NVRTC {v[0]}.{v[1]}, not {WANT[0]}.{WANT[1]}: "
+            f"they load on drivers of CUDA {v[0]}.{v[1]} or newer")
+    return v
+
+
 @contextlib.contextmanager
 def _cuda_path():
     """A CUDA_PATH for TVM's NVRTC compile: one include folder holding both wheels' headers
