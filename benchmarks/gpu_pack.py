@@ -22,7 +22,6 @@ runtime cannot use CUDA there (no driver, a driver older than CUDA 13, no GPU).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -102,7 +101,9 @@ def find_nvcc() -> str | None:
 
 def precompile_kernels(src: str, arch: str, out_dir: Path, nvcc: str) -> str:
     """nvcc ``src`` into out_dir/<sha256>.fatbin (SASS for ``arch`` + PTX); returns the hash."""
-    digest = hashlib.sha256(src.encode()).hexdigest()
+    from runtime.artifacts import kernel_stem
+
+    digest = kernel_stem(src)
     target = out_dir / f"{digest}.fatbin"
     if target.is_file():
         return digest

@@ -10,14 +10,11 @@ import time
 from pathlib import Path
 
 from runtime import artifacts
-from runtime.artifacts import bucket_file
+from runtime.artifacts import KERNELS, bucket_file
 from runtime.errors import ArtifactError
 
 from . import targets as targets_mod
 from .onnx_export import check_parity, export_bucket
-
-# Where a CUDA set keeps its precompiled kernels: the native runner looks next to the library.
-KERNELS = "kernels"
 
 
 def check_replaceable(folder) -> None:

@@ -15,7 +15,6 @@ newer GPUs keep their kernels as source, compiled on load.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import os
 import tempfile
@@ -142,11 +141,13 @@ def precompile(executable, library, arch: str, out_dir) -> str | None:
     with NVRTC's log when the source does not compile."""
     from tvm.support.nvcc import compile_cuda
 
+    from runtime.artifacts import kernel_stem
+
     cuda = cuda_module(executable.mod)
     src = cuda.inspect_source("cuda") if cuda is not None else ""
     if not src or src.encode() not in Path(library).read_bytes():
         return None
-    name = f"{hashlib.sha256(src.encode()).hexdigest()}.cubin"
+    name = f"{kernel_stem(src)}.cubin"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _cuda_path(), _locale_kept():

@@ -9,6 +9,7 @@ Artifacts are native code: load only sets you built or trust.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -106,6 +107,18 @@ def inside(path, root) -> bool:
 
 def bucket_file(bucket: int, shape, ext: str) -> str:
     return f"bucket{bucket}_{shape[0]}x{shape[1]}.{ext}"
+
+
+# A CUDA set's precompiled kernels: KERNELS/<kernel_stem(source)>.cubin|.fatbin|.ptx beside its
+# libraries, where the native runner and the tvm backend look them up by the source TVM hands
+# them when a library loads (export.cuda_kernels writes them).
+KERNELS = "kernels"
+KERNEL_EXTS = (".cubin", ".fatbin", ".ptx")
+
+
+def kernel_stem(source) -> str:
+    """The file name (without extension) of the kernels compiled from a library's CUDA source."""
+    return hashlib.sha256(str(source).encode()).hexdigest()
 
 
 def rebuild_command(model, target: str, folder, tuning_db=None) -> str:
@@ -245,8 +258,8 @@ def check_files(folder, manifest: dict, fix: str) -> None:
     for entry in kernels.values() if isinstance(kernels, dict) else [kernels]:
         name = entry.get("file") if isinstance(entry, dict) else None
         parts = name.split("/") if isinstance(name, str) else []
-        if len(parts) != 2 or parts[0] != "kernels" or parts[1] in ("", ".", "..") or "\\" in name:
-            raise ArtifactError(f"{folder / MANIFEST} lists kernels {entry!r}, not a file in the set's kernels/ "
+        if len(parts) != 2 or parts[0] != KERNELS or parts[1] in ("", ".", "..") or "\\" in name:
+            raise ArtifactError(f"{folder / MANIFEST} lists kernels {entry!r}, not a file in the set's {KERNELS}/ "
                                 f"folder; {fix}")
         _check_listed(folder, folder / name, entry.get("sha256"), fix)
 

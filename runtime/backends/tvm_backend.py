@@ -56,15 +56,13 @@ def use_precompiled_kernels(folder) -> None:
     callback registered here first takes them from the set's ``kernels/``, compiled by the
     export and checked against the set's manifest (export.cuda_kernels: named by the sha256
     of the source), so a machine without nvcc loads such a set, and no load compiles."""
-    import hashlib
-
     import tvm_ffi
 
     os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
     import tvm.support.nvcc as nvcc
 
     with _LOAD_LOCK:
-        d = Path(folder) / "kernels"
+        d = Path(folder) / artifacts.KERNELS
         if d not in _KERNEL_DIRS:
             _KERNEL_DIRS.append(d)
         if getattr(use_precompiled_kernels, "registered", False):
@@ -72,9 +70,9 @@ def use_precompiled_kernels(folder) -> None:
         compile_with_nvcc = nvcc.tvm_callback_cuda_compile
 
         def compile_cuda(code):
-            name = hashlib.sha256(str(code).encode()).hexdigest()
+            name = artifacts.kernel_stem(code)
             for k in list(_KERNEL_DIRS):
-                for ext in (".cubin", ".fatbin", ".ptx"):
+                for ext in artifacts.KERNEL_EXTS:
                     if (k / (name + ext)).is_file():
                         return (k / (name + ext)).read_bytes()
             return compile_with_nvcc(code)
