@@ -33,7 +33,7 @@ def check_replaceable(folder) -> None:
     # A set holds its manifest, the files it lists and its own precompiled kernels; anything
     # else (a user's file, kernels someone put beside a library) would be lost with the old set.
     listed = m.get("files") if isinstance(m.get("files"), dict) else {}
-    own = {k.get("file") for k in m["kernels"].values() if isinstance(k, dict)} if isinstance(m.get("kernels"), dict) else set()
+    own = {name for _, name in artifacts.manifest_kernels(m)}
     kernels = folder / KERNELS if (folder / KERNELS).is_dir() else None  # the set's precompiled CUDA kernels
     foreign = sorted(p.name for p in folder.iterdir()
                      if p.name != artifacts.MANIFEST and p.name not in listed and p != kernels)

@@ -254,14 +254,24 @@ def check_files(folder, manifest: dict, fix: str) -> None:
             raise ArtifactError(f"{folder / MANIFEST} lists {name!r}, not a file name in the set's folder "
                                 f"(a set holds its files itself); {fix}")
         _check_listed(folder, folder / name, digest, fix)
-    kernels = manifest.get("kernels", {})
-    for entry in kernels.values() if isinstance(kernels, dict) else [kernels]:
-        name = entry.get("file") if isinstance(entry, dict) else None
-        parts = name.split("/") if isinstance(name, str) else []
-        if len(parts) != 2 or parts[0] != KERNELS or parts[1] in ("", ".", "..") or "\\" in name:
+    for entry, name in manifest_kernels(manifest):
+        if name is None:
             raise ArtifactError(f"{folder / MANIFEST} lists kernels {entry!r}, not a file in the set's {KERNELS}/ "
                                 f"folder; {fix}")
         _check_listed(folder, folder / name, entry.get("sha256"), fix)
+
+
+def manifest_kernels(manifest: dict) -> list:
+    """(entry, file) for each precompiled kernel a set's manifest lists ({"file": "kernels/<stem>.cubin",
+    "sha256": ...}); file is None where the entry does not name a file in the set's kernels/ folder."""
+    kernels = manifest.get("kernels", {})
+    out = []
+    for entry in kernels.values() if isinstance(kernels, dict) else [kernels]:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        parts = name.split("/") if isinstance(name, str) else []
+        ok = len(parts) == 2 and parts[0] == KERNELS and parts[1] not in ("", ".", "..") and "\\" not in name
+        out.append((entry, name if ok else None))
+    return out
 
 
 def _check_listed(folder: Path, f: Path, digest, fix: str) -> None:

@@ -226,6 +226,47 @@ def test_native_runner_checks_the_library_against_its_manifest(runner, llvm_buck
 
 
 @pytest.mark.slow
+def test_native_runner_checks_a_sets_precompiled_kernels(runner, llvm_bucket, tmp_path):
+    """The kernels a manifest lists for a library (export.cuda_kernels' cubins) are checked
+    before the library loads, as runtime.artifacts.check_files checks them: the set's own file,
+    present, with its sha256. The check reads only the manifest, so a CPU library with an
+    entry added shows it here; a CUDA library would load the cubin by its name alone."""
+    import hashlib
+
+    lib, shape, _ = llvm_bucket
+    np.save(tmp_path / "ok.npy", np.zeros(shape, np.float32))
+    base = ["--input", tmp_path / "ok.npy", "--repeat", 0]
+
+    def with_kernels(folder, data=b"cubin bytes", file="kernels/" + "a" * 64 + ".cubin", digest=None):
+        copy = _copy_set(lib, tmp_path / folder)
+        m = json.loads((copy.parent / "manifest.json").read_text())
+        m["kernels"] = {copy.name: {"file": file, "sha256": digest or hashlib.sha256(data).hexdigest()}}
+        (copy.parent / "manifest.json").write_text(json.dumps(m, indent=2))
+        (copy.parent / "kernels").mkdir()
+        (copy.parent / "kernels" / ("a" * 64 + ".cubin")).write_bytes(data)
+        return copy, copy.parent / "kernels" / ("a" * 64 + ".cubin")
+
+    good, _ = with_kernels("good")
+    r = _run(runner, "--lib", good, *base)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+    damaged, cubin = with_kernels("damaged")
+    cubin.write_bytes(b"cubin bytez")
+    _one_error(_run(runner, "--lib", damaged, *base), cubin, "precompiled kernels of", "does not match the manifest",
+               "export the set again")
+    missing, cubin = with_kernels("missing")
+    cubin.unlink()
+    _one_error(_run(runner, "--lib", missing, *base), cubin, "is missing", "export the set again")
+    outside, _ = with_kernels("outside", file="../" + "a" * 64 + ".cubin")
+    _one_error(_run(runner, "--lib", outside, *base), "not a file in the set's kernels/ folder")
+    linked, cubin = with_kernels("linked")
+    (tmp_path / "elsewhere.cubin").write_bytes(b"cubin bytes")
+    cubin.unlink()
+    cubin.symlink_to(tmp_path / "elsewhere.cubin")
+    _one_error(_run(runner, "--lib", linked, *base), "outside the set's folder", "cp -L")
+
+
+@pytest.mark.slow
 def test_native_runner_checks_a_link_beside_its_given_name(runner, llvm_bucket, tmp_path):
     """A library is checked against the manifest.json beside the path given, by the name
     given: `set/bucket.so -> cache/x.so` was checked against cache/manifest.json (absent: a

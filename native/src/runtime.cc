@@ -361,6 +361,48 @@ bool HasManifest(const std::string& dir) {
 const char* kManifestFix = "export the set again (`python -m export`), or copy the whole set (the libraries with "
                            "their manifest.json) again";
 
+// The precompiled CUDA kernels the manifest lists for the library it knows as `listed`
+// ("kernels": {name: {"file": "kernels/<sha256 of the source>.cubin", "sha256": ...}}, written
+// by export.cuda_kernels) must be the set's own file with those bytes, as
+// runtime.artifacts.check_files requires: the CUDA runtime would otherwise load a damaged cubin
+// by its name, which says only what source it was compiled from.
+void CheckKernels(const ffi::json::Object& manifest, const std::string& listed, const std::string& dir,
+                  const std::string& mpath) {
+  std::optional<ffi::json::Object> kernels;
+  if (auto k = manifest.Get(ffi::String("kernels"))) kernels = k->as<ffi::json::Object>();
+  if (!kernels.has_value()) return;
+  std::optional<ffi::json::Object> entry;
+  if (auto e = kernels->Get(ffi::String(listed))) entry = e->as<ffi::json::Object>();
+  if (!entry.has_value()) return;  // a library whose kernels were not precompiled
+  std::optional<ffi::String> file, digest;
+  if (auto f = entry->Get(ffi::String("file"))) file = f->as<ffi::String>();
+  if (auto d = entry->Get(ffi::String("sha256"))) digest = d->as<ffi::String>();
+  const std::string name = file.has_value() ? std::string(*file) : std::string();
+  const std::string prefix = "kernels/", base = name.size() > prefix.size() ? name.substr(prefix.size()) : "";
+  if (name.compare(0, prefix.size(), prefix) != 0 || base.empty() || base == "." || base == ".." ||
+      base.find('/') != std::string::npos || base.find('\\') != std::string::npos || !digest.has_value()) {
+    throw std::runtime_error(mpath + " lists kernels for " + listed + " that are not a file in the set's kernels/ "
+                             "folder with its sha256; " + kManifestFix);
+  }
+  const std::string path = (dir == "/" ? std::string() : dir) + "/" + name;
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    throw std::runtime_error(path + " (the precompiled kernels of " + listed + ") is missing; " + kManifestFix);
+  }
+  const std::string real = RealPath(path), set = dir == "/" ? dir : dir + "/";
+  if (real.compare(0, set.size(), set) != 0) {
+    throw std::runtime_error(path + " is a link to " + real + ", outside the set's folder " + dir +
+                             " (a set's manifest vouches for the set's own files only): copy the file in (cp -L) "
+                             "or " + kManifestFix);
+  }
+  std::string bytes;
+  if (!ReadWholeFile(real, &bytes)) throw std::runtime_error(path + ": cannot read");
+  if (Sha256Hex(bytes.data(), bytes.size()) != std::string(*digest)) {
+    throw std::runtime_error(path + " (the precompiled kernels of " + listed + ") does not match the manifest " +
+                             mpath + " (sha256 differs: corrupt or modified); " + kManifestFix);
+  }
+}
+
 // Checks the bytes of `real` against the sha256 `dir`/manifest.json lists for the first of
 // `names` it lists; `library` is the path as given, for the messages. Returns the manifest.
 std::string CheckAgainstManifest(const std::string& library, const std::string& real, const std::string& dir,
@@ -390,9 +432,13 @@ std::string CheckAgainstManifest(const std::string& library, const std::string& 
   if (auto f = manifest->Get(ffi::String("files"))) files = f->as<ffi::json::Object>();
   if (!files.has_value()) throw std::runtime_error(mpath + " has no \"files\" table (not an export manifest); " + fix);
   std::optional<ffi::String> want;
+  std::string listed;  // the name the manifest knows the library by
   for (const std::string& name : names) {
     if (auto d = files->Get(ffi::String(name))) want = d->as<ffi::String>();
-    if (want.has_value()) break;
+    if (want.has_value()) {
+      listed = name;
+      break;
+    }
   }
   if (!want.has_value()) {
     throw std::runtime_error(library + ": " + names.front() + " is not listed in " + mpath +
@@ -405,6 +451,7 @@ std::string CheckAgainstManifest(const std::string& library, const std::string& 
     throw std::runtime_error(library + " does not match the manifest " + mpath +
                              " (sha256 differs: corrupt, modified, or from another export); " + fix);
   }
+  CheckKernels(*manifest, listed, dir, mpath);
   return mpath;
 }
 

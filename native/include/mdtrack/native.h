@@ -71,7 +71,9 @@ int TvmThreads();
 // that file's name. Returns the manifest's path, or "" when there is none (nothing to check
 // against). Throws std::runtime_error, naming the file and what to do, when the manifest
 // cannot be read, does not list the file, lists another sha256 (a corrupt, modified or stale
-// library), or the link leaves the set's folder.
+// library), or the link leaves the set's folder. The precompiled CUDA kernels the manifest
+// lists for the library ("kernels") are checked the same way: in the set's kernels/ folder,
+// present, with their sha256.
 std::string VerifyManifest(const std::string& library);
 
 // True when the loaded TVM runtime has a CUDA device API and sees device `id`.
