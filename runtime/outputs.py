@@ -70,6 +70,8 @@ def check_output(path, flag: str) -> None:
     if flag == "--save-video" and not p.is_dir() and p.suffix.lower() not in VIDEO_SUFFIXES:
         raise TrackerInputError(f"--save-video {p}: OpenCV cannot write a video named {p.suffix or 'without an extension'}; "
                                 f"use {' or '.join(VIDEO_SUFFIXES[:2])}")
+    if flag == "--plot" and (p.is_file() or not p.exists()) and p.suffix.lower() != ".png":  # (a device: as asked)
+        raise TrackerInputError(f"--plot {p}: the plot is a PNG image; give a name ending in .png")
     check_output_path(p, flag)
     if flag == "--save-video":
         probe = p.with_name(f".{p.stem}.probe{os.getpid()}{p.suffix}")
@@ -97,15 +99,22 @@ def check_stdout_outputs(outputs) -> None:
         raise TrackerInputError(f"{' and '.join(flags)} both write to stdout (-); give one of them a file")
 
 
-def check_outputs_apart(outputs, source) -> None:
-    """Refuse two outputs on one file, or an output on one of the input's files (the ground
-    truth, a frame, the video): either would silently destroy what is there."""
+def check_outputs_apart(outputs, source, folders=()) -> None:
+    """Refuse two outputs on one file, an output on one of the input's files (the ground
+    truth, a frame, the video), or one inside ``folders`` ((folder, what) pairs: the model, an
+    artifact set, whose files are checked by sha256): each would silently destroy what is there."""
     named = {}
     for flag, path in outputs:
         p = Path(path).expanduser().resolve()
         if p in named:
             raise TrackerInputError(f"{named[p]} and {flag} both name {p}; give each output its own file")
         named[p] = flag
+    for folder, what in folders:
+        root = Path(folder).expanduser().resolve()
+        for p, flag in named.items():
+            if root in p.parents:
+                raise TrackerInputError(f"{flag} {p} is inside {what} {root}, whose files it would overwrite or "
+                                        "join; write the output somewhere else")
     inputs = {Path(p).resolve() for p in (getattr(source, "path", None), getattr(source, "groundtruth_path", None)) if p}
     folder = getattr(source, "folder", None)
     if folder:  # every target's ground truth of the folder (OTB's Jogging: groundtruth_rect.1.txt, .2.txt)

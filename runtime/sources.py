@@ -158,16 +158,20 @@ def parse_box(text) -> np.ndarray:
     """
     if not isinstance(text, str):
         raise TrackerInputError(f'init box must be a string "x,y,w,h", got {text!r}')
-    tokens = [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    # one comma (with any spaces) or spaces alone between numbers: "40,,40,31,41" has an empty field
+    tokens = re.split(r"\s*,\s*|\s+", re.sub(r"[\s,]*,$", "", text.strip()))  # a trailing comma is harmless
     if len(tokens) != 4:
         raise TrackerInputError(
             f'init box must be 4 numbers "x,y,w,h" (comma or space separated), got {text!r}'
         )
-    try:
-        values = np.array([float(t) for t in tokens], dtype=np.float64)
-    except ValueError as exc:
-        raise TrackerInputError(f'init box must be 4 numbers "x,y,w,h", got {text!r}') from exc
-    return _check_box(values, repr(text))
+    # plain ASCII decimals: float() also takes "1_0" and other scripts' digits
+    if not all(_NUMBER.fullmatch(t) for t in tokens):
+        raise TrackerInputError(f'init box must be 4 numbers "x,y,w,h" such as 10,20,30.5,40, got {text!r}')
+    return _check_box(np.array([float(t) for t in tokens], dtype=np.float64), repr(text))
+
+
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf|infinity)",
+                     re.IGNORECASE)
 
 
 def load_groundtruth(path, allow_polygon: bool = False) -> np.ndarray:
@@ -436,7 +440,7 @@ class FileSequenceSource(SequenceSource):
         if rows < n:
             self.warnings.append(
                 f"{gt_path.name} has {rows} rows for {n} frames; "
-                f"{_frame_ranges(rows, n)} have no ground truth"
+                f"{_frame_ranges(rows, n)} {'has' if n - rows == 1 else 'have'} no ground truth"
             )
             gt = np.vstack([gt, np.full((n - rows, 4), np.nan)])
         elif rows > n:
@@ -725,6 +729,11 @@ class ImageGlobSource(FileSequenceSource):
                 found.append(p)
         if not found:
             if not (folders or others):
+                folder, name = os.path.split(pattern)
+                if folder and os.path.isdir(folder) and any(c in folder for c in "*?["):
+                    # a folder named data[1] exists, but as a pattern it matches data1
+                    raise SequenceError(f"no files match {pattern!r}: the folder's name holds glob characters "
+                                        f"(* ? [); escape them: {os.path.join(_glob.escape(folder), name)!r}")
                 raise SequenceError(f"no files match {pattern!r}; check the folder and the pattern")
             why = (f"matches only {folders} folder(s); use DIR/*.jpg or --sequence DIR" if not others else
                    f"matches no image ({', '.join(IMAGE_EXTENSIONS)}), only {others} other file(s)")

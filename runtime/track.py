@@ -29,6 +29,13 @@ class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (``error: ...``, exit 2) instead of usage + error."""
 
     def error(self, message):
+        head = "unrecognized arguments: "
+        if message.startswith(head):
+            extra = message[len(head):].split(" ")
+            if len(extra) > 3:
+                message = head + " ".join(extra[:3]) + f" and {len(extra) - 3} more"
+            if any(os.path.isfile(a) for a in extra[:3]):  # the shell expanded an unquoted --images glob
+                message += "; quote the --images glob ('frames/*.jpg') so that the shell leaves it to the tracker"
         self.exit(2, f"error: {message} (see --help)\n")
 
 
@@ -215,7 +222,10 @@ def run(args, stop: StopRequest | None = None) -> dict:
     source = open_source(args)
     out = jsonl = writer = bar = None
     try:
-        check_outputs_apart(outputs, source)
+        from .model import DEFAULT_MODEL
+
+        check_outputs_apart(outputs, source, [(args.model or DEFAULT_MODEL, "the model folder")] +
+                            ([(args.artifacts, "the artifact set")] if args.artifacts else []))
     except TrackerInputError:
         source.close()
         raise
@@ -229,6 +239,8 @@ def run(args, stop: StopRequest | None = None) -> dict:
     box = None
     size = None  # (h, w) of the first tracked frame
     waiting = []  # (index, why) of the frames before tracking starts
+    pending = []  # ("out" | "jsonl", row) not yet written: every row until tracking starts
+    off_size = []  # indices of the frames skipped for a size other than the first tracked frame's
     try:
         for w in source.warnings:
             log.warning("%s", w)
@@ -303,8 +315,11 @@ def run(args, stop: StopRequest | None = None) -> dict:
                 log.warning("frame %d skipped: %s (keeping the last box)", frame.index, frame.error)
                 shown, tracked = box, False
             elif frame.image.shape[:2] != size:
-                log.warning("frame %d skipped: %dx%d pixels, not the sequence's %dx%d (keeping the last box)",
-                            frame.index, frame.image.shape[1], frame.image.shape[0], size[1], size[0])
+                if not off_size:  # the others are counted at the end: a resized video has thousands
+                    log.warning("frame %d skipped: %dx%d pixels, not the %dx%d of the frame tracking started on "
+                                "(keeping the last box)", frame.index, frame.image.shape[1], frame.image.shape[0],
+                                size[1], size[0])
+                off_size.append(frame.index)
                 shown, tracked = box, False
             else:
                 r = tracker.update(frame.image)
@@ -317,26 +332,30 @@ def run(args, stop: StopRequest | None = None) -> dict:
             if box is not None and tracked:
                 oks.append(ok)
                 scores.append(score)
-            # opened at the first row, not before: a run refused at its first frame (its box,
-            # an unreadable frame) leaves the files of an earlier run as they were
-            if out is None and args.out:
-                out = _line_writer(args.out)
-            if jsonl is None and args.jsonl:
-                jsonl = _line_writer(args.jsonl)
-            rows = []
-            if out:
-                rows.append((out, box_line(shown)))
-            if jsonl:
-                rows.append((jsonl, json.dumps({"frame": frame.index,
-                                                "box": [round(float(v), 2) if np.isfinite(v) else None for v in shown],
-                                                "score": None if not np.isfinite(score) else round(score, 4),
-                                                "ok": bool(ok), "ms": round(t, 3),
-                                                **({"dropped": True} if was_dropped else {})})))
-            for f, row in rows:
-                try:
-                    f.write(row)
-                except StdoutClosed:  # the results' reader went away; the files still get this row
-                    stdout_closed = frame.index
+            if args.out:
+                pending.append(("out", box_line(shown)))
+            if args.jsonl:
+                pending.append(("jsonl", json.dumps({"frame": frame.index,
+                                                     "box": [round(float(v), 2) if np.isfinite(v) else None
+                                                             for v in shown],
+                                                     "score": None if not np.isfinite(score) else round(score, 4),
+                                                     "ok": bool(ok), "ms": round(t, 3),
+                                                     **({"dropped": True} if was_dropped else {})})))
+            # The files are opened once tracking has started, not before: a run that tracks
+            # nothing (its box refused, no frame readable, interrupted while it waits for a
+            # usable ground-truth box) leaves the files of an earlier run as they were. The
+            # rows of the frames before it wait in ``pending``.
+            if box is not None:
+                if out is None and args.out:
+                    out = _line_writer(args.out)
+                if jsonl is None and args.jsonl:
+                    jsonl = _line_writer(args.jsonl)
+                for which, row in pending:
+                    try:
+                        (out if which == "out" else jsonl).write(row)
+                    except StdoutClosed:  # the results' reader went away; the files still get this row
+                        stdout_closed = frame.index
+                pending.clear()
             ov = float(iou(shown, frame.gt)) if frame.gt is not None and box is not None else float("nan")
             if per_frame:
                 state = ("ok  " if ok else "lost") if tracked else ("drop" if was_dropped else "skip")
@@ -375,6 +394,9 @@ def run(args, stop: StopRequest | None = None) -> dict:
         for w in source.warnings[n_warned:]:
             if not w.startswith("skipped frame"):  # skipped frames were reported as they came
                 log.warning("%s", w)
+        if len(off_size) > 1:
+            log.warning("%d frames skipped for a size other than %dx%d: %s", len(off_size), size[1], size[0],
+                        _ranges(off_size))
     finally:
         if bar is not None:
             bar.close()
@@ -401,6 +423,10 @@ def run(args, stop: StopRequest | None = None) -> dict:
         hint = f"; {len(unread)} could not be read (first: {unread[0][1]})" if unread else ""
         raise TrackerInputError(f"nothing tracked: no readable frame has a usable ground-truth box{hint}; "
                                 "pass --init x,y,w,h")
+    if off_size and len(ms) == 1:  # the rows hold the first box over and over: no result
+        raise TrackerInputError(f"only the first frame was tracked: the {len(off_size)} frames after it are not "
+                                f"{size[1]}x{size[0]} pixels as it is; give frames of one size (the outputs hold "
+                                "its box on every row)")
     summary = {"frames": len(preds), "cost": cost_stats(ms)}
     gt = np.array(gts)
     if np.isfinite(gt).any():

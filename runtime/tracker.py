@@ -80,20 +80,28 @@ def start_box(box, size, params: TrackerParams | None = None, min_size: float | 
     b = b.reshape(4)
     if b[2] <= 0 or b[3] <= 0:
         raise TrackerInputError(f"initial box {b.tolist()} has no area: width and height must be positive")
-    x1, y1 = max(b[0], 0.0), max(b[1], 0.0)
-    x2, y2 = min(b[0] + b[2], size[0]), min(b[1] + b[3], size[1])
-    if x2 - x1 <= 0 or y2 - y1 <= 0:
+    with np.errstate(over="ignore"):  # x + w beyond float range is beyond the image too
+        x1, y1 = max(b[0], 0.0), max(b[1], 0.0)
+        x2, y2 = min(b[0] + b[2], size[0]), min(b[1] + b[3], size[1])
+    if b[0] >= size[0] or b[1] >= size[1] or x2 <= 0 or y2 <= 0:
         raise TrackerInputError(f"initial box {b.tolist()} lies outside the {size[0]}x{size[1]} image")
+    if x2 - x1 <= 0 or y2 - y1 <= 0:  # inside, but thinner than float precision at its position
+        raise TrackerInputError(f"initial box {b.tolist()} is too thin to have a visible part; give a width and "
+                                "height of a pixel or more")
     # Part outside the image: keep the visible part (what the first frame can show).
     b = np.array([x1, y1, x2 - x1, y2 - y1])
     # Every candidate is at least min_size pixels a side and every training sample at
     # least sampling.MIN_SAMPLE_SIZE, so a thinner box would get no positive sample (IoU >= 0.7):
-    # grow it to the larger of the two about its centre.
+    # grow it to the larger of the two about its centre, moved back inside the image where the
+    # growth crossed its border (and the image is large enough to hold it).
     m = max((params or TrackerParams()).min_size, sampling.MIN_SAMPLE_SIZE) if min_size is None else min_size
     if b[2] < m or b[3] < m:
         c = b[:2] + b[2:] / 2
         wh = np.maximum(b[2:], m)
-        b = np.concatenate([c - wh / 2, wh])
+        xy = c - wh / 2
+        room = np.asarray(size[:2], np.float64) - wh
+        xy = np.where(room >= 0, np.clip(xy, 0.0, np.maximum(room, 0.0)), xy)
+        b = np.concatenate([xy, wh])
     return b
 
 

@@ -196,8 +196,9 @@ def test_accuracy_summary_with_a_sequence_without_scored_frames(tiny_seq, tiny_m
 
 
 def test_accuracy_refuses_inputs_it_cannot_score(tiny_seq, tiny_model, tmp_path, capsys):
-    """One error line, exit 2, before any tracking: a dataset root given for its sequences, a
-    folder without ground truth, two sequences of one name (results are keyed by name)."""
+    """One error line, exit 2, before any tracking: a ground-truth file that cannot be read, a
+    dataset root given for its sequences, a folder without ground truth, two sequences of one
+    name (results are keyed by name)."""
     import shutil
 
     from benchmarks.accuracy import main
@@ -207,8 +208,13 @@ def test_accuracy_refuses_inputs_it_cannot_score(tiny_seq, tiny_model, tmp_path,
     nogt = tmp_path / "nogt"
     shutil.copytree(tiny_seq, nogt)
     (nogt / "groundtruth_rect.txt").unlink()
+    semi = tmp_path / "semi"
+    shutil.copytree(tiny_seq, semi)
+    gt = semi / "groundtruth_rect.txt"
+    gt.write_text(gt.read_text().replace(",", ";"))
     base = ["--trackers", "ours", "--model", str(tiny_model), "--out", str(tmp_path / "acc")]
-    cases = [([str(root)], f"holds 1 sequence folders (syn8); give one ({root / 'syn8'}), or all of them "
+    cases = [([str(semi)], "fix it, or leave semi out of --sequences"),  # not runtime.track's --init
+             ([str(root)], f"holds 1 sequence folders (syn8); give one ({root / 'syn8'}), or all of them "
                            f"({root / '*'}) where a command takes several"),
              ([str(nogt)], "has no usable ground-truth box"),
              ([str(tiny_seq), str(root / "syn8")], "two sequences are named 'syn8'"),

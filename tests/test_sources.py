@@ -573,6 +573,8 @@ def test_camera_bad_argument():
         ("10 20 30 40", [10, 20, 30, 40]),
         (" 10, 20, 30.5, 40 ", [10, 20, 30.5, 40]),
         ("-5\t0\t1e1\t2", [-5, 0, 10, 2]),
+        ("10,20,30,40,", [10, 20, 30, 40]),  # a trailing comma is harmless
+        (".5,+1.,2E0,3", [0.5, 1, 2, 3]),
     ],
 )
 def test_parse_box_good(text, box):
@@ -584,7 +586,9 @@ def test_parse_box_good(text, box):
 @pytest.mark.parametrize(
     "text",
     ["", "10,20,30", "10,20,30,40,50", "a,b,c,d", "10,20,0,40", "10,20,30,-1", "nan,1,2,3",
-     "10,20,inf,4", None, (1, 2, 3, 4)],
+     "10,20,inf,4", None, (1, 2, 3, 4),
+     "40,,40,31,41",  # an empty field: not four numbers with one dropped
+     ",10,20,30,40", "1_0,20,30,40", "\u0664\u0660,20,30,40", "0x10,20,30,40"],  # float() takes _ and other scripts' digits
 )
 def test_parse_box_bad(text):
     with pytest.raises(TrackerInputError):
@@ -717,3 +721,24 @@ def test_an_output_may_not_overwrite_another_targets_ground_truth(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and "one of the input files" in err, err
     assert (folder / "groundtruth_rect.2.txt").read_text().startswith("11")
+
+
+def test_glob_in_a_folder_whose_name_holds_glob_characters_says_how_to_escape(tmp_path):
+    import cv2
+
+    folder = tmp_path / "take[1]"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "0001.png"), np.zeros((40, 40, 3), np.uint8))
+    with pytest.raises(SequenceError, match=r"glob characters .*take\[\[\]1\]"):
+        ImageGlobSource(str(folder / "*.png"), init_box="1,1,5,5")
+    assert len(ImageGlobSource(str(tmp_path / "take[[]1]" / "*.png"), init_box="1,1,5,5")) == 1
+
+
+def test_one_frame_without_ground_truth_is_said_in_the_singular(tmp_path):
+    from runtime.synthetic import make_sequence, write_otb
+
+    seq = write_otb(make_sequence(n_frames=3, size=(64, 48), seed=0), tmp_path / "s")
+    gt = seq / "groundtruth_rect.txt"
+    gt.write_text("".join(gt.read_text().splitlines(True)[:2]))
+    assert open_sequence_folder(seq).warnings == ["groundtruth_rect.txt has 2 rows for 3 frames; frame 2 has no "
+                                                  "ground truth"]

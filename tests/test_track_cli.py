@@ -452,7 +452,7 @@ def test_model_config_missing_a_key(otb, tiny_model, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags", [("--out", "--jsonl"), ("--out", "--plot")])
 def test_two_outputs_on_one_file_refused(otb, tiny_model, tmp_path, capsys, flags):
-    same = tmp_path / "same.txt"
+    same = tmp_path / "same.png"  # (a --plot is a PNG)
     code = track.main(["--sequence", str(otb), "--model", str(tiny_model), flags[0], str(same), flags[1], str(same)])
     _error(code, capsys.readouterr().err, flags[0], flags[1], "own file")
     assert not same.exists()
@@ -469,6 +469,12 @@ def test_output_over_an_input_file_refused(otb, tiny_model, tmp_path, capsys):
     frame = seq / "img" / "0003.png"
     code = track.main(["--sequence", str(seq), "--model", str(tiny_model), "--jsonl", str(frame)])
     _error(code, capsys.readouterr().err, "--jsonl", "0003.png")
+
+
+def test_plot_needs_a_png_name(otb, tiny_model, tmp_path, capsys):
+    code = track.main(["--sequence", str(otb), "--model", str(tiny_model), "--plot", str(tmp_path / "p.txt")])
+    _error(code, capsys.readouterr().err, "--plot", "PNG image", ".png")
+    assert not (tmp_path / "p.txt").exists()
 
 
 def test_save_video_needs_a_video_extension(otb, tiny_model, tmp_path, capsys):
@@ -736,3 +742,82 @@ def test_opencv_log_lines_do_not_precede_the_error_line():
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and r.stderr.splitlines() == [
         "error: cannot open camera index 97; check that the device exists / the URL is reachable"], r.stderr
+
+
+# -- found in a hostile-input walk ------------------------------------------------------------------
+
+def test_an_output_inside_the_model_folder_is_refused(otb, tiny_model, tmp_path, capsys):
+    """--out over the model's manifest.json (or --jsonl over its weights) tracked, then every
+    later run with the model failed its check: the model folder is an input too."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    for flag, name in (("--out", "manifest.json"), ("--jsonl", "weights.params"), ("--out", "new.txt")):
+        expect_one_error_line(capsys, track.main(["--sequence", str(otb), "--model", str(model), flag,
+                                                  str(model / name), "--max-frames", "2"]),
+                              flag, "is inside the model folder", "write the output somewhere else")
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+
+
+def test_a_run_that_tracks_nothing_keeps_earlier_outputs(otb, tiny_model, tmp_path, capsys):
+    """Rows of the frames before tracking starts (NaN) wait until it does: a run that never
+    starts (no frame readable, no usable ground-truth box) leaves an earlier run's files."""
+    out, jsonl = tmp_path / "res.txt", tmp_path / "res.jsonl"
+    out.write_text("earlier run\n")
+    jsonl.write_text('{"frame": 0}\n')
+    unreadable = tmp_path / "unreadable"
+    shutil.copytree(otb, unreadable)
+    for f in (unreadable / "img").iterdir():
+        f.write_bytes(b"")
+    expect_one_error_line(capsys, track.main(["--sequence", str(unreadable), "--model", str(tiny_model), "--out",
+                                              str(out), "--jsonl", str(jsonl), "--max-frames", "3"]),
+                          "nothing tracked")
+    absent = tmp_path / "absent"
+    shutil.copytree(otb, absent)
+    gt = absent / "groundtruth_rect.txt"
+    gt.write_text("NaN,NaN,NaN,NaN\n" + "".join(gt.read_text().splitlines(True)[1:]))
+    expect_one_error_line(capsys, track.main(["--sequence", str(absent), "--model", str(tiny_model), "--out",
+                                              str(out), "--jsonl", str(jsonl), "--max-frames", "1"]),
+                          "nothing tracked")
+    assert out.read_text() == "earlier run\n" and jsonl.read_text() == '{"frame": 0}\n'
+    # once tracking starts, the waiting rows come first, in frame order
+    code, _, err = _run(["--sequence", absent, "--model", tiny_model, "--out", out, "--max-frames", "3", "--quiet"])
+    assert code == 0, err
+    lines, boxes = _boxes(out)
+    assert len(lines) == 3 and np.isnan(boxes[0]).all() and np.isfinite(boxes[1:]).all()
+
+
+def test_frames_of_another_size_after_the_first_are_one_warning_and_an_error(otb, tiny_model, tmp_path, capsys,
+                                                                             caplog):
+    """Every frame after the first of another size: one warning, a count at the end, and an
+    error (exit 2), not a results file with the first box on every row and exit 0."""
+    import cv2
+
+    seq = tmp_path / "seq"
+    shutil.copytree(otb, seq)
+    for f in sorted((seq / "img").iterdir())[1:]:
+        cv2.imwrite(str(f), np.zeros((120, 160, 3), np.uint8))
+    out = tmp_path / "res.txt"
+    with caplog.at_level("WARNING"):
+        code = track.main(["--sequence", str(seq), "--model", str(tiny_model), "--out", str(out), "--max-frames", "6",
+                           "--quiet"])
+    warned = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warned) == 2, warned  # the first one, then the count
+    assert warned[1] == "5 frames skipped for a size other than 320x240: 1-5"
+    expect_one_error_line(capsys, code, "only the first frame was tracked", "give frames of one size")
+    assert len(out.read_text().splitlines()) == 6
+
+
+def test_an_unquoted_images_glob_is_named_in_one_short_line(tmp_path, capsys):
+    """The shell expands an unquoted --images glob into every file: argparse listed them all
+    as unrecognized arguments, on one line as long as the folder."""
+    import cv2
+
+    for i in range(12):
+        cv2.imwrite(str(tmp_path / f"{i:04d}.png"), np.zeros((8, 8, 3), np.uint8))
+    files = sorted(str(p) for p in tmp_path.glob("*.png"))
+    with pytest.raises(SystemExit) as e:
+        track.main(["--images", *files, "--init", "1,1,5,5"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "and 8 more" in err and files[-1] not in err, err
+    assert "quote the --images glob" in err

@@ -828,3 +828,24 @@ def test_a_tracker_is_not_copied_or_pickled(model):
         with pytest.raises(TypeError, match="cannot be copied or pickled"):
             how(t)
     assert pickle.loads(pickle.dumps(t.params)) == t.params
+
+
+def test_start_box_grown_at_the_border_stays_inside_and_huge_boxes_are_one_error():
+    """A box below the sample size is grown about its centre, then moved back inside the
+    image; 1e308 coordinates give the refusal, without a NumPy overflow warning, and a box
+    thinner than float precision at its position is called too thin, not outside."""
+    import warnings
+
+    from runtime.errors import TrackerInputError
+    from runtime.tracker import start_box
+
+    np.testing.assert_allclose(start_box((159.9, 119.9, 5, 5), (160, 120)), [156, 116, 4, 4])
+    np.testing.assert_allclose(start_box((0, 0, 1, 1), (160, 120)), [0, 0, 4, 4])
+    np.testing.assert_allclose(start_box((50, 50, 2, 2), (160, 120)), [49, 49, 4, 4])  # inside: about its centre
+    np.testing.assert_allclose(start_box((0, 0, 1, 1), (2, 2)), [-1.5, -1.5, 4, 4])  # no room: about its centre
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TrackerInputError, match="lies outside the 160x120 image"):
+            start_box((1e308, 40, 1e308, 41), (160, 120))
+        with pytest.raises(TrackerInputError, match="too thin to have a visible part"):
+            start_box((40, 40, 1e-300, 41), (160, 120))
