@@ -53,7 +53,7 @@ def _top_symbol(first: str, masks: tuple = ()):
     return x
 
 
-def _embed_symbol(first: str, sample_ratio: int, rank: int = 0, shrink: float = 0.0):
+def _embed_symbol(first: str, sample_ratio: int, rank: int = 0, shrink: float = 0.0, offset: float = 0.0):
     """(feat, rois) -> [pooled (projected) conv features, input of layer ``first``]."""
     import mxnet as mx
 
@@ -63,7 +63,7 @@ def _embed_symbol(first: str, sample_ratio: int, rank: int = 0, shrink: float = 
     if rank:
         feat = mx.sym.Convolution(feat, weight=mx.sym.Variable("proj_weight"), num_filter=rank, kernel=(1, 1),
                                   no_bias=True, name="proj")
-    pooled = mx.sym.flatten(network.roi_pool(feat, mx.sym.Variable("rois"), sample_ratio, shrink), name="pooled")
+    pooled = mx.sym.flatten(network.roi_pool(feat, mx.sym.Variable("rois"), sample_ratio, shrink, offset), name="pooled")
     x = pooled
     for layer in FC_LAYERS[: FC_LAYERS.index(first)]:
         x = mx.sym.FullyConnected(x, num_hidden=512, name=layer)
@@ -140,7 +140,8 @@ class OnlineHead:
             self._init_weights[f"{layer}_bias"] = b
 
         # Embed executors, one per (bucket, row count), bound by prepare() and kept.
-        self._embed_sym = _embed_symbol(first, model.roi_sample_ratio, self.rank, model.roi_shrink)
+        self._embed_sym = _embed_symbol(first, model.roi_sample_ratio, self.rank, model.roi_shrink,
+                                        model.roi_offset)
         self._embed = {}
         self.chunk = int(params.n_candidates)
         # Row counts the embed executors are bound for: candidates, and the samples stored

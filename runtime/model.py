@@ -91,6 +91,12 @@ class Model:
         return float(self.config.get("roi_shrink", 0.0))
 
     @property
+    def roi_offset(self) -> float:
+        """Patch pixels the network adds to RoI coordinates before pooling (train_mx.network.RF_OFFSET
+        centres RoIAlign's bins on the cells' receptive fields; 0: models trained before it existed)."""
+        return float(self.config.get("roi_offset", 0.0))
+
+    @property
     def channels(self) -> int:
         return int(self.config["feature_channels"])
 
@@ -236,6 +242,7 @@ def _check_config(cpath: Path, config) -> None:
     # optional keys (absent in models written before they existed): the defaults of Model's properties
     for key, ok, want in (("feature_scale", lambda v: _number(v) and v > 0, "a number > 0"),
                           ("roi_shrink", lambda v: _number(v) and v >= 0, "a number >= 0"),
+                          ("roi_offset", lambda v: _number(v) and abs(v) < STRIDE, f"a number between -{STRIDE} and {STRIDE}"),
                           ("roi_sample_ratio", lambda v: _number(v, True), "a whole number")):
         if key in config and not ok(config[key]):
             raise bad(f"{key!r} must be {want}, got {config[key]!r}")

@@ -58,7 +58,7 @@ class SubspaceModel:
 
     def __init__(self, c=16, r=4, seed=0):
         rng = np.random.default_rng(seed)
-        self.channels, self.roi_sample_ratio, self.roi_shrink = c, 2, 0.0
+        self.channels, self.roi_sample_ratio, self.roi_shrink, self.roi_offset = c, 2, 0.0, 0.0
         self.basis = rng.normal(0, 1, (c, r)).astype(np.float32)
         self.feature_cov = self.basis @ self.basis.T
         p = {"fc4_weight": rng.normal(0, 0.05, (512, c * 9)), "fc4_bias": rng.normal(0, 0.1, 512),

@@ -61,6 +61,7 @@ def _set(path, value):
     (_set(["feature_scale"], "abc"), "'feature_scale'"),          # was: ValueError at the first frame
     (_set(["feature_scale"], None), "'feature_scale'"),           # was: TypeError
     (_set(["roi_shrink"], "x"), "'roi_shrink'"),                  # was: ValueError in the tracker
+    (_set(["roi_offset"], 8), "'roi_offset'"),                     # a whole cell or more: not a centring
     (_set(["roi_sample_ratio"], "2"), "'roi_sample_ratio'"),
     (_set(["buckets", "stride"], 0), "'stride'"),                 # was: ZeroDivisionError
     (_set(["buckets", "stride"], 16), "'stride'"),                # was: accepted, features misplaced
@@ -87,11 +88,12 @@ def test_config_with_unusable_values_is_refused(tiny, tmp_path, edit, names):
 
 def test_model_of_an_older_version_without_optional_fields_loads(tiny, tmp_path):
     config, params = tiny
-    config = {k: v for k, v in config.items() if k not in ("feature_scale", "roi_shrink", "roi_sample_ratio")}
+    config = {k: v for k, v in config.items() if k not in ("feature_scale", "roi_shrink", "roi_offset",
+                                                         "roi_sample_ratio")}
     config["buckets"] = {k: v for k, v in config["buckets"].items() if k not in ("max_upscale", "stride")}
     params = {k: v for k, v in params.items() if k != FEATURE_COV}
     m = load_model(_write(tmp_path, config, params))
-    assert (m.feature_scale, m.roi_shrink, m.policy.stride, m.feature_cov) == (1.0, 0.0, 8, None)
+    assert (m.feature_scale, m.roi_shrink, m.roi_offset, m.policy.stride, m.feature_cov) == (1.0, 0.0, 0.0, 8, None)
 
 
 def _replace(name, value):

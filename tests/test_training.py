@@ -177,6 +177,34 @@ def test_roialign_shrink_pools_the_inner_box():
     assert not np.allclose(a, sym(0.0).eval(feat=feat, rois=mx.nd.array(rois))[0].asnumpy())
 
 
+
+@pytest.mark.parametrize("name", network.EXTRACTORS)
+def test_rf_offset_centres_the_bins_on_the_cells_receptive_fields(name):
+    """An impulse at each patch column (positive weights, zero biases) finds where feature
+    cell 6's receptive field is centred: patch pixel 48, x = 48.5 in RoI coordinates. A RoI
+    centred there samples cell 6 only when moved by RF_OFFSET; unmoved, RoIAlign's bins sit
+    3.5 px off, at cell 5.56."""
+    feat, _ = network.extractor(name)
+    n = 96
+    ex = feat.simple_bind(mx.cpu(), data=(n, 3, n, n), grad_req="null")
+    for k, a in ex.arg_dict.items():
+        if k != "data":
+            a[:] = 0.01 if k.endswith("weight") else 0.0
+    data = np.zeros((n, 3, n, n), np.float32)
+    data[np.arange(n), :, 48, np.arange(n)] = 1.0  # impulse i at column i of row 48
+    ex.arg_dict["data"][:] = data
+    response = ex.forward()[0].asnumpy().sum(axis=1)[:, 6, 6]  # cell (6, 6), one value per impulse
+    assert response.min() >= 0 and response.max() > 0
+    centre = float((np.arange(n) * response).sum() / response.sum()) + 0.5  # pixel index -> coordinate
+    assert abs(centre - 48.5) < 1e-3, centre
+
+    ramp = mx.nd.array(np.tile(np.arange(12, dtype=np.float32), (1, 1, 12, 1)))
+    roi = mx.nd.array([[0, centre - 12, centre - 12, centre + 12, centre + 12]])
+    pool = lambda offset: network.roi_pool(mx.sym.Variable("feat"), mx.sym.Variable("rois"), 2, 0.0, offset)
+    assert pool(network.RF_OFFSET).eval(feat=ramp, rois=roi)[0].asnumpy()[0, 0, 1, 1] == pytest.approx(6.0)
+    assert pool(0.0).eval(feat=ramp, rois=roi)[0].asnumpy()[0, 0, 1, 1] == pytest.approx(6.0 - 3.5 / 8)
+
+
 # --------------------------------------------------------------------------- bucket policy
 
 _coord = st.floats(-2000, 2000, allow_nan=False)
@@ -303,7 +331,7 @@ class FakeModel:
     def __init__(self, channels=8, seed=0):
         rng = np.random.default_rng(seed)
         self.channels = channels
-        self.roi_sample_ratio, self.roi_shrink = 2, 0.0
+        self.roi_sample_ratio, self.roi_shrink, self.roi_offset = 2, 0.0, 0.0
         self.feature_cov = None
         self._p = {"fc4_weight": rng.normal(0, 0.05, (512, channels * 9)), "fc4_bias": rng.normal(0, 0.1, 512),
                    "fc5_weight": rng.normal(0, 0.05, (512, 512)), "fc5_bias": rng.normal(0, 0.1, 512)}
@@ -330,6 +358,20 @@ def test_online_head_pools_with_the_models_roi_shrink():
     a, _ = OnlineHead(shrunk, mx.cpu(), params, np.random.default_rng(0)).embed(feat, boxes)
     b, _ = OnlineHead(plain, mx.cpu(), params, np.random.default_rng(0)).embed(feat, inner)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_online_head_pools_with_the_models_roi_offset():
+    """A model recording roi_offset=3.5 embeds a box as an offset-free model embeds the box
+    moved 3.5 px right and down."""
+    params = TrackerParams(n_candidates=16, mine_from=64, batch_pos=8, batch_neg=8, fc4_rank=0)
+    moved, plain = FakeModel(), FakeModel()
+    moved.roi_offset = 3.5
+    feat = np.random.default_rng(2).normal(0, 1, (1, 8, 12, 16)).astype(np.float32)
+    boxes = np.array([[10.0, 12.0, 60.0, 50.0], [30.0, 20.0, 40.0, 40.0]])
+    a, _ = OnlineHead(moved, mx.cpu(), params, np.random.default_rng(0)).embed(feat, boxes)
+    b, _ = OnlineHead(plain, mx.cpu(), params, np.random.default_rng(0)).embed(feat, boxes + [3.5, 3.5, 0, 0])
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a, OnlineHead(plain, mx.cpu(), params, np.random.default_rng(0)).embed(feat, boxes)[0])
 
 
 @pytest.mark.parametrize("n", [64, 40])  # mine_from rows (mine executor) and any other count (score)
@@ -466,11 +508,11 @@ def test_train_records_target_size_and_roi_shrink_in_the_model(sequences, tmp_pa
     from train_mx import train
 
     rc = train.main(["--sequences", *sequences, "--iterations", "2", "--epoch-size", "2", "--pretrained", "",
-                     "--target-size", "48", "--roi-shrink", "4", "--instance-loss", "0.1", "--out", str(tmp_path / "run"),
+                     "--target-size", "48", "--roi-shrink", "4", "--roi-offset", "3.5", "--instance-loss", "0.1", "--out", str(tmp_path / "run"),
                      "--save-model", str(tmp_path / "model"), "--quiet"])
     assert rc == 0
     model = load_model(tmp_path / "model")
-    assert model.policy.target_size == 48.0 and model.roi_shrink == 4.0
+    assert model.policy.target_size == 48.0 and model.roi_shrink == 4.0 and model.roi_offset == 3.5
     assert model.config["training"]["instance_loss"] == 0.1
 
 

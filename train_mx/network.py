@@ -15,6 +15,12 @@ EXTRACTORS = ("vggm", "squeezenet")
 STRIDE = 8
 POOLED = (3, 3)
 FC_DIM = 512
+# Feature cell m of both extractors is centred on patch pixel 8m (odd kernels with 'same'
+# padding, three stride-2 layers), at x = 8m + 0.5 in the continuous coordinates RoIs are given
+# in; RoIAlign(aligned=True) takes it to be at 8m + 4, the centre of its 8-pixel span. RoIs moved
+# by this much pool the cells whose receptive fields are centred under them (models record the
+# offset they were trained with, ``roi_offset``; the shipped model predates it and pools with 0).
+RF_OFFSET = STRIDE / 2 - 0.5
 
 
 def _conv(x, name, channels, kernel, stride=1, pad=0, dilate=1):
@@ -75,7 +81,7 @@ def extractor(name: str, data=None, feature_scale: float = 1.0):
     return feat, c
 
 
-def roi_pool(feat, rois, sample_ratio: int = ROI_SAMPLE_RATIO, shrink: float = 0.0):
+def roi_pool(feat, rois, sample_ratio: int = ROI_SAMPLE_RATIO, shrink: float = 0.0, offset: float = 0.0):
     """RoIAlign 3x3 at 1/8 scale; rois are (K, 5) rows (batch index, x1, y1, x2, y2) in patch px.
 
     ``sample_ratio``: bilinear samples per bin side (2 -> 4 per bin); training pools with
@@ -84,14 +90,16 @@ def roi_pool(feat, rois, sample_ratio: int = ROI_SAMPLE_RATIO, shrink: float = 0
     ``shrink``: pixels taken off each side of every RoI before pooling (at most down to a
     1-px box), as RT-MDNet shrinks RoIs by the receptive field: a stride-8 cell sees about
     63 px of the patch, so an unshrunk 3x3 grid over a 64-px target pools mostly background.
+    ``offset``: pixels added to every RoI coordinate (``RF_OFFSET`` centres the bins on the
+    receptive fields of the cells they sample).
     Part of the graph, so training and tracking always pool the same way.
     """
-    if shrink:
+    if shrink or offset:
         idx = mx.sym.slice_axis(rois, axis=1, begin=0, end=1)
         lo = mx.sym.slice_axis(rois, axis=1, begin=1, end=3)
         hi = mx.sym.slice_axis(rois, axis=1, begin=3, end=5)
-        d = mx.sym.clip((hi - lo - 1.0) * 0.5, 0.0, float(shrink))
-        rois = mx.sym.concat(idx, lo + d, hi - d, dim=1)
+        d = mx.sym.clip((hi - lo - 1.0) * 0.5, 0.0, float(shrink)) if shrink else 0.0
+        rois = mx.sym.concat(idx, lo + d + float(offset), hi - d + float(offset), dim=1)
     return mx.sym.contrib.ROIAlign(feat, rois, pooled_size=POOLED, spatial_scale=1.0 / STRIDE,
                                    sample_ratio=int(sample_ratio), aligned=True, name="roi_align")
 
@@ -116,7 +124,7 @@ def fc_head(pooled, n_out: int = 2, dropout: float = 0.5):
 
 
 def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5, feature_scale: float = 1.0,
-                    roi_shrink: float = 0.0, instance_weight: float = 0.0):
+                    roi_shrink: float = 0.0, instance_weight: float = 0.0, roi_offset: float = 0.0):
     """Whole multi-domain training graph.
 
     Inputs carry the patch axis first so that data-parallel slicing hands every device
@@ -132,7 +140,8 @@ def training_symbol(extractor_name: str, n_domains: int, dropout: float = 0.5, f
     only from background, and pushes the other branches' scores of it down.
     """
     feat, _ = extractor(extractor_name, feature_scale=feature_scale)
-    pooled = roi_pool(feat, mx.sym.reshape(mx.sym.Variable("rois"), shape=(-1, 5)), shrink=roi_shrink)
+    pooled = roi_pool(feat, mx.sym.reshape(mx.sym.Variable("rois"), shape=(-1, 5)), shrink=roi_shrink,
+                      offset=roi_offset)
     scores = fc_head(pooled, n_out=2 * n_domains, dropout=dropout)
     scores = mx.sym.reshape(scores, shape=(-1, n_domains, 2))
     mask = mx.sym.reshape(mx.sym.Variable("domain_mask"), shape=(-1, n_domains, 1))

@@ -84,7 +84,7 @@ class Trainer:
 
     def __init__(self, extractor, n_domains, policy, contexts, lr=1e-4, fc_lr_mult=10.0, wd=5e-4,
                  momentum=0.9, clip=10.0, freeze=(), kvstore="local", batch_pos=32, batch_neg=BATCH_NEG,
-                 mine_from=1024, seed=0, roi_shrink=0.0, instance_weight=0.0):
+                 mine_from=1024, seed=0, roi_shrink=0.0, instance_weight=0.0, roi_offset=0.0):
         self.extractor = extractor
         self.n_domains = n_domains
         self.policy = policy
@@ -101,7 +101,8 @@ class Trainer:
         self.bound_keys = []
         self.instance = float(instance_weight) > 0
         sym = network.training_symbol(extractor, n_domains, feature_scale=self.feature_scale,
-                                      roi_shrink=float(roi_shrink), instance_weight=float(instance_weight))
+                                      roi_shrink=float(roi_shrink), instance_weight=float(instance_weight),
+                                      roi_offset=float(roi_offset))
         self.arg_names = sym.list_arguments()
         self.label_names = ("label", "inst_label") if self.instance else ("label",)
         params = [n for n in self.arg_names if n not in ("data", "rois", "domain_mask") + self.label_names]
@@ -330,7 +331,7 @@ def heldout_loss(trainer, sampler, n_batches: int, seed: int = HELDOUT_SEED) -> 
 KVSTORES = ("local", "device", *DIST_KVSTORES)
 
 # Options that define what a run trains; a resumed run must keep them.
-RECIPE = ("extractor", "target_size", "roi_shrink", "instance_loss", "lr", "fc_lr_mult", "freeze", "mine_from",
+RECIPE = ("extractor", "target_size", "roi_shrink", "roi_offset", "instance_loss", "lr", "fc_lr_mult", "freeze", "mine_from",
           "holdout", "heldout_batches", "seed")
 
 
@@ -478,10 +479,11 @@ def check_save_model_place(save_model, out) -> None:
         raise TrackerInputError(f"--save-model {save_model} is a sequence folder; give a folder of its own")
 
 
-def model_config(extractor, policy, args=None, roi_shrink: float = 0.0) -> dict:
+def model_config(extractor, policy, args=None, roi_shrink: float = 0.0, roi_offset: float = 0.0) -> dict:
     return {
         "extractor": extractor,
         "roi_shrink": float(roi_shrink),
+        "roi_offset": float(roi_offset),
         "roi_sample_ratio": ROI_SAMPLE_RATIO,  # network.roi_pool's default, which training pools with
         "feature_channels": 512 if extractor == "vggm" else 256,
         "feature_scale": FEATURE_SCALE[extractor],
@@ -509,6 +511,9 @@ def main(argv=None) -> int:
                     help="target's side in patch pixels (the bucket policy's scale; recorded in the model)")
     ap.add_argument("--roi-shrink", type=float, default=0.0,
                     help="patch pixels taken off each side of every RoI before pooling, as RT-MDNet shrinks RoIs by the receptive field (recorded in the model; 0 = the shipped model)")
+    ap.add_argument("--roi-offset", type=float, default=0.0,
+                    help="patch pixels added to RoI coordinates before pooling; %g centres RoIAlign's bins on the "
+                         "feature cells' receptive fields (recorded in the model; 0 = the shipped model)" % network.RF_OFFSET)
     ap.add_argument("--instance-loss", type=float, default=0.0,
                     help="weight of RT-MDNet's instance embedding loss (0 = off, the shipped model; RT-MDNet uses 0.1)")
     ap.add_argument("--ctx", default="cpu:0", help="cpu:0,cpu:1 or gpu:0,gpu:1 (data parallel)")
@@ -564,7 +569,9 @@ def _check_values(args) -> None:
             ("--lr", args.lr > 0, positive), ("--fc-lr-mult", args.fc_lr_mult > 0, positive),
             ("--instance-loss", args.instance_loss >= 0, "must be >= 0 (0 = off)"),
             ("--roi-shrink", 0 <= args.roi_shrink < args.target_size / 2,
-             f"must be >= 0 and below half --target-size ({args.target_size / 2:g}: the target's RoI would vanish)")):
+             f"must be >= 0 and below half --target-size ({args.target_size / 2:g}: the target's RoI would vanish)"),
+            ("--roi-offset", abs(args.roi_offset) < network.STRIDE,
+             f"must be between -{network.STRIDE} and {network.STRIDE} (a feature cell's span)")):
         value = getattr(args, flag[2:].replace("-", "_"))
         if not ok or not math.isfinite(value):
             raise TrackerInputError(f"{flag} {want}, got {value}")
@@ -656,7 +663,7 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
     freeze = FREEZE[args.extractor] if args.freeze is None else [f for f in args.freeze.split(",") if f]
     trainer = Trainer(args.extractor, len(domains), policy, contexts, lr=args.lr, fc_lr_mult=args.fc_lr_mult,
                       freeze=freeze, kvstore=args.kvstore, mine_from=args.mine_from, seed=args.seed,
-                      roi_shrink=args.roi_shrink, instance_weight=args.instance_loss)
+                      roi_shrink=args.roi_shrink, instance_weight=args.instance_loss, roi_offset=args.roi_offset)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -689,7 +696,8 @@ def _train(args, ap, stop, run, given=RECIPE) -> int:
             print(f"initialised {len(pretrained)} extractor tensors from {pre}")
     held_sampler = BatchSampler(held, policy, MEAN[args.extractor], n_neg=args.mine_from, patches=len(contexts),
                                 seed=HELDOUT_SEED) if held else None
-    config = model_config(args.extractor, policy, {k: v for k, v in vars(args).items()}, args.roi_shrink)
+    config = model_config(args.extractor, policy, {k: v for k, v in vars(args).items()}, args.roi_shrink,
+                          args.roi_offset)
     # absolute: feature_stats (and anyone) reads them from wherever it runs
     # not resolved: a link keeps its name, which is the sequence's name (its fc6 branch, --holdout)
     config["training"]["sequences"] = [os.path.abspath(Path(s).expanduser()) for s in seqs]
