@@ -109,8 +109,8 @@ def check_outputs_apart(outputs, source, folders=()) -> None:
         if p in named:
             raise TrackerInputError(f"{named[p]} and {flag} both name {p}; give each output its own file")
         named[p] = flag
-    for folder, what in folders:
-        root = Path(folder).expanduser().resolve()
+    roots = [(Path(folder).expanduser().resolve(), what) for folder, what in folders]
+    for root, what in roots:
         for p, flag in named.items():
             if root in p.parents:
                 raise TrackerInputError(f"{flag} {p} is inside {what} {root}, whose files it would overwrite or "
@@ -143,7 +143,8 @@ def check_outputs_apart(outputs, source, folders=()) -> None:
                                         "its own file")
             linked[key] = (flag, p)
     if linked:
-        for f in (*inputs, *(d / n for d, names in frames.items() for n in names)):
+        folder_files = [f for root, _ in roots if root.is_dir() for f in root.rglob("*")]
+        for f in (*inputs, *(d / n for d, names in frames.items() for n in names), *folder_files):
             st = _stat(f)
             if st is not None and (st.st_dev, st.st_ino) in linked:
                 flag, p = linked[(st.st_dev, st.st_ino)]

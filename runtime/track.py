@@ -224,7 +224,8 @@ def run(args, stop: StopRequest | None = None) -> dict:
     try:
         from .model import DEFAULT_MODEL
 
-        check_outputs_apart(outputs, source, [(args.model or DEFAULT_MODEL, "the model folder")] +
+        # (--model "" is the current folder, as Tracker loads it)
+        check_outputs_apart(outputs, source, [(DEFAULT_MODEL if args.model is None else args.model, "the model folder")] +
                             ([(args.artifacts, "the artifact set")] if args.artifacts else []))
     except TrackerInputError:
         source.close()
@@ -240,6 +241,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
     size = None  # (h, w) of the first tracked frame
     waiting = []  # (index, why) of the frames before tracking starts
     pending = []  # ("out" | "jsonl", row) not yet written: every row until tracking starts
+    start_pace = False
     off_size = []  # indices of the frames skipped for a size other than the first tracked frame's
     try:
         for w in source.warnings:
@@ -304,9 +306,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
                     box, ok, t = r.box, True, r.ms
                     shown = box
                     size = frame.image.shape[:2]
-                    if args.realtime:
-                        fps = frame_rate(getattr(source, "fps", None)) or DEFAULT_FPS
-                        pace = (time.perf_counter(), frame.index, 1.0 / fps)
+                    start_pace = args.realtime  # once the rows waiting for this frame are written
                     if waiting:
                         log.warning("tracking starts at frame %d; NaN rows for %s %s (%s)", frame.index,
                                     "frames" if len(waiting) > 1 else "frame", _ranges([i for i, _ in waiting]),
@@ -356,6 +356,9 @@ def run(args, stop: StopRequest | None = None) -> dict:
                     except StdoutClosed:  # the results' reader went away; the files still get this row
                         stdout_closed = frame.index
                 pending.clear()
+            if start_pace:
+                fps = frame_rate(getattr(source, "fps", None)) or DEFAULT_FPS
+                pace, start_pace = (time.perf_counter(), frame.index, 1.0 / fps), False
             ov = float(iou(shown, frame.gt)) if frame.gt is not None and box is not None else float("nan")
             if per_frame:
                 state = ("ok  " if ok else "lost") if tracked else ("drop" if was_dropped else "skip")
@@ -395,8 +398,9 @@ def run(args, stop: StopRequest | None = None) -> dict:
             if not w.startswith("skipped frame"):  # skipped frames were reported as they came
                 log.warning("%s", w)
         if len(off_size) > 1:
-            log.warning("%d frames skipped for a size other than %dx%d: %s", len(off_size), size[1], size[0],
-                        _ranges(off_size))
+            ranges = _ranges(off_size).split(", ")
+            shown = ", ".join(ranges[:5]) + (f" and {len(ranges) - 5} more" if len(ranges) > 5 else "")
+            log.warning("%d frames skipped for a size other than %dx%d: %s", len(off_size), size[1], size[0], shown)
     finally:
         if bar is not None:
             bar.close()
@@ -423,7 +427,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
         hint = f"; {len(unread)} could not be read (first: {unread[0][1]})" if unread else ""
         raise TrackerInputError(f"nothing tracked: no readable frame has a usable ground-truth box{hint}; "
                                 "pass --init x,y,w,h")
-    if off_size and len(ms) == 1:  # the rows hold the first box over and over: no result
+    if off_size and len(ms) == 1 and not interrupted and stdout_closed is None:  # the first box on every row
         raise TrackerInputError(f"only the first frame was tracked: the {len(off_size)} frames after it are not "
                                 f"{size[1]}x{size[0]} pixels as it is; give frames of one size (the outputs hold "
                                 "its box on every row)")

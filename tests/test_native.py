@@ -259,6 +259,12 @@ def test_native_runner_checks_a_sets_precompiled_kernels(runner, llvm_bucket, tm
     _one_error(_run(runner, "--lib", missing, *base), cubin, "is missing", "export the set again")
     outside, _ = with_kernels("outside", file="../" + "a" * 64 + ".cubin")
     _one_error(_run(runner, "--lib", outside, *base), "not a file in the set's kernels/ folder")
+    table, _ = with_kernels("table")  # "kernels" that is no table, an entry that is no object
+    m = json.loads((table.parent / "manifest.json").read_text())
+    (table.parent / "manifest.json").write_text(json.dumps(dict(m, kernels=["x"])))
+    _one_error(_run(runner, "--lib", table, *base), "\"kernels\" entry that is not a table")
+    (table.parent / "manifest.json").write_text(json.dumps(dict(m, kernels={table.name: "x"})))
+    _one_error(_run(runner, "--lib", table, *base), "not a file in the set's kernels/ folder")
     linked, cubin = with_kernels("linked")
     (tmp_path / "elsewhere.cubin").write_bytes(b"cubin bytes")
     cubin.unlink()

@@ -756,6 +756,19 @@ def test_an_output_inside_the_model_folder_is_refused(otb, tiny_model, tmp_path,
         expect_one_error_line(capsys, track.main(["--sequence", str(otb), "--model", str(model), flag,
                                                   str(model / name), "--max-frames", "2"]),
                               flag, "is inside the model folder", "write the output somewhere else")
+    # a hard link to one of its files, outside it
+    os.link(model / "manifest.json", tmp_path / "res.txt")
+    expect_one_error_line(capsys, track.main(["--sequence", str(otb), "--model", str(model), "--out",
+                                              str(tmp_path / "res.txt"), "--max-frames", "2"]),
+                          "is a hard link to the input file", "manifest.json")
+    # --model "" is the current folder, as the tracker loads it
+    cwd = os.getcwd()
+    try:
+        os.chdir(model)
+        expect_one_error_line(capsys, track.main(["--sequence", str(otb), "--model", "", "--out", "res.txt",
+                                                  "--max-frames", "2"]), "is inside the model folder")
+    finally:
+        os.chdir(cwd)
     assert {p.name: p.read_bytes() for p in model.iterdir()} == before
 
 

@@ -3,8 +3,10 @@
 // Libraries exported on a machine without a CUDA driver carry their kernels as CUDA C source;
 // TVM's CUDA runtime hands that source to this callback when the library is loaded and
 // expects PTX (text starting with '/') or a cubin/fatbin back. Lookup order:
-//   1. a precompiled kernel <sha256 of the source>.fatbin|.cubin|.ptx in the kernel folders
-//      (benchmarks/gpu_pack.py writes them with nvcc ahead of time);
+//   1. a precompiled kernel <sha256 of the source>.cubin|.fatbin|.ptx in the kernel folders
+//      (python -m export writes a CUDA set's cubins with NVRTC into its kernels/ folder, checked
+//      against the set's manifest when the library is verified; benchmarks/gpu_pack.py writes
+//      fatbins with nvcc ahead of time);
 //   2. nvcc ($MDTRACK_NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin, /usr/local/cuda/bin, PATH) with the
 //      flags of tvm.support.nvcc, for the device's compute capability or $MDTRACK_CUDA_ARCH.
 #include <sys/stat.h>
@@ -105,7 +107,7 @@ ffi::Bytes Compile(const ffi::String& code) {
   if (const char* env = std::getenv("MDTRACK_CUDA_KERNELS")) dirs.push_back(env);
   const std::string hash = Sha256Hex(code.data(), code.size());
   for (const std::string& d : dirs) {
-    for (const char* ext : {".fatbin", ".cubin", ".ptx"}) {
+    for (const char* ext : {".cubin", ".fatbin", ".ptx"}) {  // runtime.artifacts.KERNEL_EXTS' order
       const std::string p = d + "/" + hash + ext;
       if (IsFile(p)) return ffi::Bytes(ReadFile(p));
     }
@@ -115,7 +117,7 @@ ffi::Bytes Compile(const ffi::String& code) {
   for (const std::string& d : dirs) searched += " " + d;
   if (nvcc.empty()) {
     throw std::runtime_error("the library carries CUDA source and no precompiled kernel " + hash +
-                             ".fatbin|.cubin|.ptx was found in:" + searched +
+                             ".cubin|.fatbin|.ptx was found in:" + searched +
                              "; and there is no nvcc to compile it (set MDTRACK_NVCC or CUDA_HOME)");
   }
   const std::string arch = DeviceArch(device_id);

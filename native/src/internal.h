@@ -13,7 +13,7 @@ namespace mdtrack {
 // compiles that source through this callback when the library is loaded.
 void RegisterCudaCompileCallback();
 
-// Folders searched for <sha256(source)>.{fatbin,cubin,ptx}, and the device whose compute
+// Folders searched for <sha256(source)>.{cubin,fatbin,ptx}, and the device whose compute
 // capability nvcc targets when no precompiled kernel matches.
 void SetCudaKernelDirs(const std::vector<std::string>& dirs, int device_id);
 

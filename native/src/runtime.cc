@@ -368,13 +368,21 @@ const char* kManifestFix = "export the set again (`python -m export`), or copy t
 // by its name, which says only what source it was compiled from.
 void CheckKernels(const ffi::json::Object& manifest, const std::string& listed, const std::string& dir,
                   const std::string& mpath) {
-  std::optional<ffi::json::Object> kernels;
-  if (auto k = manifest.Get(ffi::String("kernels"))) kernels = k->as<ffi::json::Object>();
-  if (!kernels.has_value()) return;
-  std::optional<ffi::json::Object> entry;
-  if (auto e = kernels->Get(ffi::String(listed))) entry = e->as<ffi::json::Object>();
-  if (!entry.has_value()) return;  // a library whose kernels were not precompiled
+  auto k = manifest.Get(ffi::String("kernels"));
+  if (!k.has_value()) return;  // a set without precompiled kernels
+  std::optional<ffi::json::Object> kernels = k->as<ffi::json::Object>();
+  if (!kernels.has_value()) {
+    throw std::runtime_error(mpath + " has a \"kernels\" entry that is not a table of the libraries' kernels; " +
+                             kManifestFix);
+  }
+  auto e = kernels->Get(ffi::String(listed));
+  if (!e.has_value()) return;  // a library whose kernels were not precompiled
+  std::optional<ffi::json::Object> entry = e->as<ffi::json::Object>();
   std::optional<ffi::String> file, digest;
+  if (!entry.has_value()) {
+    throw std::runtime_error(mpath + " lists kernels for " + listed + " that are not a file in the set's kernels/ "
+                             "folder with its sha256; " + kManifestFix);
+  }
   if (auto f = entry->Get(ffi::String("file"))) file = f->as<ffi::String>();
   if (auto d = entry->Get(ffi::String("sha256"))) digest = d->as<ffi::String>();
   const std::string name = file.has_value() ? std::string(*file) : std::string();
@@ -386,6 +394,10 @@ void CheckKernels(const ffi::json::Object& manifest, const std::string& listed, 
   }
   const std::string path = (dir == "/" ? std::string() : dir) + "/" + name;
   struct stat st;
+  if (::stat(path.c_str(), &st) != 0 && errno != ENOENT && errno != ENOTDIR) {
+    throw std::runtime_error(path + " (the precompiled kernels of " + listed + "): cannot read (" +
+                             std::strerror(errno) + ")");
+  }
   if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
     throw std::runtime_error(path + " (the precompiled kernels of " + listed + ") is missing; " + kManifestFix);
   }
@@ -396,7 +408,7 @@ void CheckKernels(const ffi::json::Object& manifest, const std::string& listed, 
                              "or " + kManifestFix);
   }
   std::string bytes;
-  if (!ReadWholeFile(real, &bytes)) throw std::runtime_error(path + ": cannot read");
+  if (!ReadWholeFile(real, &bytes)) throw std::runtime_error(path + ": cannot read; " + std::string(kManifestFix));
   if (Sha256Hex(bytes.data(), bytes.size()) != std::string(*digest)) {
     throw std::runtime_error(path + " (the precompiled kernels of " + listed + ") does not match the manifest " +
                              mpath + " (sha256 differs: corrupt or modified); " + kManifestFix);

@@ -27,7 +27,7 @@ struct RuntimeOptions {
   // libmdtrack_native.so (and ../lib), then the wheel folder found at build time, then the
   // dynamic loader's search path.
   std::string tvm_runtime;
-  // Folders searched for precompiled CUDA kernels (<sha256 of the CUDA source>.fatbin|.cubin|.ptx)
+  // Folders searched for precompiled CUDA kernels (<sha256 of the CUDA source>.cubin|.fatbin|.ptx)
   // when a library carries CUDA source; $MDTRACK_CUDA_KERNELS is appended. If none matches,
   // nvcc ($CUDA_HOME/bin or PATH) compiles the source at load time.
   std::vector<std::string> cuda_kernel_dirs;
