@@ -399,8 +399,8 @@ def run(args, stop: StopRequest | None = None) -> dict:
                 log.warning("%s", w)
         if len(off_size) > 1:
             ranges = _ranges(off_size).split(", ")
-            shown = ", ".join(ranges[:5]) + (f" and {len(ranges) - 5} more" if len(ranges) > 5 else "")
-            log.warning("%d frames skipped for a size other than %dx%d: %s", len(off_size), size[1], size[0], shown)
+            listed = ", ".join(ranges[:5]) + (f" and {len(ranges) - 5} more" if len(ranges) > 5 else "")
+            log.warning("%d frames skipped for a size other than %dx%d: %s", len(off_size), size[1], size[0], listed)
     finally:
         if bar is not None:
             bar.close()
