@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import TrackerInputError
 from .sources import DEFAULT_FPS, frame_rate
-from .stopping import StdoutClosed, stdout_gone
+from .stopping import StdoutClosed, stdout_failure, stdout_gone
 
 STDOUT = "-"  # as an output path: the result rows go to stdout
 STDOUT_FLAGS = ("--out", "--jsonl")  # the line outputs; a video or a PNG is no stream of lines
@@ -195,9 +195,9 @@ class StdoutLines:
         try:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
-        except OSError:  # a closed pipe, or a hung-up terminal (EIO)
+        except OSError as e:  # a closed pipe, a hung-up terminal (EIO), a full disk
             stdout_gone()
-            raise StdoutClosed("stdout was closed") from None
+            raise StdoutClosed(stdout_failure(e)) from None
 
     def close(self) -> None:
         try:

@@ -2,6 +2,7 @@
 SIGTERM from ``docker stop`` or systemd, SIGHUP) or a reader of stdout that went away."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -82,6 +83,14 @@ def stopped_by(e: BaseException, stop: StopRequest | None) -> str | None:
 
 class StdoutClosed(Exception):
     """The reader of stdout went away (``| head``, a log collector that died)."""
+
+
+def stdout_failure(e: OSError) -> str:
+    """What happened to stdout, for the messages: its reader went away (a closed pipe, a
+    hung-up terminal), or the file it was redirected to could not take more."""
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"stdout could not be written ({e.strerror})"
+    return "stdout was closed"
 
 
 def stdout_gone() -> None:

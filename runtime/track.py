@@ -20,7 +20,7 @@ from .backends import BACKENDS
 from .errors import TrackerInputError, cli_logging
 from .outputs import (STDOUT, LineWriter, StdoutLines, VideoOut, box_line, check_output, check_outputs_apart,
                       check_stdout_outputs)
-from .stopping import Interrupted, StdoutClosed, StopRequest, stdout_gone, stopped_by
+from .stopping import Interrupted, StdoutClosed, StopRequest, stdout_failure, stdout_gone, stopped_by
 
 log = logging.getLogger("runtime.track")
 
@@ -236,6 +236,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
     # the tracker is busy never get an index, so its reported rate cannot pace by index alone.
     live = getattr(source, "live", False)
     stdout_closed = None  # index of the frame whose line found stdout closed
+    stdout_why = "stdout was closed"  # (or its disk full)
     dropped = 0
     box = None
     size = None  # (h, w) of the first tracked frame
@@ -353,8 +354,8 @@ def run(args, stop: StopRequest | None = None) -> dict:
                 for which, row in pending:
                     try:
                         (out if which == "out" else jsonl).write(row)
-                    except StdoutClosed:  # the results' reader went away; the files still get this row
-                        stdout_closed = frame.index
+                    except StdoutClosed as e:  # the results' reader went away; the files still get this row
+                        stdout_closed, stdout_why = frame.index, str(e)
                 pending.clear()
             if start_pace:
                 fps = frame_rate(getattr(source, "fps", None)) or DEFAULT_FPS
@@ -368,11 +369,11 @@ def run(args, stop: StopRequest | None = None) -> dict:
                     line += f"  iou {ov:.3f}"
                 try:
                     print(line, file=log_to, flush=True)
-                except OSError:  # a closed pipe, or a hung-up terminal (EIO)
+                except OSError as e:  # a closed pipe, a hung-up terminal (EIO), a full disk
                     per_frame = False
                     if log_to is sys.stdout:
                         stdout_gone()
-                        stdout_closed = frame.index
+                        stdout_closed, stdout_why = frame.index, stdout_failure(e)
             elif bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"score {score:.2f} {t:.0f} ms" + (f" iou {ov:.2f}" if np.isfinite(ov) else ""))
@@ -414,7 +415,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
     # A reader of stdout that went away stops the run with an error, unless a signal stopped
     # it too (Ctrl-C reaches the whole pipeline, ``| tee`` first): that is an interruption.
     if stdout_closed is not None and not interrupted and box is None:
-        raise StdoutClosed(_closed_message(args, stdout_closed))
+        raise StdoutClosed(_closed_message(args, stdout_closed, stdout_why))
     if interrupted and box is None:
         raise Interrupted(interrupted)  # nothing tracked yet: nothing to sum up
     if not preds:
@@ -456,20 +457,20 @@ def run(args, stop: StopRequest | None = None) -> dict:
         writer.check()
     if stdout_closed is not None:
         if not interrupted:
-            raise StdoutClosed(_closed_message(args, stdout_closed))
-        summary["stdout_closed"] = stdout_closed
+            raise StdoutClosed(_closed_message(args, stdout_closed, stdout_why))
+        summary["stdout_closed"], summary["stdout_why"] = stdout_closed, stdout_why
     if interrupted:
         summary["interrupted"] = interrupted
     return summary
 
 
-def _closed_message(args, index: int) -> str:
-    """The run stopped at frame ``index`` because stdout's reader went away."""
+def _closed_message(args, index: int, why: str = "stdout was closed") -> str:
+    """The run stopped at frame ``index`` because stdout's reader went away (``why``)."""
     files = [f for f in (args.out, args.jsonl, args.save_video) if f and f != STDOUT]
     if STDOUT in (args.out, args.jsonl):  # the rows: that frame's did not get out
-        return f"stdout was closed at frame {index}; stopped there" + (
+        return f"{why} at frame {index}; stopped there" + (
             f", with the output files holding frames 0-{index}" if files else "")
-    return f"stdout was closed at frame {index}; stopped there, with the outputs holding frames 0-{index}"
+    return f"{why} at frame {index}; stopped there, with the outputs holding frames 0-{index}"
 
 
 def _line_writer(path):
@@ -574,15 +575,16 @@ def _report(s: dict, stop: StopRequest, stream) -> int:
     name = s.get("interrupted") or (signal.Signals(stop.signum).name if stop.signum is not None else None)
     try:
         print(line, file=stream, flush=True)
-    except OSError as e:  # a closed pipe, or a hung-up terminal (EIO)
+    except OSError as e:  # a closed pipe, a hung-up terminal (EIO), a full disk
         if stream is sys.stdout:
             stdout_gone()
             if not name:
-                raise StdoutClosed(f"stdout was closed ({e.strerror or e}) before the summary; "
-                                   "the outputs are complete") from None
+                why = stdout_failure(e)  # (a full disk's says why; a closed pipe's gets the reason)
+                why += "" if "(" in why else f" ({e.strerror or e})"
+                raise StdoutClosed(f"{why} before the summary; the outputs are complete") from None
         # stderr gone, the results went to stdout whole: only the exit status can tell more
     if name:
-        closed = f"; stdout was closed at frame {s['stdout_closed']}" if "stdout_closed" in s else ""
+        closed = f"; {s['stdout_why']} at frame {s['stdout_closed']}" if "stdout_closed" in s else ""
         _to_stderr(f"interrupted ({name}) after {s['frames']} frames; the outputs hold frames 0-{s['frames'] - 1}"
                    f"{closed}")
         return 128 + getattr(signal, name)

@@ -834,3 +834,18 @@ def test_an_unquoted_images_glob_is_named_in_one_short_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "and 8 more" in err and files[-1] not in err, err
     assert "quote the --images glob" in err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_on_a_full_disk_says_so(otb, tiny_model, tmp_path):
+    """Rows to stdout redirected to a full disk: the error said the stdout's reader had closed it."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "runtime.track", "--sequence", str(otb), "--model", str(tiny_model),
+                            "--out", "-", "--max-frames", "3", "--quiet"], stdout=full, stderr=subprocess.PIPE,
+                           text=True, timeout=300, env=child_env())
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: stdout could not be written (No space left on device) at frame 0"), r.stderr
