@@ -143,12 +143,13 @@ def check_outputs_apart(outputs, source, folders=()) -> None:
                                         "its own file")
             linked[key] = (flag, p)
     if linked:
-        folder_files = [f for root, _ in roots if root.is_dir() for f in root.rglob("*")]
-        for f in (*inputs, *(d / n for d, names in frames.items() for n in names), *folder_files):
+        files = [(f, f"the input file {f}") for f in (*inputs, *(d / n for d, names in frames.items() for n in names))]
+        files += [(f, f"{f}, a file of {what}") for root, what in roots if root.is_dir() for f in root.rglob("*")]
+        for f, label in files:
             st = _stat(f)
             if st is not None and (st.st_dev, st.st_ino) in linked:
                 flag, p = linked[(st.st_dev, st.st_ino)]
-                raise TrackerInputError(f"{flag} {p} is a hard link to the input file {f} and would overwrite it; "
+                raise TrackerInputError(f"{flag} {p} is a hard link to {label} and would overwrite it; "
                                         "write the output somewhere else")
 
 

@@ -85,12 +85,13 @@ class StdoutClosed(Exception):
     """The reader of stdout went away (``| head``, a log collector that died)."""
 
 
-def stdout_failure(e: OSError) -> str:
+def stdout_failure(e: OSError, reason: bool = False) -> str:
     """What happened to stdout, for the messages: its reader went away (a closed pipe, a
-    hung-up terminal), or the file it was redirected to could not take more."""
+    hung-up terminal; with ``reason``, the system's word for it), or the file it was
+    redirected to could not take more."""
     if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return f"stdout could not be written ({e.strerror})"
-    return "stdout was closed"
+    return f"stdout was closed ({e.strerror or e})" if reason else "stdout was closed"
 
 
 def stdout_gone() -> None:

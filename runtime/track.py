@@ -226,7 +226,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
 
         # (--model "" is the current folder, as Tracker loads it)
         check_outputs_apart(outputs, source, [(DEFAULT_MODEL if args.model is None else args.model, "the model folder")] +
-                            ([(args.artifacts, "the artifact set")] if args.artifacts else []))
+                            ([(args.artifacts, "the artifact set")] if args.artifacts is not None else []))
     except TrackerInputError:
         source.close()
         raise
@@ -400,7 +400,7 @@ def run(args, stop: StopRequest | None = None) -> dict:
                 log.warning("%s", w)
         if len(off_size) > 1:
             ranges = _ranges(off_size).split(", ")
-            listed = ", ".join(ranges[:5]) + (f" and {len(ranges) - 5} more" if len(ranges) > 5 else "")
+            listed = ", ".join(ranges[:5]) + (f" and {len(ranges) - 5} more ranges" if len(ranges) > 5 else "")
             log.warning("%d frames skipped for a size other than %dx%d: %s", len(off_size), size[1], size[0], listed)
     finally:
         if bar is not None:
@@ -579,12 +579,12 @@ def _report(s: dict, stop: StopRequest, stream) -> int:
         if stream is sys.stdout:
             stdout_gone()
             if not name:
-                why = stdout_failure(e)  # (a full disk's says why; a closed pipe's gets the reason)
-                why += "" if "(" in why else f" ({e.strerror or e})"
-                raise StdoutClosed(f"{why} before the summary; the outputs are complete") from None
+                raise StdoutClosed(f"{stdout_failure(e, reason=True)} before the summary; the outputs are "
+                                   "complete") from None
         # stderr gone, the results went to stdout whole: only the exit status can tell more
     if name:
-        closed = f"; {s['stdout_why']} at frame {s['stdout_closed']}" if "stdout_closed" in s else ""
+        closed = f"; {s.get('stdout_why', 'stdout was closed')} at frame {s['stdout_closed']}" \
+            if "stdout_closed" in s else ""
         _to_stderr(f"interrupted ({name}) after {s['frames']} frames; the outputs hold frames 0-{s['frames'] - 1}"
                    f"{closed}")
         return 128 + getattr(signal, name)

@@ -760,7 +760,7 @@ def test_an_output_inside_the_model_folder_is_refused(otb, tiny_model, tmp_path,
     os.link(model / "manifest.json", tmp_path / "res.txt")
     expect_one_error_line(capsys, track.main(["--sequence", str(otb), "--model", str(model), "--out",
                                               str(tmp_path / "res.txt"), "--max-frames", "2"]),
-                          "is a hard link to the input file", "manifest.json")
+                          "is a hard link to", "manifest.json, a file of the model folder")
     # --model "" is the current folder, as the tracker loads it
     cwd = os.getcwd()
     try:
@@ -819,6 +819,50 @@ def test_frames_of_another_size_after_the_first_are_one_warning_and_an_error(otb
     assert warned[1] == "5 frames skipped for a size other than 320x240: 1-5"
     expect_one_error_line(capsys, code, "only the first frame was tracked", "give frames of one size")
     assert len(out.read_text().splitlines()) == 6
+
+
+def test_frames_of_another_size_here_and_there_list_five_ranges(otb, tiny_model, tmp_path, caplog):
+    """Every other frame of another size: the count names five ranges and how many more,
+    and the frames between them are tracked (no error)."""
+    import cv2
+
+    seq = tmp_path / "seq"
+    shutil.copytree(otb, seq)
+    for f in sorted((seq / "img").iterdir())[1:15:2]:  # frames 1, 3, ..., 13
+        cv2.imwrite(str(f), np.zeros((120, 160, 3), np.uint8))
+    with caplog.at_level("WARNING"):
+        code, _, err = _run(["--sequence", seq, "--model", tiny_model, "--out", tmp_path / "r.txt", "--max-frames", "15",
+                             "--quiet"])
+    assert code == 0, err
+    assert "7 frames skipped for a size other than 320x240: 1, 3, 5, 7, 9 and 2 more ranges" in caplog.text
+
+
+def test_an_interrupted_run_is_not_refused_for_frames_of_another_size(otb, tiny_model, tmp_path, monkeypatch, capsys):
+    """A signal after frame 1 (of another size): the run ends as interrupted (130, its summary),
+    not with the error for a run where nothing after the first frame could be tracked."""
+    import signal
+
+    import cv2
+
+    from runtime import outputs
+
+    seq = tmp_path / "seq"
+    shutil.copytree(otb, seq)
+    for f in sorted((seq / "img").iterdir())[1:]:
+        cv2.imwrite(str(f), np.zeros((120, 160, 3), np.uint8))
+    real, calls = outputs.LineWriter.write, {"n": 0}
+
+    def write(self, line):
+        calls["n"] += 1
+        if calls["n"] == 2:  # frame 1's row
+            os.kill(os.getpid(), signal.SIGINT)  # the tracker's handler only records it
+        return real(self, line)
+
+    monkeypatch.setattr(outputs.LineWriter, "write", write)
+    code = track.main([str(a) for a in ["--sequence", seq, "--model", tiny_model, "--out", tmp_path / "r.txt",
+                                        "--quiet"]])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted (SIGINT) after 2 frames" in err and "error:" not in err, err
 
 
 def test_an_unquoted_images_glob_is_named_in_one_short_line(tmp_path, capsys):
