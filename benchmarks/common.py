@@ -113,10 +113,10 @@ def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=(), m
     a sequence's files or another output (``runtime.outputs.check_outputs_apart``, as
     ``runtime.track`` checks its outputs).
     """
-    from runtime.errors import SequenceError, TrackerInputError
+    from runtime.errors import TrackerInputError
     from runtime.model import load_model
     from runtime.outputs import check_output_folder, check_output_path, check_outputs_apart
-    from runtime.sources import open_sequence_folder, sequence_subfolders, usable_box
+    from runtime.sources import open_listed_sequence, usable_box
 
     if max_frames is not None and max_frames < min_frames:
         why = " (the first frame initialises; costs are of the frames after it)" if min_frames > 1 else ""
@@ -124,12 +124,7 @@ def check_inputs(seqs, models=(), max_frames=None, out_dir=None, out_files=(), m
     opened = []
     try:
         for s in seqs:
-            try:
-                seq = open_sequence_folder(s, on_bad_frame="skip")
-            except SequenceError as e:  # the tracker's advice (--init, a glob) is no option here
-                if e.names_targets or e.advice is None or sequence_subfolders(s):  # its advice names what to pass
-                    raise
-                raise SequenceError(e.problem, f"fix it, or leave {Path(s).name} out of --sequences") from None
+            seq = open_listed_sequence(s, on_bad_frame="skip")
             opened.append((s, seq))
             # every benchmark starts from the ground truth (or scores against it)
             if seq.groundtruth is None or seq.init_box is None:

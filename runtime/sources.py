@@ -678,6 +678,30 @@ def without_files(paths) -> tuple:
     return [p for p in paths if p not in files], files
 
 
+SEQUENCE_LAYOUT = "OTB: img/ + groundtruth_rect.txt, VOT: color/ + groundtruth.txt"
+
+
+def open_listed_sequence(folder, on_bad_frame: str = "raise") -> FileSequenceSource:
+    """``open_sequence_folder`` for an entry of a --sequences list (training, the benchmarks),
+    with the errors worded for it: the problem with that list's advice where the tracker's (an
+    image glob, --init) does not apply; the advice naming a dataset's sequences or a folder's
+    targets to give is kept."""
+    p = Path(folder).expanduser()
+    if p.exists() and not p.is_dir():
+        raise TrackerInputError(f"--sequences {folder} is not a folder; every entry must be a sequence folder "
+                                f"({SEQUENCE_LAYOUT})")
+    if p.is_dir() and not looks_like_sequence(p) and not sequence_subfolders(p):
+        raise TrackerInputError(f"--sequences {folder} is not a sequence folder ({SEQUENCE_LAYOUT}); "
+                                "leave it out of --sequences")
+    try:
+        return open_sequence_folder(folder, on_bad_frame=on_bad_frame)
+    except SequenceError as e:
+        # a dataset root: the message names its sequences; Jogging: the advice names its targets
+        if sequence_subfolders(p) or e.names_targets:
+            raise
+        raise SequenceError(e.problem, f"fix it, or leave {Path(folder).name} out of --sequences") from None
+
+
 def looks_like_sequence(folder) -> bool:
     """Whether ``folder`` has what an OTB or VOT sequence folder has (frames may still be bad)."""
     return any((Path(folder) / m).exists() for m in SEQUENCE_MARKS)

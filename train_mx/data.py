@@ -12,7 +12,7 @@ import numpy as np
 from runtime import sampling
 from runtime.buckets import BucketPolicy, crop_patch, normalise
 from runtime.errors import SequenceError, TrackerInputError
-from runtime.sources import OTBSequence, looks_like_sequence, open_sequence_folder, read_image, sequence_subfolders
+from runtime.sources import OTBSequence, open_listed_sequence, read_image
 
 
 def clean_groundtruth(gt: np.ndarray, image_size, window: int = 5, max_ratio: float = 2.0) -> np.ndarray:
@@ -66,29 +66,6 @@ def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
-SEQUENCE_LAYOUT = "OTB: img/ + groundtruth_rect.txt, VOT: color/ + groundtruth.txt"
-
-
-def open_training_sequence(folder):
-    """``open_sequence_folder`` with the errors worded for a --sequences entry: the problem
-    with training's advice where the tracker's (an image glob, --init) does not apply; the
-    runtime's advice naming the targets to give is kept."""
-    p = Path(folder).expanduser()
-    if p.exists() and not p.is_dir():
-        raise TrackerInputError(f"--sequences {folder} is not a folder; every entry must be a sequence folder "
-                                f"({SEQUENCE_LAYOUT})")
-    if p.is_dir() and not looks_like_sequence(p) and not sequence_subfolders(p):
-        raise TrackerInputError(f"--sequences {folder} is not a sequence folder ({SEQUENCE_LAYOUT}); "
-                                "leave it out of --sequences")
-    try:
-        return open_sequence_folder(folder)
-    except SequenceError as e:
-        # a dataset root: the message names its sequences; Jogging: the advice names its targets
-        if sequence_subfolders(p) or e.names_targets:
-            raise
-        raise SequenceError(e.problem, f"fix it, or leave {Path(folder).name} out of --sequences") from None
-
-
 def header_size(path):
     """(width, height) of an image file from its header (no decoding), or None where the
     header cannot be read (the sampler checks such a frame when it decodes it)."""
@@ -116,7 +93,7 @@ def load_domains(folders, min_frames: int = 10) -> list:
     whose row count does not match the frames are reported on stderr."""
     domains = []
     for folder in folders:
-        seq = open_training_sequence(folder)
+        seq = open_listed_sequence(folder)
         name = Path(folder).name
         for w in seq.warnings:
             warn(f"{name}: {w}")
