@@ -269,7 +269,7 @@ def test_native_runner_checks_a_sets_precompiled_kernels(runner, llvm_bucket, tm
     (tmp_path / "elsewhere.cubin").write_bytes(b"cubin bytes")
     cubin.unlink()
     cubin.symlink_to(tmp_path / "elsewhere.cubin")
-    _one_error(_run(runner, "--lib", linked, *base), "outside the set's folder", "cp -L")
+    _one_error(_run(runner, "--lib", linked, *base), "outside its set's folder", "cp -L")
 
 
 @pytest.mark.slow

@@ -361,6 +361,28 @@ bool HasManifest(const std::string& dir) {
 const char* kManifestFix = "export the set again (`python -m export`), or copy the whole set (the libraries with "
                            "their manifest.json) again";
 
+bool Inside(const std::string& real, const std::string& dir) {
+  const std::string prefix = dir == "/" ? dir : dir + "/";
+  return real.compare(0, prefix.size(), prefix) == 0;
+}
+
+// As runtime.artifacts.check_files: a set runs its own files, not ones a link brings in.
+void RequireInside(const std::string& shown, const std::string& real, const std::string& dir) {
+  if (!Inside(real, dir)) {
+    throw std::runtime_error(shown + " is a link to " + real + ", outside its set's folder " + dir +
+                             " (a set's manifest vouches for the set's own files only): copy the file in (cp -L) or " +
+                             kManifestFix);
+  }
+}
+
+// Whether the bytes of `real` have the sha256 `want`; `shown` names the file in the message
+// when it cannot be read.
+bool HasSha256(const std::string& shown, const std::string& real, const std::string& want) {
+  std::string bytes;
+  if (!ReadWholeFile(real, &bytes)) throw std::runtime_error(shown + ": cannot read; " + std::string(kManifestFix));
+  return Sha256Hex(bytes.data(), bytes.size()) == want;
+}
+
 // The precompiled CUDA kernels the manifest lists for the library it knows as `listed`
 // ("kernels": {name: {"file": "kernels/<sha256 of the source>.cubin", "sha256": ...}}, written
 // by export.cuda_kernels) must be the set's own file with those bytes, as
@@ -401,15 +423,9 @@ void CheckKernels(const ffi::json::Object& manifest, const std::string& listed, 
   if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
     throw std::runtime_error(path + " (the precompiled kernels of " + listed + ") is missing; " + kManifestFix);
   }
-  const std::string real = RealPath(path), set = dir == "/" ? dir : dir + "/";
-  if (real.compare(0, set.size(), set) != 0) {
-    throw std::runtime_error(path + " is a link to " + real + ", outside the set's folder " + dir +
-                             " (a set's manifest vouches for the set's own files only): copy the file in (cp -L) "
-                             "or " + kManifestFix);
-  }
-  std::string bytes;
-  if (!ReadWholeFile(real, &bytes)) throw std::runtime_error(path + ": cannot read; " + std::string(kManifestFix));
-  if (Sha256Hex(bytes.data(), bytes.size()) != std::string(*digest)) {
+  const std::string real = RealPath(path);
+  RequireInside(path, real, dir);
+  if (!HasSha256(path, real, std::string(*digest))) {
     throw std::runtime_error(path + " (the precompiled kernels of " + listed + ") does not match the manifest " +
                              mpath + " (sha256 differs: corrupt or modified); " + kManifestFix);
   }
@@ -457,9 +473,7 @@ std::string CheckAgainstManifest(const std::string& library, const std::string& 
                              " (renamed, or copied into another set's folder); run the set's own file under its "
                              "own name, or " + fix);
   }
-  std::string bytes;
-  if (!ReadWholeFile(real, &bytes)) throw std::runtime_error(library + ": cannot read");
-  if (Sha256Hex(bytes.data(), bytes.size()) != std::string(*want)) {
+  if (!HasSha256(library, real, std::string(*want))) {
     throw std::runtime_error(library + " does not match the manifest " + mpath +
                              " (sha256 differs: corrupt, modified, or from another export); " + fix);
   }
@@ -476,15 +490,8 @@ std::string VerifyManifest(const std::string& library) {
   const std::string name = BaseName(library);
   const std::string real = RealPath(library);          // the file the bytes come from
   const std::string real_dir = DirName(real);
-  const std::string prefix = dir == "/" ? dir : dir + "/";
-  const bool inside = real.compare(0, prefix.size(), prefix) == 0;
   if (HasManifest(dir)) {
-    if (!inside) {
-      // as runtime.artifacts.check_files: a set runs its own files, not ones a link brings in
-      throw std::runtime_error(library + " is a link to " + real + ", outside its set's folder " + dir +
-                               " (a set's manifest vouches for the set's own files only): copy the file in "
-                               "(cp -L) or " + kManifestFix);
-    }
+    RequireInside(library, real, dir);
     std::vector<std::string> names = {name};
     if (real_dir == dir && BaseName(real) != name) names.push_back(BaseName(real));  // a link to a file of the set
     return CheckAgainstManifest(library, real, dir, names);
