@@ -4,13 +4,16 @@
 
 Builds here (no GPU needed): TVM-CUDA libraries for ``--arch`` and TVM-llvm libraries for a
 generic x86-64 CPU (one per bucket, with their manifests); the kernels of every CUDA library
-compiled ahead of time with nvcc into ``kernels/<sha256 of its CUDA source>.fatbin`` (TVM
-0.27 stores CUDA kernels as source when the build machine has no CUDA driver and compiles
-them when the library is loaded: the native runner answers that from ``kernels/`` and needs no
-compiler on the GPU machine); the native runner (CMake, x86-64) with the TVM runtime libraries
-and every non-system library they load (libcudart); one patch per bucket cropped around the
-target of a real frame (``--sequence``, a development sequence of ../shared when there is one;
-random values otherwise) with MXNet's features for it; the extractor's weights as ``weights.npz``; ``run.sh`` and ``torch_ref.py``.
+compiled ahead of time (TVM 0.27 stores CUDA kernels as source when the build machine has no
+CUDA driver and compiles them when the library is loaded: the native runner answers that from
+precompiled kernels and needs no compiler on the GPU machine). They are the export's own NVRTC
+cubins in ``cuda/kernels/``, the files a deployment loads; nvcc compiles
+``kernels/<sha256 of its CUDA source>.fatbin`` only for a bucket the set has no cubin for (an
+``--arch`` above NVRTC 12.2's sm_90, or no ``cuda-kernels`` extra installed); the native
+runner (CMake, x86-64) with the TVM runtime libraries and every non-system library they load
+(libcudart); one patch per bucket cropped around the target of a real frame (``--sequence``,
+a development sequence of ../shared when there is one; random values otherwise) with MXNet's
+features for it; the extractor's weights as ``weights.npz``; ``run.sh`` and ``torch_ref.py``.
 
 On the GPU machine ``./run.sh [RESULTS_DIR]`` runs the native runner per bucket on the CPU
 (llvm libraries; ``--no-cpu`` leaves them out of a pack that must stay small) and on CUDA
@@ -224,7 +227,7 @@ def build_pack(model_dir, out, arch="sm_90", cpu_target=DEFAULT_CPU_TARGET, buck
 
 def _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_cpu, sequence, max_mb, final) -> dict:
     from export.build import build_onnx, build_tvm
-    from runtime.artifacts import bucket_file, peek_manifest
+    from runtime.artifacts import KERNELS, bucket_file, kernel_stem, peek_manifest
     from runtime.backends.mxnet_backend import MXNetBackend
 
     t_start = time.time()
@@ -247,17 +250,19 @@ def _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_c
         for b, shape in enumerate(shapes):
             lib = out / "cuda" / bucket_file(b, shape, "so")
             src = cuda_source(onnx_dir / bucket_file(b, shape, "onnx"), cuda_t, lib)
+            own = None if src is None else Path("cuda") / KERNELS / f"{kernel_stem(src)}.cubin"
             if src is None:
                 kernels[b] = None
                 log(f"  bucket {b}: no kernels to precompile")
+            elif (out / own).is_file():  # the export's NVRTC cubin, checked against the set's manifest
+                kernels[b] = own.as_posix()
+                log(f"  bucket {b} {shape[0]}x{shape[1]}: {kernels[b][:29]}....cubin (the export's, NVRTC)")
             elif nvcc is None:
-                own = "the set's NVRTC cubins (cuda/kernels/) serve instead" if (out / "cuda" / "kernels").is_dir() \
-                    else "the runner will need nvcc on the GPU machine"
-                log(f"  bucket {b}: no nvcc here; {own}")
+                log(f"  bucket {b}: no cubin in the set and no nvcc here; the runner will need nvcc on the GPU machine")
                 kernels[b] = None
             else:
-                kernels[b] = precompile_kernels(src, arch, out / "kernels", nvcc)
-                log(f"  bucket {b} {shape[0]}x{shape[1]}: kernels/{kernels[b][:16]}....fatbin")
+                kernels[b] = f"kernels/{precompile_kernels(src, arch, out / 'kernels', nvcc)}.fatbin"
+                log(f"  bucket {b} {shape[0]}x{shape[1]}: {kernels[b][:24]}....fatbin (nvcc)")
 
         log("[4/6] native runner (CMake, Release) and its runtime libraries")
         build_runner(out, Path(build_dir) if build_dir else tmp / "build")
@@ -292,7 +297,7 @@ def _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_c
             "channels": model.channels,
             "model_hash": model.model_hash,
             "versions": (peek_manifest(out / "cuda") or {}).get("versions"),
-            "buckets": [{"name": n, "shape": list(s), "kernels": (f"kernels/{kernels[b]}.fatbin" if kernels[b] else None)}
+            "buckets": [{"name": n, "shape": list(s), "kernels": kernels[b]}
                         for b, (n, s) in enumerate(zip(names, shapes))],
             "tolerance_rel": 1e-4,
             "patches": source,
@@ -357,7 +362,8 @@ RUN_SH = r"""#!/usr/bin/env bash
 #   ./run.sh [RESULTS_DIR]      (default: ./results; REPEAT=50 WARMUP=10 PYTHON=python3;
 #                               CUDA_LIBS=DIR times the CUDA libraries in DIR instead of cuda/)
 # 1. the native runner on the CPU (TVM llvm libraries) vs the MXNet reference features;
-# 2. the native runner on CUDA (TVM CUDA libraries, kernels precompiled in kernels/) vs the same;
+# 2. the native runner on CUDA (TVM CUDA libraries, kernels precompiled in cuda/kernels/ or
+#    kernels/) vs the same;
 # 3. torch_ref.py: the same extractor in PyTorch (cuDNN) from weights.npz, its features vs the
 #    reference, and a JSON table of per-bucket median ms, TVM-CUDA vs PyTorch.
 # Exit status: 0 all checks passed; 1 a check failed; 2 the runner cannot start here;
