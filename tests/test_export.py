@@ -226,6 +226,29 @@ def test_tvm_trackers_share_a_library_loaded_once(one_bucket_model, one_bucket_l
     assert len(tvm_backend._LOADED) == loaded + 1
 
 
+def test_tvm_backend_with_the_tvm_runtime_alone(one_bucket_model, one_bucket_llvm, tmp_path):
+    """TVM_USE_RUNTIME_LIB=1 (or a TVM installed without its compiler library, as a board
+    might have) loads TVM's runtime alone: 0.5 s and 110 MB less than the compiler here. The
+    backend's VM is the runtime's own (no relax import), so a CUDA set needs nothing more (run
+    on an H200, benchmarks/README.md); a CPU set's check of the CPU it was built for needs LLVM,
+    so it is refused in one line that says how to get it."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i:04d}.png"), np.full((120, 160, 3), 60 * i, np.uint8))
+    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+    r = subprocess.run([sys.executable, "-m", "runtime.track", "--images", str(tmp_path / "*.png"), "--init",
+                        "40,30,40,40", "--model", str(one_bucket_model.path), "--backend", "tvm",
+                        "--artifacts", str(one_bucket_llvm), "--quiet"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: this TVM loaded its runtime alone") and "unset TVM_USE_RUNTIME_LIB" in lines[0]
+
+
 def _tiny_library(path, constant):
     """A TVM library computing x + constant on 4 floats, through the export path."""
     import onnx
@@ -811,6 +834,19 @@ def test_cuda_sets_carry_their_kernels_precompiled_for_the_runner(one_bucket_mod
     with pytest.raises(ArtifactError, match="not a file in the set's kernels/ folder"):
         verify(folder, one_bucket_model, "tvm", "cuda-sm_87")
     (folder / "manifest.json").write_text(json.dumps(m))
+    # ... and with TVM's runtime alone the backend verifies and opens the set up to the device
+    # itself (none here), loading no compiler code on the way
+    import subprocess
+    import sys
+
+    code = ("import sys, tvm\nfrom runtime.model import load_model\nfrom runtime.backends.tvm_backend import TVMBackend\n"
+            f"try:\n    TVMBackend(load_model({str(one_bucket_model.path)!r}), 'cuda', artifacts={str(folder)!r})\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n"
+            "print('runtime alone:', tvm.base._RUNTIME_ONLY, 'relax:', 'tvm.relax' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, TVM_USE_RUNTIME_LIB="1"))
+    assert "TrackerInputError --device cuda: TVM sees no CUDA device 0" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "runtime alone: True relax: False" in r.stdout
     # a rebuild over the set keeps working: its kernels/ folder is its own
     build_mod.build(one_bucket_model, ["cuda:sm_87"], tmp_path / "a", log=lambda line: None)
     assert sorted(p.name for p in (folder / "kernels").iterdir()) == [cubin.name]

@@ -189,6 +189,23 @@ def _manifest_target(folder):
     return target if isinstance(target, str) else None
 
 
+def _load_cuda_runtime(tvm) -> None:
+    """A TVM that loaded its runtime alone (TVM_USE_RUNTIME_LIB=1, or installed without its
+    compiler library) skips the CUDA runtime library that a full ``import tvm`` loads
+    (tvm.backend.cuda); load it the same way, so that a CUDA set runs with the runtime alone."""
+    loaded = tvm.base._LOADED_LIBS
+    if not getattr(tvm.base, "_RUNTIME_ONLY", False) or "tvm_runtime_cuda" in loaded:
+        return
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    try:
+        loaded["tvm_runtime_cuda"] = load_lib_ctypes(
+            package="tvm", target_name="tvm_runtime_cuda", mode="RTLD_LOCAL",
+            extra_lib_paths=[Path(loaded["tvm_runtime"]._name).resolve().parent])
+    except (OSError, RuntimeError):  # no driver or libcudart: the device check below says so
+        pass
+
+
 class TVMBackend(FeatureBackend):
     name = "tvm"
 
@@ -196,7 +213,7 @@ class TVMBackend(FeatureBackend):
         super().__init__(model, device)
         try:
             import tvm
-            from tvm import relax
+            from tvm.runtime.vm import VirtualMachine  # relax's, without TVM's compiler
         except ImportError:
             raise TrackerInputError(f"the tvm backend needs apache-tvm: {install_hint('export')}") from None
         if target is None and artifacts is not None:
@@ -215,9 +232,16 @@ class TVMBackend(FeatureBackend):
                 raise TrackerInputError("--device cuda with tvm needs --artifacts DIR built by "
                                         "`python -m export --targets cuda:sm_XX`")
             target = "llvm"
+        if not target.startswith("cuda") and getattr(tvm.base, "_RUNTIME_ONLY", False):
+            # a CUDA set needs only the runtime; a CPU set's CPU check (and the cache's build) needs LLVM
+            raise TrackerInputError("this TVM loaded its runtime alone (TVM_USE_RUNTIME_LIB=1, or a build without "
+                                    "the compiler), and the tvm backend needs TVM's compiler for a CPU set, to check "
+                                    "that it was built for this CPU: unset TVM_USE_RUNTIME_LIB, or run a CUDA set")
         self.folder = ensure_tvm(model, target, artifacts)
         self.target = target
         _check_host(self.folder, target)
+        if device != "cpu":
+            _load_cuda_runtime(tvm)
         self.dev = tvm.cpu() if device == "cpu" else tvm.cuda(device_index(device))
         want = "cpu" if device == "cpu" else "cuda"
         built_for = "cuda" if target.startswith("cuda") else "cpu"
@@ -250,7 +274,7 @@ class TVMBackend(FeatureBackend):
                 lines = str(e).strip().splitlines()
                 raise ArtifactError(f"cannot load {path} ({lines[-1] if lines else type(e).__name__}); {fix}") from None
             x = tvm.runtime.tensor(np.zeros((1, 3) + tuple(shape), np.float32), self.dev)
-            vm = relax.VirtualMachine(lib, self.dev)
+            vm = VirtualMachine(lib, self.dev)
             try:  # warm-up, and the check that the library computes this bucket's features
                 out = vm["main"](x).numpy()
             except Exception as e:
