@@ -254,7 +254,7 @@ def _build_into(out, full, buckets, cuda_t, cpu_t, arch, build_dir, seed, with_c
             if src is None:
                 kernels[b] = None
                 log(f"  bucket {b}: no kernels to precompile")
-            elif (out / own).is_file():  # the export's NVRTC cubin, checked against the set's manifest
+            elif (out / own).is_file():  # the export's NVRTC cubin (the runner checks it against the set's manifest)
                 kernels[b] = own.as_posix()
                 log(f"  bucket {b} {shape[0]}x{shape[1]}: {kernels[b][:29]}....cubin (the export's, NVRTC)")
             elif nvcc is None:

@@ -10,13 +10,22 @@ def pytest_configure(config):
     """Hypothesis keeps its files (examples, a constants cache) in ./.hypothesis, the
     repository in CI: give it a temporary home so the suite writes only under tmp folders.
     ONNX Runtime, imported by test modules directly, gets the project's telemetry opt-out (it
-    wrote a device id under the runner's HOME)."""
+    wrote a device id under the runner's HOME). SIGINT is made interruptible (below)."""
     import os
 
     from export.onnx_export import TELEMETRY_OPT_OUT
 
     if not os.environ.get(TELEMETRY_OPT_OUT[0]):
         os.environ[TELEMETRY_OPT_OUT[0]] = TELEMETRY_OPT_OUT[1]
+    # A suite started in the background by a shell without job control (`cmd &`, as some CI
+    # runners do) inherits SIGINT ignored, and so does every process it starts; the tracker
+    # and training then rightly leave it ignored (runtime.stopping), and the tests that
+    # interrupt them with SIGINT would fail. Python's own handler is reset to the default in
+    # the processes the suite starts.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         from hypothesis.configuration import set_hypothesis_home_dir
     except ImportError:

@@ -592,7 +592,7 @@ def test_cross_build_refuses_a_runtime_for_another_machine(tmp_path):
 def test_gpu_pack_builds_and_its_cpu_part_runs(runner, tmp_path):
     """One-bucket GPU pack (reusing the runner's CMake build): contents, size, and run.sh here,
     where CUDA is normally unusable (exit 3, CPU parity checked) or, on a GPU machine, 0."""
-    from benchmarks.gpu_pack import build_pack, find_nvcc
+    from benchmarks.gpu_pack import build_pack
 
     pack = tmp_path / "pack"
     info = build_pack(ROOT / "models" / "default", pack, buckets=[0], build_dir=runner.parent, max_mb=60)
@@ -607,9 +607,9 @@ def test_gpu_pack_builds_and_its_cpu_part_runs(runner, tmp_path):
 
     kernels = info["buckets"][0]["kernels"]
     if isinstance(nvrtc_version(), tuple):  # the export's own cubin, not a second compile with nvcc
-        assert kernels.startswith("cuda/kernels/") and kernels.endswith(".cubin"), kernels
+        assert kernels is not None and kernels.startswith("cuda/kernels/") and kernels.endswith(".cubin"), kernels
         assert not any((pack / "kernels").iterdir())
-    if find_nvcc() or isinstance(nvrtc_version(), tuple):
+    if kernels is not None:  # None: the library carries compiled kernels (built where a driver was)
         assert (pack / kernels).is_file()
     env = dict(os.environ, PYTHON=sys.executable, REPEAT="1", WARMUP="0")
     r = subprocess.run(["bash", str(pack / "run.sh"), str(tmp_path / "results")], capture_output=True, text=True,

@@ -189,12 +189,24 @@ def _manifest_target(folder):
     return target if isinstance(target, str) else None
 
 
+def _device_mismatch(folder, target: str, device: str):
+    """The error for a set built for the other kind of device than ``device``, or None."""
+    built_for = "cuda" if target.startswith("cuda") else "cpu"
+    if ("cpu" if device == "cpu" else "cuda") == built_for:
+        return None
+    return ArtifactError(f"{folder} holds {built_for} artifacts ({target}) but --device is {device}; "
+                         + ("run it with --device cuda, or pass a CPU set (python -m export --targets llvm)"
+                            if built_for == "cuda" else
+                            "pass a set built for the GPU (python -m export --targets cuda:sm_XX)"))
+
+
 def _load_cuda_runtime(tvm) -> None:
     """A TVM that loaded its runtime alone (TVM_USE_RUNTIME_LIB=1, or installed without its
-    compiler library) skips the CUDA runtime library that a full ``import tvm`` loads
-    (tvm.backend.cuda); load it the same way, so that a CUDA set runs with the runtime alone."""
-    loaded = tvm.base._LOADED_LIBS
-    if not getattr(tvm.base, "_RUNTIME_ONLY", False) or "tvm_runtime_cuda" in loaded:
+    compiler library) or without its backends (TVM_DEVICE_BACKEND_AUTOLOAD=0) has not loaded
+    the CUDA runtime library that a full ``import tvm`` loads (tvm.backend.cuda); load it the
+    same way, so that a CUDA set runs with the runtime alone."""
+    loaded = getattr(tvm.base, "_LOADED_LIBS", None)
+    if loaded is None or "tvm_runtime_cuda" in loaded or "tvm_runtime" not in loaded:
         return
     from tvm_ffi.libinfo import load_lib_ctypes
 
@@ -234,22 +246,24 @@ class TVMBackend(FeatureBackend):
             target = "llvm"
         if not target.startswith("cuda") and getattr(tvm.base, "_RUNTIME_ONLY", False):
             # a CUDA set needs only the runtime; a CPU set's CPU check (and the cache's build) needs LLVM
-            raise TrackerInputError("this TVM loaded its runtime alone (TVM_USE_RUNTIME_LIB=1, or a build without "
-                                    "the compiler), and the tvm backend needs TVM's compiler for a CPU set, to check "
-                                    "that it was built for this CPU: unset TVM_USE_RUNTIME_LIB, or run a CUDA set")
+            mismatch = _device_mismatch(artifacts, target, device)
+            if mismatch is not None:
+                raise mismatch
+            how = ("TVM_USE_RUNTIME_LIB=1 loaded TVM's runtime alone" if os.environ.get("TVM_USE_RUNTIME_LIB") == "1"
+                   else "this TVM has no usable compiler library (libtvm_compiler.so)")
+            raise TrackerInputError(f"{how}, and a CPU set needs TVM's compiler (to check the CPU it was built for, "
+                                    "or to build it): " + ("unset TVM_USE_RUNTIME_LIB" if "=1" in how
+                                                           else "install apache-tvm in full")
+                                    + ", or use --backend onnxruntime")
         self.folder = ensure_tvm(model, target, artifacts)
         self.target = target
         _check_host(self.folder, target)
         if device != "cpu":
             _load_cuda_runtime(tvm)
         self.dev = tvm.cpu() if device == "cpu" else tvm.cuda(device_index(device))
-        want = "cpu" if device == "cpu" else "cuda"
-        built_for = "cuda" if target.startswith("cuda") else "cpu"
-        if want != built_for:
-            raise ArtifactError(f"{self.folder} holds {built_for} artifacts ({target}) but --device is {device}; "
-                                + ("run it with --device cuda, or pass a CPU set (python -m export --targets llvm)"
-                                   if built_for == "cuda" else
-                                   "pass a set built for the GPU (python -m export --targets cuda:sm_XX)"))
+        mismatch = _device_mismatch(self.folder, target, device)
+        if mismatch is not None:
+            raise mismatch
         if device != "cpu" and not self.dev.exist:
             # else loading the first library fails with "a loader of that name is not
             # registered", and the advice would be a rebuild that cannot help
