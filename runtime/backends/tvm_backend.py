@@ -249,12 +249,11 @@ class TVMBackend(FeatureBackend):
             mismatch = _device_mismatch(artifacts, target, device)
             if mismatch is not None:
                 raise mismatch
-            how = ("TVM_USE_RUNTIME_LIB=1 loaded TVM's runtime alone" if os.environ.get("TVM_USE_RUNTIME_LIB") == "1"
-                   else "this TVM has no usable compiler library (libtvm_compiler.so)")
+            by_env = os.environ.get("TVM_USE_RUNTIME_LIB") == "1"
+            how, fix = (("TVM_USE_RUNTIME_LIB=1 loaded TVM's runtime alone", "unset TVM_USE_RUNTIME_LIB") if by_env else
+                        ("this TVM has no usable compiler library (libtvm_compiler.so)", "install apache-tvm in full"))
             raise TrackerInputError(f"{how}, and a CPU set needs TVM's compiler (to check the CPU it was built for, "
-                                    "or to build it): " + ("unset TVM_USE_RUNTIME_LIB" if "=1" in how
-                                                           else "install apache-tvm in full")
-                                    + ", or use --backend onnxruntime")
+                                    f"or to build it): {fix}, or use --backend onnxruntime")
         self.folder = ensure_tvm(model, target, artifacts)
         self.target = target
         _check_host(self.folder, target)
