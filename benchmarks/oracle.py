@@ -79,7 +79,7 @@ def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
             scores, pooled = [], []
             for i in range(0, len(boxes), t.head.chunk):
                 p, e = t.head.embed(feat, geom.to_patch(boxes[i:i + t.head.chunk]))
-                scores.append(t.head.score(e))
+                scores.append(t._scores(p, e))  # as the tracker ranks its candidates
                 pooled.append(p)
             s = np.concatenate(scores)
             p = np.concatenate(pooled)

@@ -1,8 +1,9 @@
 """The MDNet online tracker with a got10k-style ``init`` / ``update`` interface.
 
 Per frame: one patch around the previous target, cropped into its bucket; features once;
-RoIAlign of all candidates; fc scores; top-k fusion without outliers; box regression;
-sample collection and long/short-term updates spread over the following frames.
+RoIAlign of all candidates; fc scores plus a ridge classifier's (``runtime.ridge_scorer``);
+top-k fusion without outliers; box regression; sample collection and long/short-term
+updates spread over the following frames.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .head import effective_rank
 from .imageops import to_bgr8
 from .model import Model, load_model
 from .params import TrackerParams
+from .ridge_scorer import RidgeScorer
 
 log = logging.getLogger("runtime.tracker")
 _WARNED_NO_STATS = set()  # model hashes warned about
@@ -163,6 +165,7 @@ class Tracker:
         self.seed = int(seed)
         self.bucketed = bucketed
         self.head = None
+        self.ridge = None
         self.frame = -1
 
     # A tracker's executors and loaded libraries are this process's: a pickled or deep-copied
@@ -227,8 +230,9 @@ class Tracker:
         if not len(neg):
             raise TrackerInputError(f"no negative sample with IoU <= neg_iou_init={p.neg_iou_init} {where}; "
                                     "raise neg_iou_init")
-        _, pos_e = head.embed(feat, geom.to_patch(pos), want_pooled=False)
-        _, neg_e = head.embed(feat, geom.to_patch(neg), want_pooled=False)
+        ridge = p.ridge_weight > 0
+        pos_pooled, pos_e = head.embed(feat, geom.to_patch(pos), want_pooled=ridge)
+        neg_pooled, neg_e = head.embed(feat, geom.to_patch(neg), want_pooled=ridge)
         stages["head"] = (time.perf_counter() - t) * 1e3
 
         t = time.perf_counter()
@@ -247,9 +251,16 @@ class Tracker:
             head.train_step(pos_e, neg_e)
         pos_mem = deque([pos_e[rng.permutation(len(pos_e))[: p.n_pos_update]]], maxlen=p.long_frames)
         neg_mem = deque([neg_e[rng.permutation(len(neg_e))[: p.n_neg_update]]], maxlen=p.short_frames)
+        scorer = None
+        if ridge:
+            scorer = RidgeScorer(head.pooled_dim, p.ridge_reg, p.long_frames, p.short_frames)
+            # every k-th negative: the subset keeps the near / whole-image mix without a random draw
+            step = max(1, len(neg_pooled) // p.ridge_first_neg)
+            scorer.start(pos_pooled, neg_pooled[::step][: p.ridge_first_neg])
         stages["update"] = (time.perf_counter() - t) * 1e3
 
         self.rng, self.head, self.bbreg, self.pos_mem, self.neg_mem = rng, head, bbreg, pos_mem, neg_mem
+        self.ridge = scorer
         self.frame, self.size, self.box, self.trans_f = 0, size, box.copy(), p.trans
         self.pending = None
         self.updates = {"long": 0, "short": 0}
@@ -280,7 +291,7 @@ class Tracker:
         cand = sampling.clip_into(sampling.gaussian(rng, self.box, p.n_candidates, self.trans_f, p.scale),
                                   img_rect, p.min_size)
         pooled, emb = self.head.embed(feat, geom.to_patch(cand))
-        scores = self.head.score(emb)
+        scores = self._scores(pooled, emb)
         keep = fuse_top_k(cand, scores, p.top_k, p.outlier_center, p.outlier_scale)
         score = float(scores[keep].mean())
         ok = score > p.success_threshold
@@ -304,18 +315,30 @@ class Tracker:
             neg = sampling.sample_by_iou(rng, "uniform", self.box, p.n_neg_update, 0.0, p.neg_iou_update,
                                          bounds, trans=sampling.NEG_UPDATE_SPREAD[0], scale=sampling.NEG_UPDATE_SPREAD[1])
             if len(pos) and len(neg):
-                _, e = self.head.embed(feat, geom.to_patch(np.concatenate([pos, neg])), want_pooled=False)
+                pl, e = self.head.embed(feat, geom.to_patch(np.concatenate([pos, neg])),
+                                        want_pooled=self.ridge is not None)
                 # Copies, not views: a view would keep the whole array (negatives too) alive
                 # for as long as the positives stay in the long-term window.
                 self.pos_mem.append(e[: len(pos)].copy())
                 self.neg_mem.append(e[len(pos):].copy())  # deque(maxlen=short_frames): older negatives drop out
+                if self.ridge is not None:
+                    self.ridge.add(pl[: len(pos)], pl[len(pos):])
         if not ok:
             self._start_update("short")
         elif self.frame % p.long_interval == 0:
             self._start_update("long")
+        if self.ridge is not None and (not ok or self.frame % p.long_interval == 0):
+            self.ridge.fit()  # a linear solve, at the head's update triggers
         self._run_update()
         stages["update"] = (time.perf_counter() - t) * 1e3
         return self._result(result, score, ok, t0, stages, geom.bucket)
+
+    def _scores(self, pooled, emb) -> np.ndarray:
+        """Candidates' target scores: the fc head's, plus the ridge classifier's when on."""
+        s = self.head.score(emb)
+        if self.ridge is not None:
+            s = s + np.float32(self.params.ridge_weight) * self.ridge.score(pooled)
+        return s
 
     # -- online updates -------------------------------------------------------------------
     def _start_update(self, kind: str) -> None:

@@ -35,19 +35,19 @@ class Run:
         f0 = seq.read_frame(0)
         self.t.init(f0.image, f0.gt)
         head = self.t.head
-        real_score, real_step = head.score, head.train_step
+        real_score, real_step = self.t._scores, head.train_step
         self.fail = False
         self.calls = []  # (frame, pos, neg) of every train_step after init
 
-        def forced(emb):
-            s = real_score(emb)
+        def forced(pooled, emb):  # the candidates' scores (the head's, and the ridge classifier's)
+            s = real_score(pooled, emb)
             return s - (s.max() + 1.0) if self.fail else s - s.min() + 1.0
 
         def spy(pos, neg):
             self.calls.append((self.t.frame, pos, neg))
             return real_step(pos, neg)
 
-        head.score = forced
+        self.t._scores = forced
         head.train_step = spy
         self.positives = {0: self.t.pos_mem[-1]}  # frame -> the positives it stored
 

@@ -269,15 +269,15 @@ def test_executors_never_rebound(model, real_binds):
 
     # forced failures (scores shifted below 0, ranking kept) widen the search; forced
     # successes reset it
-    real_score = head.score
+    real_score = t._scores
     failing = set(range(11, 23)) | set(range(35, 38))
     state = {}
 
-    def forced(emb):
-        s = real_score(emb)
+    def forced(pooled, emb):
+        s = real_score(pooled, emb)
         return s - (s.max() + 1.0) if state["fail"] else s - s.min() + 1.0
 
-    head.score = forced
+    t._scores = forced
     oks = []
     for i in range(1, 51):
         state["fail"] = i in failing
@@ -329,24 +329,24 @@ def test_failure_triggers_short_update_and_widens_search(model, monkeypatch):
     f0 = seq.read_frame(0)
     t.init(f0.image, f0.gt)
     assert t.trans_f == p.trans
-    real_score = t.head.score
+    real_score = t._scores  # the candidates' scores: the head's, and the ridge classifier's
 
-    def succeeding(emb):
-        s = real_score(emb)
+    def succeeding(pooled, emb):
+        s = real_score(pooled, emb)
         return s - s.min() + 1.0
 
-    def failing(emb):
-        s = real_score(emb)
+    def failing(pooled, emb):
+        s = real_score(pooled, emb)
         return s - (s.max() + 1.0)
 
-    monkeypatch.setattr(t.head, "score", succeeding)
+    monkeypatch.setattr(t, "_scores", succeeding)
     for i in (1, 2):
         r = t.update(seq.read_frame(i).image)
         assert r.ok and t.trans_f == p.trans
     assert t.updates == {"long": 0, "short": 0}
     assert len(t.pos_mem) == len(t.neg_mem) == 3
 
-    monkeypatch.setattr(t.head, "score", failing)
+    monkeypatch.setattr(t, "_scores", failing)
     expected = p.trans
     for k in range(1, 5):
         n_pos, n_neg = len(t.pos_mem), len(t.neg_mem)
@@ -359,7 +359,7 @@ def test_failure_triggers_short_update_and_widens_search(model, monkeypatch):
         assert np.all(np.isfinite(r.box))
     assert t.trans_f == pytest.approx(p.trans_max)  # capped
 
-    monkeypatch.setattr(t.head, "score", succeeding)
+    monkeypatch.setattr(t, "_scores", succeeding)
     for i in range(7, 12):
         r = t.update(seq.read_frame(i).image)
         assert r.ok and t.trans_f == p.trans  # reset after success

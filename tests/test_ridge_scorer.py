@@ -1,0 +1,122 @@
+"""The ridge classifier beside the fc head: it separates what its labels separate, its
+windows drop old samples exactly (old negatives are never re-used), and the tracker uses it
+only when ``ridge_weight`` asks for it."""
+import numpy as np
+import pytest
+
+from runtime.params import TrackerParams
+from runtime.errors import TrackerInputError
+from runtime.ridge_scorer import RidgeScorer, _augment
+
+
+def _clusters(rng, n, centre, dim=24, spread=0.3):
+    return np.abs(centre + spread * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def test_scores_separate_target_from_background():
+    rng = np.random.default_rng(0)
+    dim = 24
+    c_pos, c_neg = rng.random(dim) * 2, rng.random(dim) * 2
+    r = RidgeScorer(dim, reg=1.0, long_frames=100, short_frames=20)
+    r.start(_clusters(rng, 50, c_pos), _clusters(rng, 400, c_neg))  # 1:8, as the first frame is unbalanced
+    test_pos, test_neg = _clusters(rng, 200, c_pos), _clusters(rng, 200, c_neg)
+    sp, sn = r.score(test_pos), r.score(test_neg)
+    assert (sp > 0).mean() > 0.95 and (sn < 0).mean() > 0.95
+    # the classes count equally: a positive's mean score is about as far above 0 as a negative's is below
+    assert 0.5 < sp.mean() / -sn.mean() < 2.0
+    # the scale of a row does not matter (rows are normalised)
+    np.testing.assert_allclose(r.score(10 * test_pos), sp, rtol=1e-5, atol=1e-6)
+
+
+def test_windows_keep_exactly_the_recent_frames():
+    """After many frames the running Gram matrices equal those of the frames still in the
+    windows: positives of the last long_frames frames, negatives of the last short_frames."""
+    rng = np.random.default_rng(1)
+    dim, long_frames, short_frames = 8, 7, 3
+    r = RidgeScorer(dim, reg=1.0, long_frames=long_frames, short_frames=short_frames)
+    first = rng.random((5, dim)), rng.random((9, dim))
+    r.start(*first)
+    frames = [(rng.random((4, dim)), rng.random((6, dim))) for _ in range(25)]
+    for p, n in frames:
+        r.add(p, n)
+    kept_pos = _augment(np.concatenate([p for p, _ in frames[-long_frames:]])).astype(np.float64)
+    kept_neg = _augment(np.concatenate([n for _, n in frames[-short_frames:]])).astype(np.float64)
+    np.testing.assert_allclose(r.pos.gram, kept_pos.T @ kept_pos, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r.neg.gram, kept_neg.T @ kept_neg, rtol=1e-5, atol=1e-5)
+    assert (r.pos.n, r.neg.n) == (4 * long_frames, 6 * short_frames)
+
+    # the fit equals a ridge regression on exactly those rows and the first frame's
+    r.fit()
+    p0, n0 = _augment(first[0]).astype(np.float64), _augment(first[1]).astype(np.float64)
+    x = np.concatenate([p0, kept_pos, n0, kept_neg])
+    y = np.r_[np.ones(len(p0) + len(kept_pos)), -np.ones(len(n0) + len(kept_neg))]
+    wt = np.where(y > 0, (y < 0).sum() / (y > 0).sum(), 1.0)
+    w = np.linalg.solve((x * wt[:, None]).T @ x + np.eye(dim + 1), (x * wt[:, None]).T @ y)
+    np.testing.assert_allclose(r.w, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [dict(ridge_weight=-1.0), dict(ridge_reg=0.0), dict(ridge_first_neg=0),
+                                 dict(ridge_weight=float("nan"))])
+def test_bad_ridge_parameters_are_refused(bad):
+    with pytest.raises(TrackerInputError, match=next(iter(bad))):
+        TrackerParams(**bad)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    from runtime.model import load_model
+
+    return load_model(tiny_model)
+
+
+CHEAP = dict(n_pos_init=100, n_neg_init=600, iters_init=5, n_bbreg=200)
+
+
+def test_tracker_refits_at_the_head_update_triggers(model, monkeypatch):
+    """The ridge classifier learns from the frames the head learns from (successful ones),
+    is refit where the head's updates start (every long_interval frames, and on failure),
+    and its windows hold the head's: long_frames of positives, short_frames of negatives."""
+    from runtime.synthetic import make_sequence
+    from runtime.tracker import Tracker
+
+    t = Tracker(model, seed=0, long_interval=4, long_frames=6, short_frames=3, **CHEAP)
+    seq = make_sequence(n_frames=20, size=(320, 240), seed=1)
+    f0 = seq.read_frame(0)
+    t.init(f0.image, f0.gt)
+    assert t.ridge is not None and t.ridge.first[1] == 100 and t.ridge.first[3] == 600  # all of them: fewer than ridge_first_neg
+    fits, real_fit = [], t.ridge.fit
+    monkeypatch.setattr(t.ridge, "fit", lambda: (fits.append(t.frame), real_fit()))
+    real_score = t._scores
+    failing = {6, 7, 13}
+
+    def forced(pooled, emb):
+        s = real_score(pooled, emb)
+        return s - (s.max() + 1.0) if t.frame in failing else s - s.min() + 1.0
+
+    monkeypatch.setattr(t, "_scores", forced)
+    for i in range(1, 20):
+        t.update(seq.read_frame(i).image)
+    assert fits == sorted(failing | {f for f in range(1, 20) if f % 4 == 0 and f not in failing})
+    successes = 19 - len(failing)
+    assert len(t.ridge.pos.rows) == min(6, successes) and len(t.ridge.neg.rows) == 3
+    # its negatives are exactly those of the head's last frames (the same samples' pooled features)
+    assert t.ridge.neg.n == sum(len(n) for n in list(t.neg_mem)[-3:])
+
+
+def test_ridge_weight_zero_is_the_head_alone(model):
+    from runtime.synthetic import make_sequence
+    from runtime.tracker import Tracker
+
+    seq = make_sequence(n_frames=6, size=(320, 240), seed=2)
+    boxes = {}
+    for w in (0.0, 3.0):
+        t = Tracker(model, seed=0, ridge_weight=w, **CHEAP)
+        f0 = seq.read_frame(0)
+        t.init(f0.image, f0.gt)
+        assert (t.ridge is None) == (w == 0)
+        emb = np.abs(np.random.default_rng(0).normal(0, 1, (7, t.head.embed_dim))).astype(np.float32)
+        pooled = np.abs(np.random.default_rng(1).normal(0, 1, (7, t.head.pooled_dim))).astype(np.float32)
+        want = t.head.score(emb) + (w * t.ridge.score(pooled) if w else 0)
+        np.testing.assert_allclose(t._scores(pooled, emb), want, rtol=1e-6, atol=1e-6)
+        boxes[w] = [t.update(seq.read_frame(i).image).box for i in range(1, 6)]
+    assert not np.allclose(boxes[0.0], boxes[3.0])  # the classifier takes part in the ranking
