@@ -3,8 +3,10 @@
 The tracker runs with its box forced to the ground truth after every frame, so every sample
 it stores and every update it makes is labelled correctly. Before each update, boxes of the
 true size on a grid around the truth (+-15 x +-8 steps of 8% of the target size) are scored
-by the head. Per sequence: how often the best-scoring box lies within 0.36 target sizes of
-the truth (``head_near``), how often the true box scores above 0 (``truth_positive``), and
+as the tracker ranks its candidates (fc head plus ridge classifier). Per sequence: how often
+the best-ranked box lies within 0.36 target sizes of the truth (``head_near``; by the fc
+head's score alone ``fc_head_near``, by the ridge classifier's alone ``ridge_near``, null
+with ``ridge_weight=0``), how often the true box scores above 0 (``truth_positive``), and
 how often the pooled features most similar to the previous frame's true box lie that near
 (``similarity_near``). A tracker that loses a sequence whose ``head_near`` is high drifts
 on its own labels; one whose ``head_near`` is low is beaten by its features. A share with
@@ -59,7 +61,7 @@ def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
     t = Tracker(model, seed=seed)
     truth, prev = {}, None
     start = None  # index of the first tracked frame
-    n = head_near = positive = sim_near = n_sim = 0
+    n = head_near = fc_near = ridge_near = positive = sim_near = n_sim = 0
     with _box_follows(truth):
         for frame in seq:
             if frames is not None and start is not None and frame.index > start + frames:
@@ -76,10 +78,13 @@ def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
             geom = t._geometry(t.box, t.policy.search_region(t.box))
             feat = t.backend.extract(geom.bucket, extractor_input(frame.image, geom, t.model.mean))
             boxes = _grid(gt)
-            scores, pooled = [], []
+            scores, fc, ridge, pooled = [], [], [], []
             for i in range(0, len(boxes), t.head.chunk):
                 p, e = t.head.embed(feat, geom.to_patch(boxes[i:i + t.head.chunk]))
                 scores.append(t._scores(p, e))  # as the tracker ranks its candidates
+                fc.append(t.head.score(e))
+                if t.ridge is not None:
+                    ridge.append(t.ridge.score(p))
                 pooled.append(p)
             s = np.concatenate(scores)
             p = np.concatenate(pooled)
@@ -88,6 +93,8 @@ def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
             near = np.hypot(*(boxes[:, :2] - boxes[c, :2]).T) <= NEAR * gt[2:].mean()
             n += 1
             head_near += bool(near[np.argmax(s)])
+            fc_near += bool(near[np.argmax(np.concatenate(fc))])
+            ridge_near += bool(ridge) and bool(near[np.argmax(np.concatenate(ridge))])
             positive += bool(s[c] > 0)
             if prev is not None:
                 n_sim += 1
@@ -95,7 +102,8 @@ def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
             prev = p[c].copy()
             truth["box"] = gt
             t.update(frame.image)
-    return {"frames": n, "head_near": _share(head_near, n), "truth_positive": _share(positive, n),
+    return {"frames": n, "head_near": _share(head_near, n), "fc_head_near": _share(fc_near, n),
+            "ridge_near": _share(ridge_near, n) if t.ridge is not None else None, "truth_positive": _share(positive, n),
             "similarity_near": _share(sim_near, n_sim)}
 
 
@@ -143,17 +151,19 @@ def _main(argv=None) -> int:
         seq = open_sequence_folder(path, on_bad_frame="skip")  # an unreadable frame is skipped, as evaluation does
         rows[seq.name] = diagnose(seq, args.model, args.frames, args.seed)
         r = rows[seq.name]
-        print(f"{seq.name:16s} frames {r['frames']:4d}  head near truth {_fmt(r['head_near'])}  "
+        print(f"{seq.name:16s} frames {r['frames']:4d}  best box near truth {_fmt(r['head_near'])} (fc head alone "
+              f"{_fmt(r['fc_head_near'])}, ridge alone {_fmt(r['ridge_near'])})  "
               f"truth scored > 0 {_fmt(r['truth_positive'])}  similarity near truth {_fmt(r['similarity_near'])}",
               flush=True)
     if out:
         m = machine()
         dump_json({"machine": m, "command": command("benchmarks.oracle", argv), "frames": args.frames,
                    "seed": args.seed, "sequences": rows}, out / "oracle.json")
-        lines = [machine_line(m), "", "| sequence | frames | head's best box near the truth | true box scored > 0 | "
-                 "similarity to the previous true box near the truth |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {k} | {r['frames']} | {_fmt(r['head_near'])} | {_fmt(r['truth_positive'])} | "
-                  f"{_fmt(r['similarity_near'])} |" for k, r in rows.items()]
+        lines = [machine_line(m), "", "| sequence | frames | best-ranked box near the truth | by the fc head alone | "
+                 "by the ridge classifier alone | true box scored > 0 | "
+                 "similarity to the previous true box near the truth |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {r['frames']} | {_fmt(r['head_near'])} | {_fmt(r['fc_head_near'])} | {_fmt(r['ridge_near'])} | "
+                  f"{_fmt(r['truth_positive'])} | {_fmt(r['similarity_near'])} |" for k, r in rows.items()]
         (out / "oracle.md").write_text("\n".join(lines) + "\n")
     return 0
 

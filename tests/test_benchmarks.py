@@ -111,6 +111,7 @@ def test_oracle_diagnosis_finds_a_lone_target(tmp_path):
     r = diagnose(open_sequence_folder(seq), frames=15)
     assert r["frames"] == 15
     assert r["head_near"] >= 0.8 and r["truth_positive"] >= 0.8, r
+    assert r["fc_head_near"] >= 0.8 and r["ridge_near"] >= 0.8, r  # each of the two classifiers alone too
     out = tmp_path / "oracle"
     assert main(["--sequences", str(seq), "--frames", "5", "--out", str(out)]) == 0
     rows = json.loads((out / "oracle.json").read_text())["sequences"]
