@@ -9,7 +9,10 @@ head's score alone ``fc_head_near``, by the ridge classifier's alone ``ridge_nea
 with ``ridge_weight=0``), how often the true box scores above 0 (``truth_positive``), and
 how often the pooled features most similar to the previous frame's true box lie that near
 (``similarity_near``). A tracker that loses a sequence whose ``head_near`` is high drifts
-on its own labels; one whose ``head_near`` is low is beaten by its features. A share with
+on its own labels; where it is low, ``fc_head_near`` and ``ridge_near`` tell whether one of the
+two classifiers, or the features under both, fall short. (``head_near`` and
+``truth_positive`` were the fc head's alone before the ridge classifier: runs before
+2026-11-27 17:45 UTC.) A share with
 no frame to measure (``--frames 1`` has no previous true box to compare with) is n/a (null
 in oracle.json).
 
@@ -52,7 +55,7 @@ def _share(k: int, n: int):
 
 
 def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
-    """The three shares for one sequence: over the ``frames`` frames after the first tracked
+    """The shares for one sequence: over the ``frames`` frames after the first tracked
     one (all when None), those with ground truth; None where no frame was measured."""
     from runtime.buckets import extractor_input
     from runtime.sources import usable_box

@@ -46,6 +46,7 @@ class TrackerParams:
     top_k: int = 5
     outlier_center: float = 0.5  # drop a box whose centre is farther than this * mean(w, h) from the median
     outlier_scale: float = 1.3   # ... or whose area differs from the median's by more than this factor
+    # on the fused score: the top-k's mean of head score + ridge_weight * ridge score
     success_threshold: float = 0.0
     # first frame: samples and training
     n_pos_init: int = 500

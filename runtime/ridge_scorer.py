@@ -8,6 +8,10 @@ features, and added to the head's score it tracked the development set better
 solution is one 577 x 577 linear solve from Gram matrices that are updated as samples enter
 and leave the windows, so a refit costs a few milliseconds.
 
+Its size is the head's pooled features': 64 x 9 + 1 with the default ``fc4_rank``. With the
+exact fc4 (``fc4_rank=0``) the pooled features are 2304-d, and a refit costs about 0.3 s and
+the Gram matrices about 200 MB: use ``ridge_weight=0`` there, or accept the stalls.
+
 Windows follow the head's: positives of the last ``long_frames`` frames, negatives of the
 last ``short_frames`` (older negatives are subtracted out, never re-used), plus the first
 frame's samples, which stay.
@@ -62,20 +66,28 @@ class RidgeScorer:
         self.neg = _Window(self.dim, short_frames)
         self.first = None  # (Gram of positives, n, Gram of negatives, n) of the first frame
         self.w = np.zeros(self.dim)
+        self._changed = True  # samples came or went since the last fit
 
     def start(self, pos_pooled: np.ndarray, neg_pooled: np.ndarray) -> None:
         """The first frame's samples (kept for the whole sequence), then a fit."""
         p, n = _augment(pos_pooled), _augment(neg_pooled)
         self.first = ((p.T @ p).astype(np.float64), len(p), (n.T @ n).astype(np.float64), len(n))
+        self._changed = True
         self.fit()
 
     def add(self, pos_pooled: np.ndarray, neg_pooled: np.ndarray) -> None:
         """One successful frame's samples; the oldest frames leave their windows."""
         self.pos.add(_augment(pos_pooled))
         self.neg.add(_augment(neg_pooled))
+        self._changed = True
 
     def fit(self) -> None:
-        """Solve for the weights, positives and negatives weighted to count equally."""
+        """Solve for the weights, positives and negatives weighted to count equally; nothing
+        to do when no sample came or went since the last fit (a run of failed frames, which
+        store none)."""
+        if not self._changed:
+            return
+        self._changed = False
         gp, n_p, gn, n_n = self.first
         gp, gn = gp + self.pos.gram, gn + self.neg.gram
         n_p, n_n = n_p + self.pos.n, n_n + self.neg.n

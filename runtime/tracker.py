@@ -36,7 +36,7 @@ STAGES = ("crop", "features", "head", "bbreg", "update")
 @dataclass
 class TrackResult:
     box: np.ndarray  # (x, y, w, h) float image pixels
-    score: float     # target score of the fused top-k (above params.success_threshold, 0: found)
+    score: float     # target score of the fused top-k: head + ridge_weight x ridge (above success_threshold: found)
     ok: bool         # success flag
     ms: float = 0.0  # wall time of this call
     stages: dict = field(default_factory=dict)  # ms per stage; "other" is Python overhead
@@ -254,9 +254,10 @@ class Tracker:
         scorer = None
         if ridge:
             scorer = RidgeScorer(head.pooled_dim, p.ridge_reg, p.long_frames, p.short_frames)
-            # every k-th negative: the subset keeps the near / whole-image mix without a random draw
-            step = max(1, len(neg_pooled) // p.ridge_first_neg)
-            scorer.start(pos_pooled, neg_pooled[::step][: p.ridge_first_neg])
+            # evenly spaced over all the negatives: the subset keeps the near / whole-image mix
+            # without a random draw (the head's draws stay what they are with the ridge off)
+            k = min(len(neg_pooled), p.ridge_first_neg)
+            scorer.start(pos_pooled, neg_pooled[np.arange(k) * len(neg_pooled) // k])
         stages["update"] = (time.perf_counter() - t) * 1e3
 
         self.rng, self.head, self.bbreg, self.pos_mem, self.neg_mem = rng, head, bbreg, pos_mem, neg_mem

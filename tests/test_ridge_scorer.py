@@ -55,6 +55,19 @@ def test_windows_keep_exactly_the_recent_frames():
     np.testing.assert_allclose(r.w, w, rtol=1e-4, atol=1e-6)
 
 
+def test_a_fit_with_nothing_new_is_skipped():
+    """A run of failed frames stores no samples: its refits would solve the same system."""
+    rng = np.random.default_rng(3)
+    r = RidgeScorer(8, reg=1.0, long_frames=5, short_frames=2)
+    r.start(rng.random((5, 8)), rng.random((9, 8)))
+    w = r.w
+    r.fit()
+    assert r.w is w
+    r.add(rng.random((4, 8)), rng.random((6, 8)))
+    r.fit()
+    assert r.w is not w and not np.allclose(r.w, w)
+
+
 @pytest.mark.parametrize("bad", [dict(ridge_weight=-1.0), dict(ridge_reg=0.0), dict(ridge_first_neg=0),
                                  dict(ridge_weight=float("nan"))])
 def test_bad_ridge_parameters_are_refused(bad):
@@ -114,6 +127,12 @@ def test_ridge_weight_zero_is_the_head_alone(model):
         f0 = seq.read_frame(0)
         t.init(f0.image, f0.gt)
         assert (t.ridge is None) == (w == 0)
+        # the classifier draws no random numbers: the head's draws are those of the head alone
+        state = t.rng.bit_generator.state
+        if w == 0:
+            state0 = state
+        else:
+            assert state == state0
         emb = np.abs(np.random.default_rng(0).normal(0, 1, (7, t.head.embed_dim))).astype(np.float32)
         pooled = np.abs(np.random.default_rng(1).normal(0, 1, (7, t.head.pooled_dim))).astype(np.float32)
         want = t.head.score(emb) + (w * t.ridge.score(pooled) if w else 0)
