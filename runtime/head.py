@@ -53,8 +53,22 @@ def _top_symbol(first: str, masks: tuple = ()):
     return x
 
 
-def _embed_symbol(first: str, sample_ratio: int, rank: int = 0, shrink: float = 0.0, offset: float = 0.0):
-    """(feat, rois) -> [pooled (projected) conv features, input of layer ``first``]."""
+def _inner_rois(rois, frac: float):
+    """RoI rows (batch index, x1, y1, x2, y2) with ``frac`` of the width and height taken off
+    each side."""
+    import mxnet as mx
+
+    idx = mx.sym.slice_axis(rois, axis=1, begin=0, end=1)
+    lo = mx.sym.slice_axis(rois, axis=1, begin=1, end=3)
+    hi = mx.sym.slice_axis(rois, axis=1, begin=3, end=5)
+    d = (hi - lo) * float(frac)
+    return mx.sym.concat(idx, lo + d, hi - d, dim=1)
+
+
+def _embed_symbol(first: str, sample_ratio: int, rank: int = 0, shrink: float = 0.0, offset: float = 0.0,
+                  inner: float = 0.0):
+    """(feat, rois) -> [pooled (projected) conv features, input of layer ``first``, and with
+    ``inner`` > 0 the features pooled from the RoIs' inner parts (``_inner_rois``)]."""
     import mxnet as mx
 
     from train_mx import network
@@ -63,12 +77,17 @@ def _embed_symbol(first: str, sample_ratio: int, rank: int = 0, shrink: float = 
     if rank:
         feat = mx.sym.Convolution(feat, weight=mx.sym.Variable("proj_weight"), num_filter=rank, kernel=(1, 1),
                                   no_bias=True, name="proj")
-    pooled = mx.sym.flatten(network.roi_pool(feat, mx.sym.Variable("rois"), sample_ratio, shrink, offset), name="pooled")
+    rois = mx.sym.Variable("rois")
+    pooled = mx.sym.flatten(network.roi_pool(feat, rois, sample_ratio, shrink, offset), name="pooled")
     x = pooled
     for layer in FC_LAYERS[: FC_LAYERS.index(first)]:
         x = mx.sym.FullyConnected(x, num_hidden=512, name=layer)
         x = mx.sym.Activation(x, act_type="relu", name=f"{layer}_relu")
-    return mx.sym.Group([pooled, x]) if x is not pooled else mx.sym.Group([pooled])
+    outs = [pooled] + ([x] if x is not pooled else [])
+    if inner:
+        outs.append(mx.sym.flatten(network.roi_pool(feat, _inner_rois(rois, inner), sample_ratio, shrink, offset),
+                                   name="pooled_inner"))
+    return mx.sym.Group(outs)
 
 
 def effective_rank(params, channels: int) -> int:
@@ -140,8 +159,11 @@ class OnlineHead:
             self._init_weights[f"{layer}_bias"] = b
 
         # Embed executors, one per (bucket, row count), bound by prepare() and kept.
+        # the ridge classifier's features (runtime.ridge_scorer), pooled from the RoIs' inner
+        # parts where ridge_shrink asks for it; the fc head and the box regressor pool the RoIs
+        self.inner = float(params.ridge_shrink) if params.ridge_weight > 0 else 0.0
         self._embed_sym = _embed_symbol(first, model.roi_sample_ratio, self.rank, model.roi_shrink,
-                                        model.roi_offset)
+                                        model.roi_offset, self.inner)
         self._embed = {}
         self.chunk = int(params.n_candidates)
         # Row counts the embed executors are bound for: candidates, and the samples stored
@@ -209,8 +231,10 @@ class OnlineHead:
                               key=lambda k: -np.prod(k[0]) * k[1]):
             self._embed_exec(s, rows)
 
-    def embed(self, feat: np.ndarray, boxes_patch: np.ndarray, want_pooled: bool = True):
-        """Pooled conv features (N, C*9) and trainable-layer inputs (N, D) of patch boxes.
+    def embed(self, feat: np.ndarray, boxes_patch: np.ndarray, want_pooled: bool = True, want_ridge: bool = False):
+        """Pooled conv features (N, C*9) and trainable-layer inputs (N, D) of patch boxes;
+        with ``want_ridge`` also the ridge classifier's features (N, C*9): those pooled from
+        the boxes' inner parts (``ridge_shrink``), or the pooled features themselves.
 
         ``want_pooled=False`` skips copying the pooled features out (None is returned for
         them) where only the cached layer inputs are kept, e.g. for stored samples.
@@ -220,8 +244,11 @@ class OnlineHead:
         ex = self._embed_exec(feat.shape, rows)
         ex.arg_dict["feat"][:] = feat
         split = self.embed_dim != self.pooled_dim
+        inner = want_ridge and self.inner > 0
+        want_pooled = want_pooled or (want_ridge and not inner)
         pooled = np.empty((n, self.pooled_dim), np.float32) if (want_pooled or not split) else None
         emb = np.empty((n, self.embed_dim), np.float32) if split else pooled
+        ridge_x = np.empty((n, self.pooled_dim), np.float32) if inner else pooled
         # Rows past the boxes get a valid dummy box whose output is discarded: MXNet's CPU
         # RoIAlign does not skip a batch index of -1, and such a row corrupted other rows.
         pad = np.array([0.0, 0.0, 0.0, 1.0, 1.0], np.float32)
@@ -241,7 +268,9 @@ class OnlineHead:
                 pooled[s:s + len(b)] = ex.outputs[0][: len(b)].asnumpy()
             if split:
                 emb[s:s + len(b)] = ex.outputs[1][: len(b)].asnumpy()
-        return pooled, emb
+            if inner:
+                ridge_x[s:s + len(b)] = ex.outputs[-1][: len(b)].asnumpy()
+        return (pooled, emb, ridge_x) if want_ridge else (pooled, emb)
 
     # -- scoring ------------------------------------------------------------------------
     def _run(self, ex, x):

@@ -103,9 +103,12 @@ class TrackerParams:
     # 0.480 / 0.496 / 0.499; the spread is uav_truck4_1's). On seeds 0-3, in the first
     # version of it: 10 / 30 gave 0.497 / 0.465, ridge_reg 0.1 / 10 0.492 / 0.480 against
     # 0.515 for 1, and 3000 first-frame negatives 0.479 against 0.515 for 1000.
-    ridge_weight: float = 3.0
+    ridge_weight: float = 15.0
     ridge_reg: float = 1.0
     ridge_first_neg: int = 1000  # first-frame negatives it keeps (of n_neg_init)
+    # The ridge classifier pools each box's inner part: this fraction of the width and the
+    # height taken off each side (0: the whole box, as the fc head pools it).
+    ridge_shrink: float = 0.25
     # boxes never shrink below this many pixels
     min_size: float = 4.0
 
@@ -122,7 +125,7 @@ class TrackerParams:
                 raise bad(name, "a whole number" + (" >= 1" if low else " >= 0"))
             object.__setattr__(self, name, int(v))
         for name in _POSITIVE + _UNIT + _HALF_OPEN_UNIT + ("weight_decay", "success_threshold", "outlier_scale",
-                                                           "grad_clip", "ridge_weight"):
+                                                           "grad_clip", "ridge_weight", "ridge_shrink"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, Real) or not (math.isfinite(v) or
                                                                        (name in _MAY_BE_INF and v == math.inf)):
@@ -143,6 +146,8 @@ class TrackerParams:
             raise bad("weight_decay", ">= 0")
         if self.ridge_weight < 0:
             raise bad("ridge_weight", ">= 0 (0: no ridge classifier)")
+        if not 0.0 <= self.ridge_shrink < 0.5:
+            raise bad("ridge_shrink", "in [0, 0.5) (a fraction of the box taken off each side)")
         if self.outlier_scale < 1:
             raise bad("outlier_scale", ">= 1 (an area ratio)")
         if self.mine_from < self.batch_neg:

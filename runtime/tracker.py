@@ -231,8 +231,8 @@ class Tracker:
             raise TrackerInputError(f"no negative sample with IoU <= neg_iou_init={p.neg_iou_init} {where}; "
                                     "raise neg_iou_init")
         ridge = p.ridge_weight > 0
-        pos_pooled, pos_e = head.embed(feat, geom.to_patch(pos), want_pooled=ridge)
-        neg_pooled, neg_e = head.embed(feat, geom.to_patch(neg), want_pooled=ridge)
+        _, pos_e, pos_r = head.embed(feat, geom.to_patch(pos), want_pooled=False, want_ridge=ridge)
+        _, neg_e, neg_r = head.embed(feat, geom.to_patch(neg), want_pooled=False, want_ridge=ridge)
         stages["head"] = (time.perf_counter() - t) * 1e3
 
         t = time.perf_counter()
@@ -256,8 +256,8 @@ class Tracker:
             scorer = RidgeScorer(head.pooled_dim, p.ridge_reg, p.long_frames, p.short_frames)
             # evenly spaced over all the negatives: the subset keeps the near / whole-image mix
             # without a random draw (the head's draws stay what they are with the ridge off)
-            k = min(len(neg_pooled), p.ridge_first_neg)
-            scorer.start(pos_pooled, neg_pooled[np.arange(k) * len(neg_pooled) // k])
+            k = min(len(neg_r), p.ridge_first_neg)
+            scorer.start(pos_r, neg_r[np.arange(k) * len(neg_r) // k])
         stages["update"] = (time.perf_counter() - t) * 1e3
 
         self.rng, self.head, self.bbreg, self.pos_mem, self.neg_mem = rng, head, bbreg, pos_mem, neg_mem
@@ -291,8 +291,8 @@ class Tracker:
         img_rect = np.array([0.0, 0.0, size[0], size[1]])
         cand = sampling.clip_into(sampling.gaussian(rng, self.box, p.n_candidates, self.trans_f, p.scale),
                                   img_rect, p.min_size)
-        pooled, emb = self.head.embed(feat, geom.to_patch(cand))
-        scores = self._scores(pooled, emb)
+        pooled, emb, ridge_x = self.head.embed(feat, geom.to_patch(cand), want_ridge=self.ridge is not None)
+        scores = self._scores(emb, ridge_x)
         keep = fuse_top_k(cand, scores, p.top_k, p.outlier_center, p.outlier_scale)
         score = float(scores[keep].mean())
         ok = score > p.success_threshold
@@ -316,14 +316,14 @@ class Tracker:
             neg = sampling.sample_by_iou(rng, "uniform", self.box, p.n_neg_update, 0.0, p.neg_iou_update,
                                          bounds, trans=sampling.NEG_UPDATE_SPREAD[0], scale=sampling.NEG_UPDATE_SPREAD[1])
             if len(pos) and len(neg):
-                pl, e = self.head.embed(feat, geom.to_patch(np.concatenate([pos, neg])),
-                                        want_pooled=self.ridge is not None)
+                _, e, rx = self.head.embed(feat, geom.to_patch(np.concatenate([pos, neg])), want_pooled=False,
+                                           want_ridge=self.ridge is not None)
                 # Copies, not views: a view would keep the whole array (negatives too) alive
                 # for as long as the positives stay in the long-term window.
                 self.pos_mem.append(e[: len(pos)].copy())
                 self.neg_mem.append(e[len(pos):].copy())  # deque(maxlen=short_frames): older negatives drop out
                 if self.ridge is not None:
-                    self.ridge.add(pl[: len(pos)], pl[len(pos):])
+                    self.ridge.add(rx[: len(pos)], rx[len(pos):])
         if not ok:
             self._start_update("short")
         elif self.frame % p.long_interval == 0:
@@ -334,11 +334,12 @@ class Tracker:
         stages["update"] = (time.perf_counter() - t) * 1e3
         return self._result(result, score, ok, t0, stages, geom.bucket)
 
-    def _scores(self, pooled, emb) -> np.ndarray:
-        """Candidates' target scores: the fc head's, plus the ridge classifier's when on."""
+    def _scores(self, emb, ridge_x) -> np.ndarray:
+        """Candidates' target scores: the fc head's, plus the ridge classifier's when on
+        (``ridge_x``: its features, ``OnlineHead.embed(want_ridge=True)``)."""
         s = self.head.score(emb)
         if self.ridge is not None:
-            s = s + np.float32(self.params.ridge_weight) * self.ridge.score(pooled)
+            s = s + np.float32(self.params.ridge_weight) * self.ridge.score(ridge_x)
         return s
 
     # -- online updates -------------------------------------------------------------------

@@ -39,8 +39,8 @@ class Run:
         self.fail = False
         self.calls = []  # (frame, pos, neg) of every train_step after init
 
-        def forced(pooled, emb):  # the candidates' scores (the head's, and the ridge classifier's)
-            s = real_score(pooled, emb)
+        def forced(emb, ridge_x):  # the candidates' scores (the head's, and the ridge classifier's)
+            s = real_score(emb, ridge_x)
             return s - (s.max() + 1.0) if self.fail else s - s.min() + 1.0
 
         def spy(pos, neg):

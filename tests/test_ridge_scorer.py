@@ -102,8 +102,8 @@ def test_tracker_refits_at_the_head_update_triggers(model, monkeypatch):
     real_score = t._scores
     failing = {6, 7, 13}
 
-    def forced(pooled, emb):
-        s = real_score(pooled, emb)
+    def forced(emb, ridge_x):
+        s = real_score(emb, ridge_x)
         return s - (s.max() + 1.0) if t.frame in failing else s - s.min() + 1.0
 
     monkeypatch.setattr(t, "_scores", forced)
@@ -136,6 +136,6 @@ def test_ridge_weight_zero_is_the_head_alone(model):
         emb = np.abs(np.random.default_rng(0).normal(0, 1, (7, t.head.embed_dim))).astype(np.float32)
         pooled = np.abs(np.random.default_rng(1).normal(0, 1, (7, t.head.pooled_dim))).astype(np.float32)
         want = t.head.score(emb) + (w * t.ridge.score(pooled) if w else 0)
-        np.testing.assert_allclose(t._scores(pooled, emb), want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(t._scores(emb, pooled), want, rtol=1e-6, atol=1e-6)
         boxes[w] = [t.update(seq.read_frame(i).image).box for i in range(1, 6)]
     assert not np.allclose(boxes[0.0], boxes[3.0])  # the classifier takes part in the ranking

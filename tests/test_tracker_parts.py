@@ -273,8 +273,8 @@ def test_executors_never_rebound(model, real_binds):
     failing = set(range(11, 23)) | set(range(35, 38))
     state = {}
 
-    def forced(pooled, emb):
-        s = real_score(pooled, emb)
+    def forced(emb, ridge_x):
+        s = real_score(emb, ridge_x)
         return s - (s.max() + 1.0) if state["fail"] else s - s.min() + 1.0
 
     t._scores = forced
@@ -331,12 +331,12 @@ def test_failure_triggers_short_update_and_widens_search(model, monkeypatch):
     assert t.trans_f == p.trans
     real_score = t._scores  # the candidates' scores: the head's, and the ridge classifier's
 
-    def succeeding(pooled, emb):
-        s = real_score(pooled, emb)
+    def succeeding(emb, ridge_x):
+        s = real_score(emb, ridge_x)
         return s - s.min() + 1.0
 
-    def failing(pooled, emb):
-        s = real_score(pooled, emb)
+    def failing(emb, ridge_x):
+        s = real_score(emb, ridge_x)
         return s - (s.max() + 1.0)
 
     monkeypatch.setattr(t, "_scores", succeeding)
