@@ -83,7 +83,7 @@ def diagnose(seq, model=None, frames: int | None = None, seed: int = 0) -> dict:
             boxes = _grid(gt)
             scores, fc, ridge, pooled = [], [], [], []
             for i in range(0, len(boxes), t.head.chunk):
-                p, e, r = t.head.embed(feat, geom.to_patch(boxes[i:i + t.head.chunk]), want_ridge=t.ridge is not None)
+                p, e, r = t.head.embed_all(feat, geom.to_patch(boxes[i:i + t.head.chunk]), want_ridge=t.ridge is not None)
                 scores.append(t._scores(e, r))  # as the tracker ranks its candidates
                 fc.append(t.head.score(e))
                 if t.ridge is not None:

@@ -231,14 +231,19 @@ class OnlineHead:
                               key=lambda k: -np.prod(k[0]) * k[1]):
             self._embed_exec(s, rows)
 
-    def embed(self, feat: np.ndarray, boxes_patch: np.ndarray, want_pooled: bool = True, want_ridge: bool = False):
-        """Pooled conv features (N, C*9) and trainable-layer inputs (N, D) of patch boxes;
-        with ``want_ridge`` also the ridge classifier's features (N, C*9): those pooled from
-        the boxes' inner parts (``ridge_shrink``), or the pooled features themselves.
+    def embed(self, feat: np.ndarray, boxes_patch: np.ndarray, want_pooled: bool = True):
+        """Pooled conv features (N, C*9) and trainable-layer inputs (N, D) of patch boxes.
 
         ``want_pooled=False`` skips copying the pooled features out (None is returned for
         them) where only the cached layer inputs are kept, e.g. for stored samples.
         """
+        return self.embed_all(feat, boxes_patch, want_pooled, want_ridge=False)[:2]
+
+    def embed_all(self, feat: np.ndarray, boxes_patch: np.ndarray, want_pooled: bool = True,
+                  want_ridge: bool = True):
+        """``embed``'s two, and the ridge classifier's features (N, C*9) from the same pass:
+        pooled from the boxes' inner parts (``ridge_shrink``), or the pooled features
+        themselves; None without ``want_ridge``."""
         n = len(boxes_patch)
         rows = next((c for c in self.chunks if c >= n), self.chunks[-1])
         ex = self._embed_exec(feat.shape, rows)
@@ -248,7 +253,7 @@ class OnlineHead:
         want_pooled = want_pooled or (want_ridge and not inner)
         pooled = np.empty((n, self.pooled_dim), np.float32) if (want_pooled or not split) else None
         emb = np.empty((n, self.embed_dim), np.float32) if split else pooled
-        ridge_x = np.empty((n, self.pooled_dim), np.float32) if inner else pooled
+        ridge_x = np.empty((n, self.pooled_dim), np.float32) if inner else (pooled if want_ridge else None)
         # Rows past the boxes get a valid dummy box whose output is discarded: MXNet's CPU
         # RoIAlign does not skip a batch index of -1, and such a row corrupted other rows.
         pad = np.array([0.0, 0.0, 0.0, 1.0, 1.0], np.float32)
@@ -270,7 +275,7 @@ class OnlineHead:
                 emb[s:s + len(b)] = ex.outputs[1][: len(b)].asnumpy()
             if inner:
                 ridge_x[s:s + len(b)] = ex.outputs[-1][: len(b)].asnumpy()
-        return (pooled, emb, ridge_x) if want_ridge else (pooled, emb)
+        return pooled, emb, ridge_x
 
     # -- scoring ------------------------------------------------------------------------
     def _run(self, ex, x):

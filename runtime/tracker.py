@@ -231,8 +231,8 @@ class Tracker:
             raise TrackerInputError(f"no negative sample with IoU <= neg_iou_init={p.neg_iou_init} {where}; "
                                     "raise neg_iou_init")
         ridge = p.ridge_weight > 0
-        _, pos_e, pos_r = head.embed(feat, geom.to_patch(pos), want_pooled=False, want_ridge=ridge)
-        _, neg_e, neg_r = head.embed(feat, geom.to_patch(neg), want_pooled=False, want_ridge=ridge)
+        _, pos_e, pos_r = head.embed_all(feat, geom.to_patch(pos), want_pooled=False, want_ridge=ridge)
+        _, neg_e, neg_r = head.embed_all(feat, geom.to_patch(neg), want_pooled=False, want_ridge=ridge)
         stages["head"] = (time.perf_counter() - t) * 1e3
 
         t = time.perf_counter()
@@ -291,7 +291,7 @@ class Tracker:
         img_rect = np.array([0.0, 0.0, size[0], size[1]])
         cand = sampling.clip_into(sampling.gaussian(rng, self.box, p.n_candidates, self.trans_f, p.scale),
                                   img_rect, p.min_size)
-        pooled, emb, ridge_x = self.head.embed(feat, geom.to_patch(cand), want_ridge=self.ridge is not None)
+        pooled, emb, ridge_x = self.head.embed_all(feat, geom.to_patch(cand), want_ridge=self.ridge is not None)
         scores = self._scores(emb, ridge_x)
         keep = fuse_top_k(cand, scores, p.top_k, p.outlier_center, p.outlier_scale)
         score = float(scores[keep].mean())
@@ -316,8 +316,8 @@ class Tracker:
             neg = sampling.sample_by_iou(rng, "uniform", self.box, p.n_neg_update, 0.0, p.neg_iou_update,
                                          bounds, trans=sampling.NEG_UPDATE_SPREAD[0], scale=sampling.NEG_UPDATE_SPREAD[1])
             if len(pos) and len(neg):
-                _, e, rx = self.head.embed(feat, geom.to_patch(np.concatenate([pos, neg])), want_pooled=False,
-                                           want_ridge=self.ridge is not None)
+                _, e, rx = self.head.embed_all(feat, geom.to_patch(np.concatenate([pos, neg])), want_pooled=False,
+                                               want_ridge=self.ridge is not None)
                 # Copies, not views: a view would keep the whole array (negatives too) alive
                 # for as long as the positives stay in the long-term window.
                 self.pos_mem.append(e[: len(pos)].copy())
@@ -336,7 +336,7 @@ class Tracker:
 
     def _scores(self, emb, ridge_x) -> np.ndarray:
         """Candidates' target scores: the fc head's, plus the ridge classifier's when on
-        (``ridge_x``: its features, ``OnlineHead.embed(want_ridge=True)``)."""
+        (``ridge_x``: its features, ``OnlineHead.embed_all``)."""
         s = self.head.score(emb)
         if self.ridge is not None:
             s = s + np.float32(self.params.ridge_weight) * self.ridge.score(ridge_x)

@@ -69,7 +69,8 @@ def test_a_fit_with_nothing_new_is_skipped():
 
 
 @pytest.mark.parametrize("bad", [dict(ridge_weight=-1.0), dict(ridge_reg=0.0), dict(ridge_first_neg=0),
-                                 dict(ridge_weight=float("nan"))])
+                                 dict(ridge_weight=float("nan")), dict(ridge_shrink=-0.1), dict(ridge_shrink=0.5),
+                                 dict(ridge_shrink=float("nan"))])
 def test_bad_ridge_parameters_are_refused(bad):
     with pytest.raises(TrackerInputError, match=next(iter(bad))):
         TrackerParams(**bad)
@@ -139,3 +140,33 @@ def test_ridge_weight_zero_is_the_head_alone(model):
         np.testing.assert_allclose(t._scores(emb, pooled), want, rtol=1e-6, atol=1e-6)
         boxes[w] = [t.update(seq.read_frame(i).image).box for i in range(1, 6)]
     assert not np.allclose(boxes[0.0], boxes[3.0])  # the classifier takes part in the ranking
+
+
+@pytest.mark.parametrize("shrink", [0.25, 0.0])
+def test_ridge_features_are_the_inner_boxes_pooled(model, shrink):
+    """The ridge classifier's features come from the same pass as the head's: the pooled
+    features of each box with ``ridge_shrink`` of its width and height taken off each side
+    (with 0, the box's own pooled features). The head and the box regressor pool whole boxes."""
+    from runtime.head import OnlineHead
+    from runtime.params import TrackerParams
+
+    import mxnet as mx
+
+    params = TrackerParams(ridge_shrink=shrink, **CHEAP)
+    head = OnlineHead(model, mx.cpu(), params, np.random.default_rng(0))
+    rng = np.random.default_rng(4)
+    feat = rng.random((1, model.channels, 12, 14)).astype(np.float32)
+    boxes = np.array([[8.0, 10.0, 48.0, 40.0], [30.0, 4.0, 20.0, 60.0], [0.0, 0.0, 100.0, 90.0]])
+    pooled, emb, ridge_x = head.embed_all(feat, boxes)
+    whole, whole_emb = head.embed(feat, boxes)
+    np.testing.assert_array_equal(pooled, whole)
+    np.testing.assert_array_equal(emb, whole_emb)
+    inner = boxes.copy()
+    inner[:, :2] += shrink * boxes[:, 2:]
+    inner[:, 2:] *= 1 - 2 * shrink
+    np.testing.assert_allclose(ridge_x, head.embed(feat, inner)[0], rtol=1e-5, atol=1e-5)
+    if shrink:
+        assert not np.allclose(ridge_x, pooled, atol=1e-3)
+    # only what is asked for is copied out
+    p, e, r = head.embed_all(feat, boxes, want_pooled=False, want_ridge=False)
+    assert p is None and r is None and e.shape == emb.shape
