@@ -1,10 +1,14 @@
 """A second online classifier beside the fc head: ridge regression to +-1 labels on the
 L2-normalised pooled conv features of the samples the tracker stores, solved in closed form.
+The tracker pools them from each box's inner part (``TrackerParams.ridge_shrink``,
+``OnlineHead.embed_all``): the target's own appearance, less of what surrounds it.
 
 Why: with every label correct (the oracle diagnosis, ``benchmarks.oracle``) such a linear
 classifier found the target on more frames than the SGD-trained fc head did on the same
 features, and added to the head's score it tracked the development set better
-(benchmarks/README.md, "A ridge classifier beside the head"). It needs no iterations: the
+(benchmarks/README.md, "A ridge classifier beside the head"). Pooled from the inner part it
+holds a target whose first box holds much background (vot_bolt1's crouched runner beside a
+lane board) as the target changes pose and the background moves past it. It needs no iterations: the
 solution is one 577 x 577 linear solve from Gram matrices that are updated as samples enter
 and leave the windows, so a refit costs a few milliseconds.
 
