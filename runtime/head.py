@@ -4,7 +4,9 @@ Every graph is bound exactly once, for the fixed batch sizes it is used with:
 
 * *embed* executors per bucket, one per row count (``chunk`` candidates, one frame's stored
   samples): (feature map, RoIs) -> pooled conv features
-  (for bounding-box regression) and the cached input of the trainable layers;
+  (for bounding-box regression), the cached input of the trainable layers and, where the
+  ridge classifier pools the boxes' inner parts (``ridge_shrink``), those parts' pooled
+  features;
 * *score* (``chunk`` rows), *mine* (``mine_from`` rows) and *train* (``batch_pos +
   batch_neg`` rows) executors over the trainable layers, sharing one set of weights.
 
@@ -55,13 +57,15 @@ def _top_symbol(first: str, masks: tuple = ()):
 
 def _inner_rois(rois, frac: float):
     """RoI rows (batch index, x1, y1, x2, y2) with ``frac`` of the width and height taken off
-    each side."""
+    each side, never below MIN_ROI (see ``OnlineHead.embed_all``). They are pooled as the
+    model pools any RoI (``roi_pool``: its ``roi_shrink`` pixels come off the inner box too,
+    its ``roi_offset`` is added once)."""
     import mxnet as mx
 
     idx = mx.sym.slice_axis(rois, axis=1, begin=0, end=1)
     lo = mx.sym.slice_axis(rois, axis=1, begin=1, end=3)
     hi = mx.sym.slice_axis(rois, axis=1, begin=3, end=5)
-    d = (hi - lo) * float(frac)
+    d = mx.sym.minimum((hi - lo) * float(frac), mx.sym.relu((hi - lo - MIN_ROI) * 0.5))
     return mx.sym.concat(idx, lo + d, hi - d, dim=1)
 
 
@@ -235,7 +239,8 @@ class OnlineHead:
         """Pooled conv features (N, C*9) and trainable-layer inputs (N, D) of patch boxes.
 
         ``want_pooled=False`` skips copying the pooled features out (None is returned for
-        them) where only the cached layer inputs are kept, e.g. for stored samples.
+        them, unless fc4 is trained online: its input is the pooled features) where only the
+        cached layer inputs are kept, e.g. for stored samples.
         """
         return self.embed_all(feat, boxes_patch, want_pooled, want_ridge=False)[:2]
 

@@ -142,31 +142,88 @@ def test_ridge_weight_zero_is_the_head_alone(model):
     assert not np.allclose(boxes[0.0], boxes[3.0])  # the classifier takes part in the ranking
 
 
-@pytest.mark.parametrize("shrink", [0.25, 0.0])
-def test_ridge_features_are_the_inner_boxes_pooled(model, shrink):
+@pytest.mark.parametrize("shrink,config", [(0.25, {}), (0.0, {}), (0.49, {}),
+                                           (0.25, dict(fc4_rank=0, online_layers=("fc4", "fc5", "fc6")))])
+def test_ridge_features_are_the_inner_boxes_pooled(model, shrink, config):
     """The ridge classifier's features come from the same pass as the head's: the pooled
     features of each box with ``ridge_shrink`` of its width and height taken off each side
-    (with 0, the box's own pooled features). The head and the box regressor pool whole boxes."""
-    from runtime.head import OnlineHead
+    (with 0, the box's own pooled features). The head and the box regressor pool whole boxes;
+    the graph gains an output only where the inner parts are pooled."""
+    from runtime.head import MIN_ROI, OnlineHead
     from runtime.params import TrackerParams
 
     import mxnet as mx
 
-    params = TrackerParams(ridge_shrink=shrink, **CHEAP)
+    params = TrackerParams(ridge_shrink=shrink, **config, **CHEAP)
     head = OnlineHead(model, mx.cpu(), params, np.random.default_rng(0))
+    n_out = len(head._embed_sym.list_outputs())
+    assert n_out == (1 if "online_layers" in config else 2) + (shrink > 0)
     rng = np.random.default_rng(4)
     feat = rng.random((1, model.channels, 12, 14)).astype(np.float32)
-    boxes = np.array([[8.0, 10.0, 48.0, 40.0], [30.0, 4.0, 20.0, 60.0], [0.0, 0.0, 100.0, 90.0]])
+    # more boxes than one executor's rows (chunks), and a box of no width (kept MIN_ROI wide)
+    boxes = np.concatenate([[[8.0, 10.0, 48.0, 40.0], [30.0, 4.0, 20.0, 60.0], [0.0, 0.0, 100.0, 90.0],
+                             [50.0, 20.0, 0.0, 30.0]],
+                            np.c_[rng.uniform(0, 60, (296, 2)), rng.uniform(8, 50, (296, 2))]])
+    assert len(boxes) > head.chunk
     pooled, emb, ridge_x = head.embed_all(feat, boxes)
     whole, whole_emb = head.embed(feat, boxes)
     np.testing.assert_array_equal(pooled, whole)
     np.testing.assert_array_equal(emb, whole_emb)
     inner = boxes.copy()
-    inner[:, :2] += shrink * boxes[:, 2:]
-    inner[:, 2:] *= 1 - 2 * shrink
-    np.testing.assert_allclose(ridge_x, head.embed(feat, inner)[0], rtol=1e-5, atol=1e-5)
+    inner[:, 2:] = np.maximum(inner[:, 2:], MIN_ROI)
+    cut = np.minimum(shrink * inner[:, 2:], (inner[:, 2:] - MIN_ROI) / 2)
+    inner[:, :2] += cut
+    inner[:, 2:] -= 2 * cut
+    assert np.isfinite(ridge_x).all()
+    np.testing.assert_allclose(ridge_x[:3], head.embed(feat, inner[:3])[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ridge_x[4:], head.embed(feat, inner[4:])[0], rtol=1e-5, atol=1e-5)
     if shrink:
         assert not np.allclose(ridge_x, pooled, atol=1e-3)
     # only what is asked for is copied out
-    p, e, r = head.embed_all(feat, boxes, want_pooled=False, want_ridge=False)
-    assert p is None and r is None and e.shape == emb.shape
+    p, e, r = head.embed_all(feat, boxes[:5], want_pooled=False, want_ridge=False)
+    assert r is None and e.shape == (5, emb.shape[1]) and (p is None) == ("online_layers" not in config)
+
+    # without the ridge classifier the graph is the head's alone
+    off = OnlineHead(model, mx.cpu(), params.replace(ridge_weight=0.0), np.random.default_rng(0))
+    assert len(off._embed_sym.list_outputs()) == n_out - (shrink > 0)
+
+
+def test_tracker_feeds_the_ridge_classifier_its_own_features(model, monkeypatch):
+    """What the ridge classifier learns from and scores is embed_all's ridge features (the
+    inner parts), never the whole boxes' pooled features the box regressor uses."""
+    from runtime.head import OnlineHead
+    from runtime.synthetic import make_sequence
+    from runtime.tracker import Tracker
+
+    returned = []
+    real_embed_all = OnlineHead.embed_all
+
+    def embed_all(self, *a, **kw):
+        out = real_embed_all(self, *a, **kw)
+        if out[2] is not None:
+            returned.append(out[2])
+            assert out[0] is None or not np.shares_memory(out[0], out[2])
+        return out
+
+    seen = {"start": 0, "add": 0, "score": 0}
+    real = {k: getattr(RidgeScorer, k) for k in seen}
+
+    def spy(kind):
+        def f(self, *arrays):
+            for x in arrays[: 1 if kind == "start" else None]:  # start's negatives are a subset (a copy)
+                assert any(np.shares_memory(x, r) for r in returned), kind
+            seen[kind] += 1
+            return real[kind](self, *arrays)
+        return f
+
+    monkeypatch.setattr(OnlineHead, "embed_all", embed_all)
+    for k in seen:
+        monkeypatch.setattr(RidgeScorer, k, spy(k))
+    seq = make_sequence(n_frames=6, size=(320, 240), seed=2)
+    t = Tracker(model, seed=0, **CHEAP)
+    assert t.params.ridge_shrink > 0
+    f0 = seq.read_frame(0)
+    t.init(f0.image, f0.gt)
+    for i in range(1, 6):
+        t.update(seq.read_frame(i).image)
+    assert seen["start"] == 1 and seen["score"] == 5 and seen["add"] >= 1

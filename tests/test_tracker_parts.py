@@ -669,6 +669,10 @@ def test_zero_width_roi_does_not_abort_the_process(tiny_model):
         "ref, _ = h.embed(feat, boxes[3:])\n"
         "assert np.isfinite(pooled).all() and np.isfinite(emb).all()\n"
         "assert np.array_equal(pooled[3:], ref)\n"  # other rows untouched
+        # the ridge classifier's inner parts of such boxes stay MIN_ROI wide too
+        "h = OnlineHead(m, mx.cpu(), TrackerParams(ridge_shrink=0.49999999), np.random.default_rng(0))\n"
+        "pooled, emb, inner = h.embed_all(feat, boxes)\n"
+        "assert np.isfinite(inner).all() and np.isfinite(pooled).all()\n"
         "print('ok')\n"
     )
     from conftest import child_env
