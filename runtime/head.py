@@ -162,10 +162,11 @@ class OnlineHead:
             self._init_weights[f"{layer}_weight"] = w
             self._init_weights[f"{layer}_bias"] = b
 
-        # Embed executors, one per (bucket, row count), bound by prepare() and kept.
-        # the ridge classifier's features (runtime.ridge_scorer), pooled from the RoIs' inner
-        # parts where ridge_shrink asks for it; the fc head and the box regressor pool the RoIs
+        # The ridge classifier's features (runtime.ridge_scorer) are pooled from the RoIs'
+        # inner parts where ridge_shrink asks for it; the fc head and the box regressor pool
+        # the RoIs themselves.
         self.inner = float(params.ridge_shrink) if params.ridge_weight > 0 else 0.0
+        # Embed executors, one per (bucket, row count), bound by prepare() and kept.
         self._embed_sym = _embed_symbol(first, model.roi_sample_ratio, self.rank, model.roi_shrink,
                                         model.roi_offset, self.inner)
         self._embed = {}
