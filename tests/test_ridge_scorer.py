@@ -113,7 +113,7 @@ def test_tracker_refits_at_the_head_update_triggers(model, monkeypatch):
     assert fits == sorted(failing | {f for f in range(1, 20) if f % 4 == 0 and f not in failing})
     successes = 19 - len(failing)
     assert len(t.ridge.pos.rows) == min(6, successes) and len(t.ridge.neg.rows) == 3
-    # its negatives are exactly those of the head's last frames (the same samples' pooled features)
+    # its negatives are exactly those of the head's last frames (the same samples' ridge features)
     assert t.ridge.neg.n == sum(len(n) for n in list(t.neg_mem)[-3:])
 
 
@@ -135,9 +135,9 @@ def test_ridge_weight_zero_is_the_head_alone(model):
         else:
             assert state == state0
         emb = np.abs(np.random.default_rng(0).normal(0, 1, (7, t.head.embed_dim))).astype(np.float32)
-        pooled = np.abs(np.random.default_rng(1).normal(0, 1, (7, t.head.pooled_dim))).astype(np.float32)
-        want = t.head.score(emb) + (w * t.ridge.score(pooled) if w else 0)
-        np.testing.assert_allclose(t._scores(emb, pooled), want, rtol=1e-6, atol=1e-6)
+        ridge_x = np.abs(np.random.default_rng(1).normal(0, 1, (7, t.head.pooled_dim))).astype(np.float32)
+        want = t.head.score(emb) + (w * t.ridge.score(ridge_x) if w else 0)
+        np.testing.assert_allclose(t._scores(emb, ridge_x), want, rtol=1e-6, atol=1e-6)
         boxes[w] = [t.update(seq.read_frame(i).image).box for i in range(1, 6)]
     assert not np.allclose(boxes[0.0], boxes[3.0])  # the classifier takes part in the ranking
 
